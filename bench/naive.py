@@ -1,0 +1,80 @@
+"""The naive baseline: the Celery app a team typically writes first, to compare b24q against.
+
+One plain task per job that POSTs the job's single REST call with httpx (the token in `auth`),
+Celery's per-worker `rate_limit` set to the portal's rate, default (early) acks, no retries, no
+batching. Run it as `celery -A bench.naive worker --pool threads -c 8 -Q naive` on the same Redis as
+the stack (`B24Q_REDIS_URL`); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none).
+
+It deliberately imports nothing from b24q. The only additions are the two signal handlers at the
+bottom, which count outcomes in Redis so the benchmark knows when the run is over; the task itself
+does not see them. It does share one pooled `httpx.Client` per process (the kinder baseline: a
+fresh connection per call would make it slower still).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import httpx
+import redis
+from celery import Celery
+from celery.signals import task_failure, task_success
+
+QUEUE = "naive"
+#: Redis hash the signal handlers count outcomes in: ok, failed, last (time of the last outcome).
+OUTCOMES = "bench:naive:outcomes"
+
+app = Celery("naive", broker=os.environ.get("B24Q_REDIS_URL", "redis://127.0.0.1:6379/0"))
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+)
+
+http = httpx.Client(timeout=30)
+
+
+@app.task(name="naive.call", rate_limit=os.environ.get("NAIVE_RATE_LIMIT") or None)
+def call(url: str, params: dict[str, Any], token: str) -> Any:
+    """POST one REST call; a refusal (503 QUERY_LIMIT_EXCEEDED, ...) fails the task."""
+    response = http.post(url, json={**params, "auth": token})
+    response.raise_for_status()
+    return response.json()["result"]
+
+
+def configure(broker_url: str) -> None:
+    """Point this (producer) process's naive app at a stack's Redis."""
+    app.conf.broker_url = broker_url
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
+# --- measurement only ---------------------------------------------------------------------------
+
+_redis: redis.Redis | None = None
+
+
+def _count(outcome: str) -> None:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(app.conf.broker_url)
+    pipe = _redis.pipeline(transaction=False)
+    pipe.hincrby(OUTCOMES, outcome, 1)
+    pipe.hset(OUTCOMES, "last", repr(time.time()))
+    pipe.execute()
+
+
+@task_success.connect(sender=call)
+def _on_success(**_: Any) -> None:
+    _count("ok")
+
+
+@task_failure.connect(sender=call)
+def _on_failure(**_: Any) -> None:
+    _count("failed")

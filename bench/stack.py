@@ -1,0 +1,202 @@
+"""Running a scenario's stack: start and stop it, register portals, read the ledger, meter CPU.
+
+Scenarios use `workers.localstack.LocalStack` as the tests and the demo do, so the numbers are
+those of the real processes; this module only adds what measuring needs on top of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.workload import portal_options
+from workers.localstack import LocalStack
+from workers.runtime import Runtime, get_runtime
+
+#: b24q has no "unlimited" portal (a registry rate of 0 means "the plan's rate"), so a portal the
+#: emulator does not limit is registered with a bucket no workload can fill.
+UNLIMITED_RATE = 1_000_000.0
+UNLIMITED_BURST = 1_000_000
+
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout carries only the tables."""
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def mono_offset() -> float:
+    """wall clock - monotonic clock. CLOCK_MONOTONIC is system-wide on Linux, so the emulator's
+    `accepted_times` (its monotonic clock) convert to wall time with this offset."""
+    return time.time() - time.monotonic()
+
+
+@contextmanager
+def bench_stack(
+    settings: Mapping[str, Any] | None = None, log_dir: Path | None = None, stop_also: Sequence[Any] = ()
+) -> Iterator[LocalStack]:
+    """A LocalStack that is always torn down, its workers stopped together (not one after another)."""
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(settings=dict(settings or {}), log_dir=str(log_dir) if log_dir else None)
+    stack.__enter__()
+    try:
+        yield stack
+    finally:
+        for worker in stack.workers:
+            worker.kill(signal.SIGTERM)  # all at once: each soft shutdown may take seconds
+        stack.__exit__(None, None, None)
+
+
+def add_portal(
+    stack: LocalStack, domain: str, rate: float = 2.0, burst: int = 50, latency: float = 0.0
+) -> dict[str, Any]:
+    """Create a portal on the emulator (ready for every job kind of `bench.workload`) and register it.
+
+    `rate=0` makes a portal the emulator does not limit; b24q gets a bucket it cannot fill.
+    """
+    info = stack.emulator.add_portal(domain, rate=rate, burst=burst, **portal_options())
+    our_rate, our_burst = (rate, burst) if rate > 0 else (UNLIMITED_RATE, UNLIMITED_BURST)
+    get_runtime().registry.add_oauth(
+        domain, info["client_endpoint"], info["access_token"], info["refresh_token"], float(info["expires"]),
+        info.get("member_id", ""), domain, None, our_rate, our_burst,
+    )  # fmt: skip
+    if latency:
+        stack.emulator.set_faults(domain, latency=latency)
+    return info
+
+
+@dataclass(frozen=True)
+class Record:
+    """A job's ledger record, as far as timing goes (wall-clock seconds)."""
+
+    id: str
+    state: str
+    created: float
+    updated: float
+    runs: int  # times a worker started it (more than 1: deferred for a slot, retried, or redelivered)
+
+    @property
+    def latency(self) -> float:
+        return self.updated - self.created
+
+
+def records(ids: Sequence[str], rt: Runtime | None = None, chunk: int = 2000) -> list[Record]:
+    """Ledger records of `ids` (missing ones get state '?')."""
+    rt = rt or get_runtime()
+    prefix = rt.settings.key_prefix
+    out: list[Record] = []
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        pipe = rt.redis.pipeline(transaction=False)
+        for job_id in part:
+            pipe.hmget(f"{prefix}:job:{job_id}", "state", "created", "updated", "runs")
+        for job_id, (state, created, updated, runs) in zip(part, pipe.execute(), strict=True):
+            out.append(
+                Record(
+                    job_id,
+                    (state or b"?").decode(),
+                    float(created or "nan"),
+                    float(updated or "nan"),
+                    int(runs or 0),
+                )
+            )
+    return out
+
+
+def backlog(portals: Iterable[str], rt: Runtime | None = None) -> int:
+    """Jobs enqueued for `portals` and not finished yet (the ledger's per-portal counter)."""
+    rt = rt or get_runtime()
+    keys = [rt.ledger.backlog_key(p) for p in portals]
+    return sum(int(v) for v in rt.redis.mget(keys) if v is not None) if keys else 0
+
+
+def wait_backlog(portals: Sequence[str], timeout: float, what: str = "jobs", every: float = 5.0) -> bool:
+    """Wait until every job of `portals` is finished (True) or `timeout` s pass (False)."""
+    start = time.monotonic()
+    last = start
+    while True:
+        left = backlog(portals)
+        now = time.monotonic()
+        if left <= 0:
+            return True
+        if now - start > timeout:
+            log(f"timeout: {left} {what} still unfinished after {timeout:.0f}s")
+            return False
+        if now - last >= every:
+            log(f"  {left} {what} left")
+            last = now
+        time.sleep(0.1)
+
+
+class MachineLoad:
+    """CPU the rest of the machine used meanwhile: all CPUs' busy time minus this process and its
+    (finished, waited-for) children. Other work on a 2-core machine skews every number here, so each
+    scenario reports it."""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        busy += getattr(t, "steal", 0.0)
+        own = os.times()
+        mine = own.user + own.system + own.children_user + own.children_system
+        return time.monotonic(), busy, mine
+
+    def others(self) -> float:
+        """Average CPU cores used by other processes since construction."""
+        now, busy, mine = self._sample()
+        wall = now - self._start[0]
+        return max(0.0, (busy - self._start[1]) - (mine - self._start[2])) / wall if wall > 0 else 0.0
+
+
+class CpuMeter:
+    """user+system CPU seconds of a set of processes (workers, emulator, redis-server)."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            try:
+                times = proc.cpu_times()
+                out[name] = times.user + times.system
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    @staticmethod
+    def delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        return {name: after[name] - before[name] for name in before}
+
+
+def stack_pids(stack: LocalStack) -> dict[str, int]:
+    """The processes whose CPU a job costs: every worker, the emulator and redis-server."""
+    pids = {w.name: w.process.pid for w in stack.workers}
+    pids["emulator"] = stack.emulator.process.pid
+    if stack.redis is not None and stack.redis.process is not None:
+        pids["redis"] = stack.redis.process.pid
+    return pids
+
+
+def redis_calls(stack: LocalStack) -> Counter[str]:
+    """Commands the stack's redis-server has run so far, by command (INFO commandstats)."""
+    if stack.redis is None:
+        return Counter()
+    stats = stack.redis.client().info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})

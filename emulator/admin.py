@@ -1,0 +1,122 @@
+"""The admin / inspection API under ``{base}/_emulator/`` (JSON in, JSON out).
+
+Lets a test or a benchmark in another process set the emulator up and read back what was applied::
+
+    GET  /_emulator/health                         {"ok": true, "url": ...}
+    GET  /_emulator/state                          all portals + OAuth counters
+    POST /_emulator/reset                          {"keep_portals"?: bool}
+    GET  /_emulator/portals                        ["domain", ...]
+    POST /_emulator/portals                        {domain, plan?, rate?, burst?, ..., client_id?, client_secret?}
+                                                   → PortalInfo (201)
+    GET  /_emulator/portals/{domain}/state
+    POST /_emulator/portals/{domain}/messages      {code, message_ids: [...], client_id?, author_id?}
+    POST /_emulator/portals/{domain}/senders       {code, client_id?, handler?, name?, type?}
+    POST /_emulator/portals/{domain}/connectors    {connector, line?}
+    POST /_emulator/portals/{domain}/expire        expire current access tokens now
+    POST /_emulator/portals/{domain}/faults        {error_500_rate?, drop_rate?, ..., seed?}
+    POST /_emulator/portals/{domain}/options       {rate?, burst?, op_cost?, operating_limit?, time_block?, ...}
+    POST /_emulator/portals/{domain}/uninstall     {client_id?, oauth_error?: "NOT_INSTALLED"|"invalid_client"}
+    POST /_emulator/portals/{domain}/tokens        {client_id?, client_secret?, user_id?} → PortalInfo
+
+Errors: 400 ``{"error": "BAD_REQUEST", ...}`` for bad input, 404 ``NOT_FOUND`` for an unknown portal or route.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .rest import Reply, json_reply
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+
+def _bad(description: str) -> Reply:
+    return json_reply(400, {"error": "BAD_REQUEST", "error_description": description})
+
+
+def _not_found(description: str) -> Reply:
+    return json_reply(404, {"error": "NOT_FOUND", "error_description": description})
+
+
+def handle_admin(emu: Emulator, http_method: str, path: str, query: str, body: bytes) -> Reply:
+    try:
+        data: Any = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return _bad("body must be JSON")
+    if not isinstance(data, dict):
+        return _bad("body must be a JSON object")
+    parts = [p for p in path.split("/") if p][1:]  # drop "_emulator"
+    try:
+        return _route(emu, http_method, parts, data)
+    except KeyError as exc:
+        return _not_found(str(exc.args[0]) if exc.args else "not found")
+    except (ValueError, TypeError) as exc:
+        return _bad(str(exc))
+
+
+def _route(emu: Emulator, method: str, parts: list[str], data: dict[str, Any]) -> Reply:
+    if parts == ["health"]:
+        return json_reply(200, {"ok": True, "url": emu.url})
+    if parts == ["state"] and method == "GET":
+        return json_reply(200, emu.state())
+    if parts == ["reset"] and method == "POST":
+        emu.reset(keep_portals=bool(data.get("keep_portals", False)))
+        return json_reply(200, {"ok": True})
+    if parts == ["portals"]:
+        if method == "GET":
+            return json_reply(200, emu.portals())
+        if method == "POST":
+            opts = dict(data)
+            domain = opts.pop("domain", None)
+            if not isinstance(domain, str):
+                return _bad("domain is required")
+            return json_reply(201, emu.add_portal(domain, **opts).to_dict())
+    if len(parts) == 3 and parts[0] == "portals":
+        return _portal_route(emu, method, parts[1], parts[2], data)
+    return _not_found(f"no admin route {method} /_emulator/{'/'.join(parts)}")
+
+
+def _portal_route(emu: Emulator, method: str, domain: str, action: str, data: dict[str, Any]) -> Reply:
+    if action == "state" and method == "GET":
+        return json_reply(200, emu.state(domain))
+    if method != "POST":
+        return _not_found(f"no admin route {method} .../{action}")
+    if action == "messages":
+        ids = data.get("message_ids")
+        if not isinstance(data.get("code"), str) or not isinstance(ids, list):
+            return _bad("code (string) and message_ids (list) are required")
+        n = emu.seed_messages(
+            domain, data["code"], ids, client_id=data.get("client_id"), author_id=data.get("author_id")
+        )
+        return json_reply(200, {"ok": True, "created": n})
+    if action == "senders":
+        if not isinstance(data.get("code"), str):
+            return _bad("code (string) is required")
+        extra = {k: data[k] for k in ("client_id", "handler", "name", "type") if k in data}
+        emu.add_sender(domain, data["code"], **extra)
+        return json_reply(200, {"ok": True})
+    if action == "connectors":
+        if not isinstance(data.get("connector"), str):
+            return _bad("connector (string) is required")
+        emu.add_connector(domain, data["connector"], data.get("line"))
+        return json_reply(200, {"ok": True})
+    if action == "expire":
+        return json_reply(200, {"ok": True, "expired": emu.expire_tokens(domain)})
+    if action == "faults":
+        return json_reply(200, emu.set_faults(domain, **data))
+    if action == "options":
+        return json_reply(200, emu.set_options(domain, **data))
+    if action == "uninstall":
+        emu.uninstall(domain, client_id=data.get("client_id"), oauth_error=data.get("oauth_error", "NOT_INSTALLED"))
+        return json_reply(200, {"ok": True})
+    if action == "tokens":
+        info = emu.issue_tokens(
+            domain,
+            client_id=data.get("client_id"),
+            client_secret=data.get("client_secret"),
+            user_id=data.get("user_id"),
+        )
+        return json_reply(200, info.to_dict())
+    return _not_found(f"no admin route POST .../{action}")

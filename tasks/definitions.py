@@ -1,0 +1,36 @@
+"""The Celery tasks: one per job kind, all running the same pipeline.
+
+Task names are stable (`b24q.status_update`, `b24q.delivery_confirmation`, `b24q.sender_update`,
+`b24q.mark_unread`) and take the job's fields as JSON kwargs, so any Celery-protocol client can
+produce them. Nothing secret is ever in a message: jobs name a portal, never a token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from celery import Task
+
+from tasks.jobs import KINDS, JobKind
+from workers.celery import app
+from workers.pipeline import PRIORITY_BULK, run_job
+from workers.runtime import get_runtime
+
+
+def _define(kind: JobKind) -> Task:
+    @app.task(name=kind.task_name, bind=True, max_retries=None, acks_late=True)
+    def job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        def retry(countdown: float, exc: BaseException) -> NoReturn:
+            raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=PRIORITY_BULK)
+
+        return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+
+    job.__doc__ = f"{kind.name}: {kind.method} ({kind.model.__doc__})"
+    return job
+
+
+TASKS: dict[str, Task] = {kind.name: _define(kind) for kind in KINDS.values()}
+status_update = TASKS["status-update"]
+delivery_confirmation = TASKS["delivery-confirmation"]
+sender_update = TASKS["sender-update"]
+mark_unread = TASKS["mark-unread"]

@@ -1,0 +1,209 @@
+"""`b24q demo`: the main job on the embedded default, end to end, with visible progress.
+
+Starts a private Redis (unless `B24Q_REDIS_URL`/`REDIS_URL` names one), the emulator portal, and a
+pool of worker processes; registers two OAuth portals; shows bad input refused at enqueue time;
+enqueues a realistic mix of all four job kinds; expires a portal's tokens mid-run so the pool heals
+itself; prints progress while the jobs run and a table of outcomes at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from workers.errors import JobRefused
+from workers.localstack import LocalStack
+
+PORTALS = {"acme.bitrix24.test": 0.7, "globex.bitrix24.test": 0.3}
+SENDER = "smsgw.demo"
+
+
+def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for i in range(count):
+        portal = rng.choices(list(PORTALS), weights=list(PORTALS.values()))[0]
+        roll = rng.random()
+        if roll < 0.5:
+            status = rng.choice(["sent", "delivered", "delivered", "undelivered", "failed"])
+            jobs.append(("status-update", {"portal": portal, "code": SENDER, "message_id": f"sms-{i:06d}",
+                                           "status": status}))  # fmt: skip
+        elif roll < 0.75:
+            messages = [
+                {
+                    "im": {"chat_id": 1000 + i % 50, "message_id": 50000 + i},
+                    "message": {"id": [f"wa-{i}"], "date": int(time.time())},
+                    "chat": {"id": f"chan-{i % 50}"},
+                }
+            ]
+            jobs.append(("delivery-confirmation", {"portal": portal, "connector": "waconnector", "line": 7,
+                                                   "messages": messages}))  # fmt: skip
+        elif roll < 0.78:
+            # a sender this app never registered: the portal refuses it, so it ends as a dead letter
+            code = SENDER if rng.random() < 0.7 else "smsgw.retired"
+            jobs.append(("sender-update", {"portal": portal, "code": code,
+                                           "handler": f"https://sms.example.com/b24/{i}"}))  # fmt: skip
+        else:
+            jobs.append(("mark-unread", {"portal": portal, "dialog_id": rng.choice(["chat12", "sg3", "42"]),
+                                         "message_id": 9000 + i}))  # fmt: skip
+    return jobs
+
+
+def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) -> float:
+    """The fastest the portals' buckets allow: `batch_max` commands per request (delivery confirmations
+    for one connector and line share a command), the burst at once, then `rate` requests per second."""
+    s = stack.settings
+    worst = 0.0
+    for portal in {p["portal"] for _, p in jobs}:
+        plain = 0
+        merged: Counter[tuple[Any, ...]] = Counter()
+        for kind, payload in jobs:
+            if payload["portal"] != portal:
+                continue
+            if kind == "delivery-confirmation" and s.merge_max > 1:
+                merged[(payload["connector"], payload["line"])] += len(payload["messages"])
+            else:
+                plain += 1
+        commands = plain + sum(-(-n // s.merge_max) for n in merged.values())
+        limits = stack_runtime().registry.get(portal).limits(s)
+        requests = -(-commands // s.batch_max)
+        worst = max(worst, (requests - limits.our_burst) / limits.our_rate)
+    return max(worst, 0.0)
+
+
+def _states(stack: LocalStack, ids: list[str]) -> Counter[str]:
+    pipe = stack_runtime().redis.pipeline()
+    for job_id in ids:
+        pipe.hget(f"{stack.settings.key_prefix}:job:{job_id}", "state")
+    return Counter((s or b"?").decode() for s in pipe.execute())
+
+
+def stack_runtime() -> Any:
+    from workers.runtime import get_runtime
+
+    return get_runtime()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tasks.jobs import KINDS
+    from tasks.producer import enqueue, enqueue_many
+
+    redis_url = os.environ.get("B24Q_REDIS_URL") or os.environ.get("REDIS_URL")
+    print("b24q demo: starting", "Redis at " + redis_url if redis_url else "a private Redis",
+          "+ the Bitrix24 emulator + worker processes…", flush=True)  # fmt: skip
+    with LocalStack(redis_url=redis_url, settings={"gather_ms": 20}) as stack:
+        for domain in PORTALS:
+            info = stack.add_portal(domain, token_ttl=3600, auto_connectors=True)
+            stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS gateway"})
+            stack.emulator.admin(
+                "POST",
+                f"portals/{domain}/messages",
+                {"code": SENDER, "message_ids": [f"sms-{i:06d}" for i in range(args.jobs)]},
+            )
+            print(f"  portal {domain}: {info['client_endpoint']} (standard plan: 2 req/s, burst 50)")
+        print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
+        stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
+        print(
+            f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
+            f"{stack.settings.worker_concurrency} threads each)\n"
+        )
+
+        print("Bad input is refused at enqueue time, before it reaches the queue:")
+        for kind, payload in (
+            ("status-update", {"portal": "acme.bitrix24.test", "code": SENDER, "message_id": "x1", "status": "read"}),
+            ("mark-unread", {"portal": "acme.bitrix24.test", "dialog_id": "user5", "message_id": 0}),
+            ("sender-update", {"portal": "nowhere.bitrix24.test", "code": SENDER, "name": "x"}),
+        ):
+            try:
+                enqueue(kind, payload)
+            except JobRefused as exc:
+                print(f"  refused: {exc}")
+        print()
+
+        jobs = _jobs(args.jobs, random.Random(7))
+        start = time.monotonic()
+        ids = enqueue_many(jobs)
+        enqueue_s = time.monotonic() - start
+        kinds = {job_id: kind for job_id, (kind, _) in zip(ids, jobs, strict=True)}
+        print(f"Enqueued {len(ids)} jobs in {enqueue_s:.1f}s "
+              f"({', '.join(f'{n} {k}' for k, n in Counter(k for k, _ in jobs).most_common())})")  # fmt: skip
+        ideal = _ideal_seconds(jobs, stack)
+        print(
+            f"Ideal time at the portals' limits: {ideal:.1f}s (each portal: {stack.settings.batch_max} commands per "
+            f"request, where delivery confirmations for one line share a command; 45 requests at once, then 2/s)\n"
+        )
+
+        expired = False
+        last = ""
+        while True:
+            states = _states(stack, ids)
+            finished = states["applied"] + states["dead"] + states["parked"]
+            elapsed = time.monotonic() - start
+            if not expired and finished > len(ids) * 0.4:
+                stack.emulator.expire("acme.bitrix24.test")  # tokens expire mid-run: the pool heals itself
+                expired = True
+                print("  (acme's access token just expired at the portal; watch the refresh count)")
+            counters = {d: stack.emulator.state(d)["counters"] for d in PORTALS}
+            line = (f"  {elapsed:5.1f}s  applied {states['applied']:>5}  dead {states['dead']:>3}  "
+                    f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
+                    f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
+                    f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
+                    f"{sum(c['refreshes'] for c in counters.values())}")  # fmt: skip
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if finished >= len(ids) or elapsed > 600:
+                break
+            time.sleep(1.0)
+        elapsed = time.monotonic() - start
+
+        print("\nOutcomes by job kind:")
+        outcome: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
+        rt = stack_runtime()
+        for job_id, kind in kinds.items():
+            outcome[kind][(rt.redis.hget(f"{stack.settings.key_prefix}:job:{job_id}", "state") or b"?").decode()] += 1
+        print(f"  {'kind':<22}{'applied':>8}{'dead':>6}{'parked':>8}{'other':>7}")
+        for kind, c in outcome.items():
+            other = sum(c.values()) - c["applied"] - c["dead"] - c["parked"]
+            print(f"  {kind:<22}{c['applied']:>8}{c['dead']:>6}{c['parked']:>8}{other:>7}")
+        print("\nPer portal (as the emulator saw it):")
+        print(f"  {'portal':<22}{'requests':>9}{'jobs/req':>9}{'503s':>6}{'refreshes':>10}{'invalid_grant':>14}")
+        for domain in PORTALS:
+            c = stack.emulator.state(domain)["counters"]
+            per = c["batch_commands"] + (c["accepted"] - c["batches"])
+            print(f"  {domain:<22}{c['accepted']:>9}{per / max(c['accepted'], 1):>9.1f}{c['refused_503']:>6}"
+                  f"{c['refreshes']:>10}{c['invalid_grants']:>14}")  # fmt: skip
+        unfinished = sum(sum(c.values()) - c["applied"] - c["dead"] - c["parked"] for c in outcome.values())
+        print(f"\n{len(ids)} jobs finished in {elapsed:.1f}s ({len(ids) / elapsed:.0f} jobs/s), enqueueing included "
+              f"({enqueue_s:.1f}s on the same cores); "
+              + (f"the ideal at the portals' limits was {ideal:.1f}s: {ideal / elapsed:.2f} of it. " if ideal >= 1
+                 else "the portals' bursts hold this whole run, so no ideal time applies. ")
+              + f"Jobs without an outcome: {unfinished}.")  # fmt: skip
+        dead = rt.dead.counts()
+        if dead:
+            print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
+        sample = ids[0]
+        print(f"One job's history: b24q job show {sample}")
+        print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
+        print(f"Flower: celery -A workers flower --broker={stack.settings.redis_url}  (then http://localhost:5555)")
+        if not args.keep:
+            print("(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "
+                  "the commands above and for Flower.)")  # fmt: skip
+        if args.keep:
+            print("\n--keep: the stack stays up; Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0 if outcome and sum(c["applied"] for c in outcome.values()) > 0 else 1
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

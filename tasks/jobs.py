@@ -1,0 +1,244 @@
+"""The four job kinds, each a declaration: a pydantic model that mirrors the method's docs, the REST
+method it calls, and how its params are built. Everything else (limit, call, classify, retry, dead
+letter) is one shared pipeline in `workers.pipeline`.
+
+Field names are the method's parameters in lower case; the Celery message carries exactly these
+fields plus `portal` as JSON kwargs, so any Celery-protocol client can produce jobs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from workers.errors import JobRefused, ResultFailed
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+#: A messageservice provider code: `^[a-z0-9.\-_]+$`, case-insensitive (bitrix24-facts.md §4.1).
+ProviderCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-_]+$", min_length=1, max_length=100)]
+PortalKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-_:]+$")]
+PositiveInt = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+LocalizedText = Text | dict[Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")], Text]
+
+
+class Job(BaseModel):
+    """Fields common to every job: the portal it goes to (a registry key, never a token)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    portal: PortalKey
+
+    def params(self) -> dict[str, Any]:
+        """The REST method's parameters."""
+        raise NotImplementedError
+
+    def check_result(self, result: Any) -> None:
+        """Raise if a 200 answer still means failure."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_clean(cls, value: Any) -> Any:
+        return _no_control(value) if isinstance(value, str) else value
+
+    @field_validator("code", "message_id", "name", "description", mode="after", check_fields=False)
+    @classmethod
+    def _not_empty_to_php(cls, value: Any) -> Any:
+        # Bitrix24 checks required params with PHP's empty(): "0" and {} count as missing there
+        # (found by the property test in tests/test_hostile_input.py against the emulator)
+        if value == "0" or value == {} or (isinstance(value, dict) and "0" in value.values()):
+            raise ValueError('is empty to Bitrix24 (PHP empty(): "0" and {} count as empty)')
+        return value
+
+
+class StatusUpdate(Job):
+    """`messageservice.message.status.update`: report an SMS's delivery state to the portal."""
+
+    code: ProviderCode
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=255, strip_whitespace=True)]
+    status: Literal["queued", "sent", "delivered", "undelivered", "failed"]
+
+    def params(self) -> dict[str, Any]:
+        return {"CODE": self.code, "MESSAGE_ID": self.message_id, "STATUS": self.status}
+
+
+class ImIds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    chat_id: PositiveInt
+    message_id: PositiveInt
+
+
+class ExternalMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=255)]], Field(min_length=1)]
+    date: Annotated[int, Field(ge=0, strict=True)]
+
+
+class ExternalChat(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class DeliveredMessage(BaseModel):
+    """One `MESSAGES` item; `im` ids come from the OnImConnectorMessageAdd event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    im: ImIds
+    message: ExternalMessage
+    chat: ExternalChat
+
+
+class DeliveryConfirmation(Job):
+    """`imconnector.send.status.delivery`: mark open-line messages delivered (and read)."""
+
+    connector: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-_]+$", min_length=1, max_length=100)]
+    line: PositiveInt
+    messages: Annotated[list[DeliveredMessage], Field(min_length=1, max_length=50)]
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "CONNECTOR": self.connector,
+            "LINE": self.line,
+            "MESSAGES": [m.model_dump() for m in self.messages],
+        }
+
+    def check_result(self, result: Any) -> None:
+        # the source can answer HTTP 200 with SUCCESS: false (bitrix24-facts.md §4.2)
+        if not (isinstance(result, Mapping) and result.get("SUCCESS") is True):
+            raise ResultFailed("SUCCESS_FALSE", f"imconnector answered {str(result)[:200]}", 200)
+
+
+class SenderUpdate(Job):
+    """`messageservice.sender.update`: change a provider's handler URL, name or description."""
+
+    code: ProviderCode
+    handler: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    name: LocalizedText | None = None
+    description: LocalizedText | None = None
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_is_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+            raise ValueError("must be an http(s) URL such as https://sms.example.com/handler")
+        try:
+            parts.port  # noqa: B018 - a bad port raises
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if (parts.hostname or "").find(".") <= 0:
+            raise ValueError("must name a host such as sms.example.com (Bitrix24 wants a dot in it)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_change(self) -> SenderUpdate:
+        if self.handler is None and self.name is None and self.description is None:
+            raise ValueError("give at least one of handler, name, description")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"CODE": self.code}
+        for key in ("handler", "name", "description"):
+            value = getattr(self, key)
+            if value is not None:
+                params[key.upper()] = value
+        return params
+
+
+class MarkUnread(Job):
+    """`im.dialog.unread`: mark a dialog unread from MESSAGE_ID on, for the token's user."""
+
+    dialog_id: Annotated[str, StringConstraints(pattern=r"^(chat[0-9]+|sg[0-9]+|[0-9]+)$", max_length=40)]
+    message_id: PositiveInt
+
+    def params(self) -> dict[str, Any]:
+        return {"DIALOG_ID": self.dialog_id, "MESSAGE_ID": self.message_id}
+
+
+_UNION_TAG = re.compile(r"^(constrained-\w+|\w+\[.*\]|function-\w+|str|int|dict|list|\[key\])$")
+
+
+def _field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) pairs; for a union, only the branch that got furthest is reported."""
+    found: list[tuple[tuple[str, ...], bool, str]] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = tuple(p for p in loc if not _UNION_TAG.match(p))
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        found.append((path, len(path) != len(loc), msg))
+    out: list[tuple[str, str]] = []
+    for path, in_union, msg in found:
+        if in_union and any(p[: len(path)] == path and len(p) > len(path) for p, _, _ in found):
+            continue  # a deeper error inside the same union says more
+        out.append((".".join(path) or "(job)", msg))
+    return out
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job kind: its public name, Celery task name, REST method and model.
+
+    `app_only` methods need application (OAuth) context and refuse webhook portals.
+    """
+
+    name: str
+    task_name: str
+    method: str
+    model: type[Job]
+    app_only: bool
+
+    def validate(self, payload: Mapping[str, Any]) -> Job:
+        """The job, or `JobRefused` naming each bad field and the rule it broke."""
+        if not isinstance(payload, Mapping):
+            raise JobRefused(self.name, [("(job)", f"a job is a JSON object of fields, not {type(payload).__name__}")])
+        try:
+            return self.model.model_validate(dict(payload))
+        except ValidationError as exc:
+            raise JobRefused(self.name, _field_errors(exc)) from None
+        except TypeError as exc:  # payload not a mapping
+            raise JobRefused(self.name, [("(job)", str(exc))]) from None
+
+    ALL: ClassVar[dict[str, JobKind]]
+
+
+STATUS_UPDATE = JobKind(
+    "status-update", "b24q.status_update", "messageservice.message.status.update", StatusUpdate, app_only=True
+)
+DELIVERY_CONFIRMATION = JobKind(
+    "delivery-confirmation",
+    "b24q.delivery_confirmation",
+    "imconnector.send.status.delivery",
+    DeliveryConfirmation,
+    app_only=True,
+)
+SENDER_UPDATE = JobKind(
+    "sender-update", "b24q.sender_update", "messageservice.sender.update", SenderUpdate, app_only=True
+)
+MARK_UNREAD = JobKind("mark-unread", "b24q.mark_unread", "im.dialog.unread", MarkUnread, app_only=False)
+
+KINDS: dict[str, JobKind] = {k.name: k for k in (STATUS_UPDATE, DELIVERY_CONFIRMATION, SENDER_UPDATE, MARK_UNREAD)}
+KINDS_BY_TASK: dict[str, JobKind] = {k.task_name: k for k in KINDS.values()}
+JobKind.ALL = KINDS

@@ -1,0 +1,214 @@
+"""The producer API that other services call to enqueue jobs.
+
+Input is validated here, before anything enters the queue: a bad job raises `JobRefused` naming the
+field and the rule; a job for an unknown portal raises `UnknownPortal`; an application-only method
+for a webhook portal is refused too. Each call returns the job id (also its Celery task id and its
+ledger key).
+
+Examples:
+    >>> from tasks.producer import enqueue_status_update, job_state     # doctest: +SKIP
+    >>> job_id = enqueue_status_update(portal="acme", code="smsgw", message_id="a1", status="delivered")
+    >>> job_state(job_id)["state"]
+    'queued'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tasks.definitions import TASKS
+from tasks.jobs import KINDS, DeliveredMessage, JobKind
+from workers.celery import app
+from workers.errors import JobRefused, UnknownPortal
+from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
+from workers.portals import Portal
+from workers.runtime import Runtime, get_runtime
+
+#: A portal with more unfinished jobs than this goes to the bulk lane, so other portals pass it.
+FAIR_BACKLOG = 200
+
+
+def _kind(kind: str | JobKind) -> JobKind:
+    if isinstance(kind, JobKind):
+        return kind
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise JobRefused(str(kind), [("kind", f"unknown job kind; one of {', '.join(KINDS)}")]) from None
+
+
+def check(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = None,
+          portals: dict[str, Portal | None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Validate a job against its model and the portal registry; return the message kwargs.
+
+    `portals` caches registry lookups across a bulk enqueue.
+    """
+    rt = rt or get_runtime()
+    k = _kind(kind)
+    job = k.validate(payload)  # the model's rules, including what Bitrix24 itself would refuse
+    if portals is None:
+        portals = {}
+    if job.portal not in portals:
+        portals[job.portal] = rt.registry.get(job.portal)
+    portal = portals[job.portal]
+    if portal is None:
+        raise UnknownPortal(job.portal, k.name)
+    if k.app_only and portal.kind == "webhook":
+        raise JobRefused(k.name, [("portal", f"{k.method} needs an OAuth application portal; "
+                                             f"{job.portal!r} is an incoming webhook")])  # fmt: skip
+    return job.model_dump(mode="json", exclude_none=True)
+
+
+def enqueue(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = None,
+            job_id: str | None = None) -> str:  # fmt: skip
+    """Validate and enqueue one job; returns its id."""
+    rt = rt or get_runtime()
+    k = _kind(kind)
+    kwargs = check(k, payload, rt)
+    return _publish(rt, [(k, kwargs, job_id or str(uuid.uuid4()))])[0]
+
+
+def _publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeue_why: str = "") -> list[str]:
+    """Record the jobs in the ledger, then publish them (one Redis pipeline, one broker connection).
+
+    A portal whose backlog is deep goes to the bulk lane so other portals' jobs pass it.
+    """
+    backlog = {portal: rt.ledger.backlog(portal) for portal in {kwargs["portal"] for _, kwargs, _ in jobs}}
+    priorities = []
+    pipe = rt.redis.pipeline(transaction=False)
+    for k, kwargs, job_id in jobs:
+        portal = kwargs["portal"]
+        priorities.append(PRIORITY_NORMAL if backlog[portal] < FAIR_BACKLOG else PRIORITY_BULK)
+        backlog[portal] += 1
+        # the kwargs stay in the ledger until the job finishes: a message the broker loses is published
+        # again from them (workers.ledger, reliability fix)
+        if requeue_why:
+            rt.ledger.requeued(job_id, portal, requeue_why, pipe, payload=kwargs)
+        else:
+            rt.ledger.enqueued(job_id, k.name, portal, pipe, payload=kwargs)
+    pipe.execute()
+    published: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for (k, kwargs, job_id), priority in zip(jobs, priorities, strict=True):
+                TASKS[k.name].apply_async(kwargs=kwargs, task_id=job_id, priority=priority, queue=rt.settings.queue,
+                                          producer=producer)  # fmt: skip
+                published.append(job_id)
+    except Exception:
+        # FIX (reliability): the caller is told the enqueue failed (Redis down: tests/faults/
+        # test_redis_restart.py), so the records of jobs not published are rolled back instead of
+        # staying `queued` forever; best effort, Redis may still be down.
+        if not requeue_why:
+            done = set(published)
+            for _, kwargs, job_id in jobs:
+                if job_id not in done:
+                    with contextlib.suppress(Exception):
+                        rt.ledger.unpublished(job_id, kwargs["portal"])
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the reconciler watches published jobs (workers.ledger)
+            rt.ledger.mark_open(published)
+    return published
+
+
+def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | None = None) -> list[str]:
+    """Validate every job first, then enqueue them all (nothing is enqueued if one is bad)."""
+    rt = rt or get_runtime()
+    portals: dict[str, Portal | None] = {}
+    checked = []
+    for index, (kind, payload) in enumerate(jobs):
+        try:
+            checked.append((_kind(kind), check(kind, payload, rt, portals), str(uuid.uuid4())))
+        except JobRefused as exc:
+            raise JobRefused(exc.kind, [(f"[{index}].{f}", m) for f, m in exc.errors]) from None
+    ids: list[str] = []
+    for start in range(0, len(checked), 1000):
+        ids.extend(_publish(rt, checked[start : start + 1000]))
+    return ids
+
+
+def enqueue_status_update(*, portal: str, code: str, message_id: str, status: str) -> str:
+    """Report an SMS's state (`queued`, `sent`, `delivered`, `undelivered`, `failed`) to the portal."""
+    return enqueue("status-update", {"portal": portal, "code": code, "message_id": message_id, "status": status})
+
+
+def enqueue_delivery_confirmation(
+    *, portal: str, connector: str, line: int, messages: list[Mapping[str, Any] | DeliveredMessage]
+) -> str:
+    """Confirm delivery of open-line messages (`im` ids from OnImConnectorMessageAdd)."""
+    items = [m.model_dump() if isinstance(m, DeliveredMessage) else dict(m) for m in messages]
+    return enqueue("delivery-confirmation", {"portal": portal, "connector": connector, "line": line, "messages": items})
+
+
+def enqueue_sender_update(
+    *, portal: str, code: str, handler: str | None = None, name: Any = None, description: Any = None
+) -> str:
+    """Change a messageservice provider's handler URL, name or description."""
+    payload = {"portal": portal, "code": code, "handler": handler, "name": name, "description": description}
+    return enqueue("sender-update", {k: v for k, v in payload.items() if v is not None})
+
+
+def enqueue_mark_unread(*, portal: str, dialog_id: str, message_id: int) -> str:
+    """Mark a dialog unread from `message_id` on (for the portal credentials' user)."""
+    return enqueue("mark-unread", {"portal": portal, "dialog_id": dialog_id, "message_id": message_id})
+
+
+def job_state(job_id: str, rt: Runtime | None = None) -> dict[str, Any] | None:
+    """The job's ledger record and history, or None if unknown."""
+    return (rt or get_runtime()).ledger.get(job_id)
+
+
+def resume_parked(portal: str, rt: Runtime | None = None) -> int:
+    """Re-enqueue the jobs parked for `portal` (keeping their ids); returns how many."""
+    rt = rt or get_runtime()
+    count = 0
+    for envelope in rt.parking.parked(portal):
+        kind = next((k for k in KINDS.values() if k.task_name == envelope["task"]), None)
+        if kind is not None:
+            _publish(rt, [(kind, envelope["kwargs"], envelope["id"])], "resumed after re-authorisation")
+            count += 1
+        rt.parking.release(portal, envelope["id"])
+    return count
+
+
+def store_tokens(portal: str, auth: Mapping[str, Any], rt: Runtime | None = None) -> int:
+    """Store a fresh token pair from Bitrix24's `auth` block and resume the portal's parked jobs.
+
+    Call it from an app's install or event handler. Returns the number of jobs resumed.
+    """
+    rt = rt or get_runtime()
+    rt.registry.store_auth(portal, auth)
+    return resume_parked(portal, rt)
+
+
+def replay(
+    ids: Iterable[str] | None = None,
+    portal: str | None = None,
+    code: str | None = None,
+    kind: str | None = None,
+    rt: Runtime | None = None,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Re-validate and re-enqueue dead letters (by id, or by filter; all when nothing is given).
+
+    Returns (replayed ids, [(id, why not)]). A letter that fails validation again stays.
+    """
+    rt = rt or get_runtime()
+    letters = [rt.dead.get(i) for i in ids] if ids is not None else list(rt.dead.iter(portal, code, kind))
+    done: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for letter in letters:
+        if letter is None:
+            continue
+        try:
+            k = _kind(letter.kind)
+            kwargs = check(k, letter.payload, rt)
+        except JobRefused as exc:
+            refused.append((letter.id, str(exc)))
+            continue
+        _publish(rt, [(k, kwargs, letter.id)], f"replayed from dead letter {letter.code}")
+        rt.dead.remove(letter.id)
+        done.append(letter.id)
+    return done, refused

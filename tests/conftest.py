@@ -1,0 +1,49 @@
+"""Shared fixtures: a private redis-server for the session (never the machine's own), settings and
+a Runtime wired to it. Integration fixtures (emulator, worker processes) are in tests/integration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from workers.redisserver import RedisServer
+from workers.runtime import Runtime, set_runtime
+from workers.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer(appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def rclient(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        client_id="app.test",
+        client_secret="s3cr3t-client",  # type: ignore[arg-type]
+        oauth_url="http://127.0.0.1:9/oauth/token/",
+        gather_ms=20,
+        permit_wait=5.0,
+        backoff_base=0.2,
+        backoff_max=2.0,
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings, rclient: redis.Redis) -> Iterator[Runtime]:
+    rt = Runtime(settings, rclient)
+    set_runtime(rt)
+    yield rt
+    set_runtime(None)

@@ -1,0 +1,83 @@
+"""The operating limit with a fake clock: 10 one-minute buckets, each expiring 10 minutes after its first call."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulator import OperatingMeter
+
+from .conftest import FakeClock
+
+KEY = ("app:x", "im.dialog.unread")
+
+
+def test_block_only_after_total_exceeds_limit() -> None:
+    clock = FakeClock()
+    meter = OperatingMeter(limit=10.0, clock=clock)
+    for _ in range(2):
+        assert not meter.blocked(KEY)
+        meter.add(KEY, 5.0)
+    assert meter.total(KEY) == 10.0
+    assert not meter.blocked(KEY)  # at the limit, not over it
+    meter.add(KEY, 0.5)  # this call pushed it over and still completed
+    assert meter.blocked(KEY)
+
+
+def test_separate_keys_do_not_interfere() -> None:
+    meter = OperatingMeter(limit=1.0, clock=FakeClock())
+    meter.add(KEY, 5.0)
+    assert meter.blocked(KEY)
+    assert not meter.blocked(("app:x", "other.method"))
+    assert not meter.blocked(("webhook:1:abc", KEY[1]))
+
+
+def test_buckets_are_one_minute_and_expire_after_ten() -> None:
+    clock = FakeClock(0.0)
+    meter = OperatingMeter(limit=100.0, clock=clock)
+    meter.add(KEY, 1.0)  # bucket A starts at t=0
+    clock.advance(59)
+    meter.add(KEY, 1.0)  # still bucket A
+    clock.advance(2)  # t=61
+    meter.add(KEY, 1.0)  # bucket B starts at t=61
+    snap = meter.snapshot(KEY)
+    assert snap.operating == 3.0
+    assert snap.reset_at == 600.0  # A's first call + 10 minutes
+    clock.now = 599.9
+    assert meter.total(KEY) == 3.0
+    clock.now = 600.0  # A drops out
+    assert meter.total(KEY) == 1.0
+    assert meter.snapshot(KEY).reset_at == 661.0
+    clock.now = 661.0
+    assert meter.total(KEY) == 0.0
+
+
+def test_block_lifts_at_reset() -> None:
+    clock = FakeClock(0.0)
+    meter = OperatingMeter(limit=480.0, clock=clock)
+    for minute in range(10):
+        clock.now = minute * 60.0
+        meter.add(KEY, 50.0)  # 500 s in total, spread over ten buckets
+    assert meter.blocked(KEY)
+    reset = meter.snapshot(KEY).reset_at
+    assert reset == 600.0
+    clock.now = reset
+    assert meter.total(KEY) == 450.0
+    assert not meter.blocked(KEY)
+
+
+def test_never_more_than_ten_buckets() -> None:
+    clock = FakeClock(0.0)
+    meter = OperatingMeter(limit=None, clock=clock)
+    for i in range(100):
+        meter.add(KEY, 1.0)
+        assert meter.total(KEY) == min(i + 1, 10)  # only the last ten minutes count
+        clock.advance(60.0)
+    assert meter.total(KEY) == 9.0  # the oldest of the ten expired exactly now
+    assert not meter.blocked(KEY)
+
+
+def test_snapshot_without_calls() -> None:
+    meter = OperatingMeter(limit=480.0, clock=FakeClock(5.0))
+    snap = meter.snapshot(KEY)
+    assert snap.operating == 0.0
+    assert snap.reset_at == pytest.approx(605.0)

@@ -1,0 +1,224 @@
+"""Fault-suite helpers: stacks tuned for fast recovery, a mixed workload whose every job the emulator can
+count, and a figures file that docs/reliability.md quotes.
+
+Each fault test builds its own LocalStack (it kills workers, Redis or the OAuth server, so stacks are not
+shared) and bounds every wait, so the suite stays within its CI budget (4 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import producer
+from tests.integration.conftest import FAST
+from workers.localstack import LocalStack
+from workers.runtime import get_runtime
+
+#: Settings of every fault stack: short backoffs, and a visibility timeout short enough that a killed
+#: worker's jobs come back within the test (kombu restores unacked messages older than it; b24q sweeps
+#: every visibility_timeout / 5 s, see celeryconfig._restore_interval). backoff_max stays well below it.
+FAULT = {
+    **FAST,
+    "visibility_timeout": 10,
+    "backoff_max": 2.0,
+    "permit_wait": 4.0,
+    "request_timeout": 5.0,
+    "reconcile_interval": 3.0,
+    "reconcile_grace": 8.0,
+}
+
+#: Where the figures of the last run go (docs/reliability.md quotes them).
+FIGURES = Path(os.environ.get("B24Q_FAULT_FIGURES", ".b24q/fault-figures.json"))
+
+SENDER = "smsgw"
+CONNECTOR = "faultconn"
+LINE = 7
+#: without mingle/gossip a worker is ready a second sooner, and the fault suite starts many
+QUICK = ["--without-mingle", "--without-gossip"]
+
+
+def make_fault_stack(workers: int = 2, concurrency: int = 16, **settings: Any) -> LocalStack:
+    """A stack with FAULT settings; B24Q_FAULT_LOGS=DIR keeps its logs (one subdirectory per stack)."""
+    keep = os.environ.get("B24Q_FAULT_LOGS")
+    log_dir = os.path.join(keep, f"{time.strftime('%H%M%S')}-{os.getpid()}-{random.randrange(10**6)}") if keep else None
+    stack = LocalStack(settings={**FAULT, **settings}, log_dir=log_dir)
+    stack.__enter__()
+    try:
+        if workers:
+            stack.start_workers(workers, concurrency=concurrency, extra=QUICK)
+    except Exception:
+        stack.__exit__(None, None, None)
+        raise
+    return stack
+
+
+@pytest.fixture
+def domain(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:32]
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    return f"{name}-{digest}.bitrix24.test"
+
+
+def add_portal(stack: LocalStack, domain: str, **options: Any) -> dict[str, Any]:
+    """An OAuth portal that accepts every kind of the mixed workload."""
+    info = stack.add_portal(domain, auto_messages=True, auto_connectors=True, **options)
+    stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS"})
+    return info
+
+
+def mixed_jobs(domain: str, n: int, start: int = 0, seed: int = 1) -> list[tuple[str, dict[str, Any]]]:
+    """`n` jobs of the four kinds (about 40/25/10/25 %), each with a unique key the emulator records."""
+    rng = random.Random(f"{seed}:{domain}:{start}")
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for i in range(start, start + n):
+        roll = rng.random()
+        if roll < 0.4:
+            jobs.append(("status-update", {"portal": domain, "code": SENDER, "message_id": f"sms-{i}",
+                                           "status": rng.choice(["sent", "delivered", "failed"])}))  # fmt: skip
+        elif roll < 0.65:
+            message = {"im": {"chat_id": 1000 + i % 50, "message_id": 50_000 + i},
+                       "message": {"id": [f"ext-{i}"], "date": 1_738_065_600}, "chat": {"id": f"chan-{i % 50}"}}  # fmt: skip
+            jobs.append(("delivery-confirmation", {"portal": domain, "connector": CONNECTOR, "line": LINE,
+                                                   "messages": [message]}))  # fmt: skip
+        elif roll < 0.75:
+            jobs.append(
+                ("sender-update", {"portal": domain, "code": SENDER, "handler": f"https://sms.example.com/h/{i}"})
+            )
+        else:
+            jobs.append(("mark-unread", {"portal": domain, "dialog_id": f"chat{i % 7 + 1}", "message_id": i + 1}))
+    return jobs
+
+
+def job_key(kind: str, payload: dict[str, Any]) -> str:
+    """What the emulator records for one job (see `applied_counts`)."""
+    portal = payload["portal"]
+    if kind == "status-update":
+        return f"{portal}/status:{payload['message_id']}"
+    if kind == "delivery-confirmation":
+        return f"{portal}/delivery:{payload['messages'][0]['im']['message_id']}"
+    if kind == "sender-update":
+        return f"{portal}/sender:{payload['handler']}"
+    return f"{portal}/unread:{payload['dialog_id']}:{payload['message_id']}"
+
+
+def applied_counts(state: dict[str, Any]) -> Counter[str]:
+    """How many times the portal applied each job key."""
+    portal = state["domain"]
+    counts: Counter[str] = Counter()
+    for record in state["statuses"]:
+        counts[f"{portal}/status:{record['message_id']}"] += record["count"]
+    for record in state["deliveries"]:
+        counts[f"{portal}/delivery:{record['message_id']}"] += record["count"]
+    for record in state["sender_updates"]:
+        for update in record["updates"]:
+            counts[f"{portal}/sender:{update.get('HANDLER')}"] += 1
+    for record in state["unread"]:
+        for message_id in record["message_ids"]:
+            counts[f"{portal}/unread:{record['dialog_id']}:{message_id}"] += 1
+    return counts
+
+
+def states(ids: Iterable[str]) -> dict[str, str]:
+    rt = get_runtime()
+    ids = list(ids)
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), 2000):
+        chunk = ids[start : start + 2000]
+        pipe = rt.redis.pipeline()
+        for job_id in chunk:
+            pipe.hget(f"{rt.settings.key_prefix}:job:{job_id}", "state")
+        out.update({i: (s or b"").decode() for i, s in zip(chunk, pipe.execute(), strict=True)})
+    return out
+
+
+def wait_terminal(
+    ids: Iterable[str], timeout: float, terminal: tuple[str, ...] = ("applied", "dead", "parked")
+) -> dict[str, str]:
+    """Wait (bounded) until every job is in a terminal state; returns {id: state}."""
+    ids = list(ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = states(ids)
+        if all(s in terminal for s in found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
+def outcome(
+    jobs: list[tuple[str, dict[str, Any]]], ids: list[str], found: dict[str, str], counts: Counter[str]
+) -> dict[str, Any]:
+    """The figures of a run: every job applied (at least once at the portal) or dead-lettered, or lost."""
+    applied = [i for i in ids if found[i] == "applied"]
+    dead = [i for i in ids if found[i] == "dead"]
+    keys = {i: job_key(kind, payload) for i, (kind, payload) in zip(ids, jobs, strict=True)}
+    not_terminal = [i for i in ids if found[i] not in ("applied", "dead")]
+    applied_but_unseen = [i for i in applied if counts[keys[i]] == 0]
+    rt = get_runtime()
+    return {
+        "lost_records": [rt.ledger.get(i) for i in (not_terminal + applied_but_unseen)[:3]],
+        "jobs": len(ids),
+        "applied": len(applied),
+        "dead_lettered": len(dead),
+        "lost": len(not_terminal) + len(applied_but_unseen),
+        "applied_twice_or_more": sum(1 for i in ids if counts[keys[i]] > 1),
+        "extra_applications": sum(max(0, counts[keys[i]] - 1) for i in ids),
+        "not_terminal": not_terminal[:5],
+        "applied_but_unseen": applied_but_unseen[:5],
+    }
+
+
+def record_figures(test: str, figures: dict[str, Any]) -> None:
+    """Merge one test's figures into the figures file (and print them: `pytest -s` shows them)."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(FIGURES.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[test] = {**figures, "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True))
+    print(f"\n[figures] {test}: {json.dumps(figures, sort_keys=True)}")
+
+
+def enqueue(jobs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return producer.enqueue_many(jobs)
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A dict the test fills; written to the figures file when the test ends (even when it fails)."""
+    data: dict[str, Any] = {}
+    yield data
+    if data:
+        record_figures(request.node.name, data)
+
+
+def broker_backlog() -> dict[str, int]:
+    """Messages still in the broker: queued (every priority sub-queue) and delivered but not acknowledged."""
+    rt = get_runtime()
+    queue = rt.settings.queue
+    names = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+    return {"queued": sum(int(rt.redis.llen(n)) for n in names), "unacked": int(rt.redis.hlen("unacked"))}
+
+
+def wait_drained(ids: list[str], timeout: float) -> tuple[dict[str, str], dict[str, int]]:
+    """Wait (bounded) until every job is terminal and the broker holds none of their messages."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = wait_terminal(ids, max(0.0, deadline - time.monotonic()))
+        backlog = broker_backlog()
+        if (
+            backlog == {"queued": 0, "unacked": 0} and all(s in ("applied", "dead", "parked") for s in found.values())
+        ) or time.monotonic() > deadline:
+            return found, backlog
+        time.sleep(0.5)

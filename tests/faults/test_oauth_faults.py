@@ -1,0 +1,130 @@
+"""The OAuth server down or slow while tokens need a refresh: the refresh lock is never held forever, jobs
+wait and resume, and the pool refreshes once (no double refresh: the emulator counts refreshes and the
+invalid_grant a second use of a rotated refresh token would get)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.faults.conftest import (
+    QUICK,
+    add_portal,
+    applied_counts,
+    enqueue,
+    make_fault_stack,
+    mixed_jobs,
+    outcome,
+    wait_drained,
+)
+from workers.localstack import LocalStack
+from workers.runtime import get_runtime
+
+pytestmark = pytest.mark.integration
+
+OAUTH_TIMEOUT = 2.5  # the refresh lock lives 2 x 2.5 + 5 = 10 s
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    s = make_fault_stack(workers=2, concurrency=32, oauth_timeout=OAUTH_TIMEOUT)
+    yield s
+    s.__exit__(None, None, None)
+
+
+def lock_key(portal: str) -> str:
+    return f"{get_runtime().settings.key_prefix}:lock:refresh:{{{portal}}}"
+
+
+def finish(
+    stack: LocalStack, portal: str, jobs: list[tuple[str, dict[str, Any]]], ids: list[str], timeout: float
+) -> dict[str, Any]:
+    found, backlog = wait_drained(ids, timeout=timeout)
+    state = stack.emulator.state(portal)
+    result = outcome(jobs, ids, found, applied_counts(state))
+    counters = state["counters"]
+    failures = [int((get_runtime().ledger.get(i) or {}).get("failures") or 0) for i in ids]
+    result.update(max_failures_of_a_job=max(failures), refreshes=counters["refreshes"], invalid_grants=counters["invalid_grants"],
+                  oauth_faults=counters["faults"].get("oauth_down", 0), broker_left=backlog,
+                  dead_codes=sorted({d.code for d in (get_runtime().dead.get(i) for i in ids) if d}))  # fmt: skip
+    return result
+
+
+@pytest.mark.parametrize("mode", ["503", "drop"])
+def test_oauth_down_during_refresh_jobs_wait_and_resume(
+    stack: LocalStack, domain: str, mode: str, figures: dict[str, Any]
+) -> None:
+    add_portal(stack, domain)
+    stack.emulator.expire(domain)
+    stack.emulator.set_faults(domain, oauth_down=mode)
+    jobs = mixed_jobs(domain, 200)
+    ids = enqueue(jobs)
+    down_for = 15.0  # longer than a job's whole transient budget (8 failures, backoff capped at 2 s)
+    deadline = time.monotonic() + down_for
+    lock_ttls = []
+    while time.monotonic() < deadline:
+        ttl = get_runtime().redis.pttl(lock_key(domain))
+        if ttl > 0:
+            lock_ttls.append(ttl)
+        time.sleep(0.1)
+    stack.emulator.set_faults(domain, oauth_down=False)
+    up = time.monotonic()
+    result = finish(stack, domain, jobs, ids, timeout=60)
+    figures.update(result, oauth_down_s=down_for, resumed_after_s=round(time.monotonic() - up, 1),
+                   max_lock_ttl_ms=max(lock_ttls, default=0))  # fmt: skip
+    assert max(lock_ttls, default=0) <= (2 * OAUTH_TIMEOUT + 5) * 1000  # the lock always expires
+    assert result["lost"] == 0 and result["dead_lettered"] == 0, result
+    assert result["refreshes"] == 1 and result["invalid_grants"] == 0, result
+    assert result["oauth_faults"] > 0
+    assert result["max_failures_of_a_job"] == 0  # waiting for the OAuth server spends no job's budget
+
+
+def test_slow_oauth_server_one_refresh_while_the_pool_waits(
+    stack: LocalStack, domain: str, figures: dict[str, Any]
+) -> None:
+    add_portal(stack, domain)
+    stack.emulator.expire(domain)
+    stack.emulator.set_faults(domain, oauth_delay=OAUTH_TIMEOUT * 0.6)  # slow, within the client's timeout
+    jobs = mixed_jobs(domain, 200)
+    ids = enqueue(jobs)
+    result = finish(stack, domain, jobs, ids, timeout=60)
+    figures.update(result, oauth_delay_s=OAUTH_TIMEOUT * 0.6)
+    assert result["lost"] == 0 and result["dead_lettered"] == 0, result
+    assert result["refreshes"] == 1 and result["invalid_grants"] == 0, result
+
+
+def test_a_refresh_lock_holder_killed_mid_refresh_does_not_block_the_portal(
+    stack: LocalStack, domain: str, figures: dict[str, Any]
+) -> None:
+    """Every worker is SIGKILLed while one of them waits on the OAuth server holding the portal's refresh
+    lock. The lock expires by itself; a new worker refreshes once and the jobs are applied."""
+    add_portal(stack, domain)
+    stack.emulator.expire(domain)
+    # the holder's refresh call hangs, then fails (nothing rotated at the OAuth server)
+    stack.emulator.set_faults(domain, oauth_delay=4.0, oauth_down=True)
+    jobs = mixed_jobs(domain, 100)
+    ids = enqueue(jobs)
+    rt = get_runtime()
+    deadline = time.monotonic() + 20
+    while rt.redis.pttl(lock_key(domain)) <= 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held_ttl = rt.redis.pttl(lock_key(domain))
+    assert held_ttl > 0, "no refresh started"
+    for worker in stack.live_workers():
+        worker.kill(signal.SIGKILL)
+        worker.wait(10)
+    killed = time.monotonic()
+    time.sleep(4.5)  # the dead holder's request finishes at the OAuth server (refused: down)
+    stack.emulator.set_faults(domain, oauth_delay=0.0, oauth_down=False)
+    lock_left = rt.redis.pttl(lock_key(domain))
+    stack.start_workers(2, concurrency=32, extra=QUICK)
+    result = finish(stack, domain, jobs, ids, timeout=60)
+    figures.update(result, lock_ttl_when_killed_ms=held_ttl, lock_ttl_left_after_kill_ms=lock_left,
+                   recovered_after_kill_s=round(time.monotonic() - killed, 1))  # fmt: skip
+    assert 0 < held_ttl <= (2 * OAUTH_TIMEOUT + 5) * 1000
+    assert result["lost"] == 0 and result["dead_lettered"] == 0, result
+    assert result["refreshes"] == 1 and result["invalid_grants"] == 0, result

@@ -1,0 +1,97 @@
+"""Portal faults: 500s, dropped connections (before and after the change is applied), answers that come
+after the client's timeout having applied the change, garbage bodies. Jobs are retried within their
+budget and end in the right state; a repeat is harmless and counted; nothing is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.faults.conftest import (
+    add_portal,
+    applied_counts,
+    enqueue,
+    make_fault_stack,
+    mixed_jobs,
+    outcome,
+    wait_drained,
+    wait_terminal,
+)
+from workers.localstack import LocalStack
+from workers.runtime import get_runtime
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    # a short read timeout, so "applied, then answered late" is a timeout for the client
+    s = make_fault_stack(workers=2, concurrency=64, request_timeout=1.0)
+    yield s
+    s.__exit__(None, None, None)
+
+
+def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    add_portal(stack, portal)
+    stack.emulator.set_faults(portal, seed=5, **faults)
+    jobs = mixed_jobs(portal, n)
+    ids = enqueue(jobs)
+    found, backlog = wait_drained(ids, timeout=timeout)
+    state = stack.emulator.state(portal)
+    result = outcome(jobs, ids, found, applied_counts(state))
+    rt = get_runtime()
+    retried = [int((rt.ledger.get(i) or {}).get("failures") or 0) for i in ids]
+    result.update(faults_injected=dict(state["counters"]["faults"]), jobs_retried=sum(1 for f in retried if f),
+                  max_failures_of_a_job=max(retried), broker_left=backlog)  # fmt: skip
+    return result, state
+
+
+def test_500s_drops_and_garbage_are_retried_until_applied(
+    stack: LocalStack, domain: str, figures: dict[str, Any]
+) -> None:
+    result, _ = run(stack, domain, 600, 90, error_500_rate=0.1, drop_rate=0.05, garbage_rate=0.1)
+    figures.update(result)
+    assert result["lost"] == 0, result
+    assert result["applied"] == 600 and result["dead_lettered"] == 0, result
+    assert {"error_500", "drop", "garbage_html", "garbage_truncated"} <= set(result["faults_injected"])
+    assert result["jobs_retried"] > 0
+
+
+def test_changes_applied_but_answered_late_or_lost_are_retried_harmlessly(
+    stack: LocalStack, domain: str, figures: dict[str, Any]
+) -> None:
+    """The portal applies the call, then answers after the client's 1 s timeout (slow) or drops the
+    answer (drop after): the worker sees a failure for a change that happened, retries, and the repeat
+    is harmless (the same status, the same delivery mark, the same unread mark)."""
+    slow, state = run(stack, f"slow-{domain}", 300, 90, slow_rate=0.3, slow_seconds=2.5)
+    dropped, _ = run(stack, f"drop-{domain}", 300, 90, drop_rate=0.3, drop_phase="after")
+    result = {k: slow[k] + dropped[k] for k in ("jobs", "applied", "dead_lettered", "lost", "applied_twice_or_more",
+                                                 "extra_applications", "jobs_retried")}  # fmt: skip
+    figures.update(result, faults_injected={**slow["faults_injected"], **dropped["faults_injected"]})
+    assert result["lost"] == 0, (slow, dropped)
+    assert result["applied"] == 600 and result["dead_lettered"] == 0, (slow, dropped)
+    assert slow["faults_injected"].get("slow") and dropped["faults_injected"].get("drop_after")
+    # a call applied and then answered too late is applied again by the retry: visible, and harmless
+    assert result["applied_twice_or_more"] > 0
+    repeated = [s for s in state["statuses"] if s["count"] > 1]
+    assert all(len(set(s["statuses"])) == 1 for s in repeated)  # the repeat wrote the same status
+
+
+def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
+    stack: LocalStack, domain: str, figures: dict[str, Any]
+) -> None:
+    rt = get_runtime()
+    add_portal(stack, domain)
+    stack.emulator.set_faults(domain, error_500_rate=1.0)
+    jobs = mixed_jobs(domain, 6)
+    ids = enqueue(jobs)
+    found = wait_terminal(ids, timeout=60)
+    letters = [rt.dead.get(i) for i in ids]
+    figures.update(jobs=len(ids), dead_lettered=sum(1 for s in found.values() if s == "dead"),
+                   codes=sorted({d.code for d in letters if d}), failures=[rt.ledger.get(i)["failures"] for i in ids])  # type: ignore[index]  # fmt: skip
+    assert set(found.values()) == {"dead"}, found
+    assert {d.code for d in letters if d} == {"INTERNAL_SERVER_ERROR"}
+    assert all(int(rt.ledger.get(i)["failures"]) == rt.settings.max_failures for i in ids)  # type: ignore[index]
+    assert sum(applied_counts(stack.emulator.state(domain)).values()) == 0

@@ -1,0 +1,164 @@
+"""The Bitrix24 REST client: one request builder and one answer parser for every method and `batch`.
+
+It takes an `httpx` transport, so unit tests answer with `httpx.MockTransport` and integration tests
+talk to the emulator over real sockets through the same code path. It never retries and never
+sleeps: deciding what an error means for a job is the pipeline's business (`workers.errors`).
+Secrets (access tokens, webhook codes) never appear in the text of the errors it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from workers import querystring
+from workers.errors import RestError, ServerError, TransportError, rest_error
+
+BATCH_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where and as whom to call a portal.
+
+    `endpoint` is the OAuth `client_endpoint` (`https://x.bitrix24.com/rest/`) with an `access_token`,
+    or an incoming-webhook URL (`https://x.bitrix24.com/rest/1/code/`) with none.
+    """
+
+    endpoint: str
+    access_token: str | None = field(default=None)
+
+    @property
+    def is_webhook(self) -> bool:
+        return self.access_token is None
+
+    def __repr__(self) -> str:  # keep tokens and webhook codes out of logs and tracebacks
+        return f"Credentials(endpoint=<{'webhook' if self.is_webhook else 'oauth'}>, access_token=<masked>)"
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """A successful call: its `result` and the `time` block (None on portals that omit it)."""
+
+    result: Any
+    time: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One `batch` answer: per command key, its `CallResult` or the `RestError` it got."""
+
+    results: dict[str, CallResult | RestError]
+    time: Mapping[str, Any] | None = None
+
+
+class RestClient:
+    """Synchronous, thread-safe client (one per worker process; httpx pools connections).
+
+    Parameters:
+        transport: an httpx transport; `None` for real sockets.
+        connect_timeout / read_timeout: seconds; every call has both.
+
+    Examples:
+        >>> def handler(request):
+        ...     return httpx.Response(200, json={"result": True})
+        >>> client = RestClient(transport=httpx.MockTransport(handler))
+        >>> client.call(Credentials("https://x/rest/", "t"), "im.dialog.unread", {}).result
+        True
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 30.0,
+        max_connections: int = 200,
+    ) -> None:
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": "b24q/0.1", "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, creds: Credentials, method: str, params: Mapping[str, Any]) -> CallResult:
+        """Call one method; raise the typed error of the answer."""
+        body = self._post(creds, method, params)
+        return CallResult(body.get("result"), body.get("time"))
+
+    def batch(
+        self, creds: Credentials, commands: Mapping[str, tuple[str, Mapping[str, Any]]], halt: bool = False
+    ) -> BatchResult:
+        """Run up to 50 commands in one request (one unit of the portal's bucket).
+
+        A whole-request error (expired token, 503, network) is raised; per-command errors are returned.
+        """
+        if len(commands) > BATCH_LIMIT:
+            raise ValueError(f"a batch carries at most {BATCH_LIMIT} commands, got {len(commands)}")
+        cmd = {key: f"{method}?{querystring.encode(params)}" for key, (method, params) in commands.items()}
+        body = self._post(creds, "batch", {"halt": 1 if halt else 0, "cmd": cmd})
+        inner = body.get("result")
+        if not isinstance(inner, Mapping):
+            raise TransportError("BAD_RESPONSE", "batch answer without a result object")
+        results = _as_dict(inner.get("result"))
+        errors = _as_dict(inner.get("result_error"))
+        times = _as_dict(inner.get("result_time"))
+        out: dict[str, CallResult | RestError] = {}
+        for key in commands:
+            if key in errors:
+                err = errors[key] if isinstance(errors[key], Mapping) else {}
+                out[key] = rest_error(str(err.get("error", "UNKNOWN")), str(err.get("error_description", "")))
+            elif key in results:
+                out[key] = CallResult(results[key], times.get(key))
+            else:  # with halt=0 every command runs; a missing key means the answer was cut short
+                out[key] = ServerError("BATCH_RESULT_MISSING", f"no result for command {key}")
+        return BatchResult(out, body.get("time"))
+
+    def _post(self, creds: Credentials, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        payload = dict(params)
+        if creds.access_token is not None:
+            payload["auth"] = creds.access_token
+        url = creds.endpoint.rstrip("/") + "/" + method
+        try:
+            response = self._http.post(url, json=payload)
+        except httpx.TimeoutException as exc:
+            raise TransportError("TIMEOUT", f"{method}: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise TransportError("NETWORK", f"{method}: {type(exc).__name__}") from None
+        return parse_answer(method, response.status_code, response.content)
+
+
+def parse_answer(method: str, status: int, content: bytes) -> dict[str, Any]:
+    """Turn an answer into its JSON body, or raise the typed error it carries."""
+    try:
+        import json
+
+        body = json.loads(content)
+    except ValueError:
+        raise TransportError(
+            "BAD_RESPONSE", f"{method}: HTTP {status}, body is not JSON ({len(content)} bytes)"
+        ) from None
+    if not isinstance(body, dict):
+        raise TransportError("BAD_RESPONSE", f"{method}: HTTP {status}, JSON body is not an object")
+    if "error" in body:
+        extra = {k: v for k, v in body.items() if k not in ("error", "error_description")}
+        raise rest_error(str(body["error"]), str(body.get("error_description", "")), status, **extra)
+    if status >= 500:
+        raise ServerError(f"HTTP_{status}", f"{method}: no error code in the answer", status)
+    if status >= 400:
+        raise rest_error(f"HTTP_{status}", f"{method}: no error code in the answer", status)
+    if "result" not in body:
+        raise TransportError("BAD_RESPONSE", f"{method}: HTTP {status}, answer has no result")
+    return body
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """Bitrix24 sends empty collections as `[]`, not `{}`."""
+    return dict(value) if isinstance(value, Mapping) else {}

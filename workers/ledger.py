@@ -1,0 +1,218 @@
+"""The job ledger: one record per job, so "what happened to job X" has an answer.
+
+Outcomes are not inferred from Celery's result backend (there is none): the producer writes the
+record when it enqueues, the pipeline updates it at every step, and a short history of events is
+kept with it. Finished records expire after `ledger_ttl`.
+
+The ledger also keeps each portal's backlog (jobs enqueued and not yet finished): producers use it
+to send a portal with a deep backlog to the bulk lane, so that other portals' jobs pass it.
+
+FIX (reliability): the ledger also keeps, for every job not yet finished, its message's kwargs
+(`payload`, dropped when the job finishes) and an index of open jobs by last progress (`{prefix}:open`).
+Measured in tests/faults: a worker SIGKILLed (or stopped) right after kombu's BRPOP took a message
+and before kombu wrote it to its `unacked` hash loses that message for good (celery#7950,
+kombu#305): the job stayed `queued` forever with nothing left in the broker. `workers.celery`'s
+reconciler finds open jobs whose message is neither queued nor unacked and publishes them again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+TERMINAL = ("applied", "dead", "parked")
+
+_FINISH = """
+-- move a job to a terminal state; decrement its portal's backlog only on the first such move
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
+redis.call('HDEL', KEYS[1], 'payload')
+redis.call('ZREM', KEYS[4], ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -50, -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' then
+  local n = redis.call('DECR', KEYS[3])
+  if n < 0 then redis.call('SET', KEYS[3], 0) end
+  return 1
+end
+return 0
+"""
+
+
+class Ledger:
+    """Job records in Redis hashes (`{prefix}:job:{id}`) with a capped event list."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "b24q",
+        ttl: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl = int(ttl)
+        self._clock = clock
+        self._finish = client.register_script(_FINISH)
+
+    def _key(self, job_id: str) -> str:
+        return f"{self._prefix}:job:{job_id}"
+
+    def _events(self, job_id: str) -> str:
+        return f"{self._prefix}:job:{job_id}:events"
+
+    def backlog_key(self, portal: str) -> str:
+        return f"{self._prefix}:backlog:{{{portal}}}"
+
+    def open_key(self) -> str:
+        """Jobs not finished yet, scored by their last progress (unix time)."""
+        return f"{self._prefix}:open"
+
+    @staticmethod
+    def _payload(payload: Any) -> str:
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+    def _event(self, state: str, **detail: Any) -> str:
+        return json.dumps({"t": round(self._clock(), 3), "state": state, **detail}, ensure_ascii=False)
+
+    def enqueued(self, job_id: str, kind: str, portal: str, pipe: Any = None, payload: Any = None) -> None:
+        """Record a new job (producer side) and count it in its portal's backlog.
+
+        `payload` (the message's kwargs) is kept until the job finishes, so a message the broker
+        loses can be published again (see the module docstring)."""
+        now = self._clock()
+        p = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        mapping: dict[str, Any] = {
+            "id": job_id,
+            "kind": kind,
+            "portal": portal,
+            "state": "queued",
+            "failures": 0,
+            "runs": 0,
+            "created": now,
+            "updated": now,
+            "last_error": "",
+        }
+        if payload is not None:
+            mapping["payload"] = self._payload(payload)
+        p.hset(self._key(job_id), mapping=mapping)
+        # (the producer adds the job to the open index once its message is published: `mark_open`)
+        p.rpush(self._events(job_id), self._event("queued"))
+        p.incr(self.backlog_key(portal))
+        if pipe is None:
+            p.execute()
+
+    def backlog(self, portal: str) -> int:
+        raw = self._client.get(self.backlog_key(portal))
+        return int(raw) if raw else 0
+
+    def started(self, job_id: str, kind: str, portal: str, worker: str = "", payload: Any = None) -> dict[str, str]:
+        """A worker picked the job up; creates the record if a non-Python producer sent it."""
+        key = self._key(job_id)
+        now = self._clock()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hsetnx(key, "created", now)
+        pipe.hsetnx(key, "id", job_id)
+        if payload is not None:
+            pipe.hsetnx(key, "payload", self._payload(payload))
+        pipe.zadd(self.open_key(), {job_id: now})
+        pipe.hset(key, mapping={"kind": kind, "portal": portal, "state": "running", "updated": now})
+        pipe.hincrby(key, "runs", 1)
+        pipe.rpush(self._events(job_id), self._event("running", worker=worker) if worker else self._event("running"))
+        pipe.ltrim(self._events(job_id), -50, -1)
+        pipe.hgetall(key)
+        replies = pipe.execute()
+        if replies[0]:  # first sight of a job no producer recorded
+            self._client.incr(self.backlog_key(portal))
+        return {k.decode(): v.decode() for k, v in replies[-1].items()}
+
+    def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
+        """A non-terminal step: retrying, deferred."""
+        pipe = self._client.pipeline(transaction=False)
+        mapping: dict[str, Any] = {"state": state, "updated": self._clock()}
+        if error:
+            mapping["last_error"] = error
+        pipe.hset(self._key(job_id), mapping=mapping)
+        pipe.zadd(self.open_key(), {job_id: self._clock()})
+        pipe.rpush(
+            self._events(job_id),
+            self._event(state, error=error, **detail) if error else self._event(state, **detail),
+        )
+        pipe.ltrim(self._events(job_id), -50, -1)
+        pipe.execute()
+
+    def failure(self, job_id: str) -> int:
+        """Count one transient failure; returns the count so far."""
+        return int(self._client.hincrby(self._key(job_id), "failures", 1))
+
+    def finish(self, job_id: str, portal: str, state: str, error: str = "", **detail: Any) -> None:
+        """applied, dead or parked."""
+        if error:
+            self._client.hset(self._key(job_id), "last_error", error)
+        event = self._event(state, error=error, **detail) if error else self._event(state, **detail)
+        self._finish(
+            keys=[self._key(job_id), self._events(job_id), self.backlog_key(portal), self.open_key()],
+            args=[state, self._clock(), event, self._ttl, job_id],
+        )
+
+    def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
+        """A parked or dead job goes back to the queue (replay, re-authorisation)."""
+        own = pipe is None
+        pipe = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        now = self._clock()
+        mapping: dict[str, Any] = {"state": "queued", "failures": 0, "updated": now}
+        if payload is not None:
+            mapping["payload"] = self._payload(payload)
+        pipe.hset(self._key(job_id), mapping=mapping)
+        pipe.persist(self._key(job_id))
+        pipe.persist(self._events(job_id))
+        pipe.rpush(self._events(job_id), self._event("queued", why=why))
+        pipe.incr(self.backlog_key(portal))
+        if own:
+            pipe.execute()
+
+    def mark_open(self, job_ids: list[str]) -> None:
+        """The producer published these jobs' messages: from now on the reconciler watches them. (A job
+        whose enqueue failed never enters the index, so a failed call is never delivered behind the
+        caller's back.)"""
+        if job_ids:
+            now = self._clock()
+            self._client.zadd(self.open_key(), dict.fromkeys(job_ids, now))
+
+    def unpublished(self, job_id: str, portal: str) -> None:
+        """Roll back the record of a new job whose message could not be published."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.delete(self._key(job_id), self._events(job_id))
+        pipe.decr(self.backlog_key(portal))
+        pipe.execute()
+
+    def stale_open(self, before: float, limit: int = 500) -> list[str]:
+        """Open jobs with no progress since `before` (candidates for the reconciler)."""
+        return [i.decode() for i in self._client.zrangebyscore(self.open_key(), "-inf", before, start=0, num=limit)]
+
+    def recovered(self, job_id: str, why: str) -> None:
+        """The reconciler published a lost job's message again."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._key(job_id), mapping={"state": "queued", "updated": self._clock()})
+        pipe.zadd(self.open_key(), {job_id: self._clock()})
+        pipe.rpush(self._events(job_id), self._event("queued", why=why))
+        pipe.ltrim(self._events(job_id), -50, -1)
+        pipe.execute()
+
+    def forget_open(self, job_id: str) -> None:
+        """Drop a job from the open index (its record expired or is gone)."""
+        self._client.zrem(self.open_key(), job_id)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._client.hgetall(self._key(job_id))
+        if not raw:
+            return None
+        record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        record["events"] = [json.loads(e) for e in self._client.lrange(self._events(job_id), 0, -1)]
+        return record

@@ -1,0 +1,35 @@
+-- GCRA (the leaky bucket as a meter) for one portal, on the Redis server's clock so that worker
+-- clocks never matter. State is one key: the theoretical arrival time (TAT), in seconds.
+--
+-- KEYS[1]  the portal's TAT key
+-- ARGV[1]  mode: "reserve" (take a slot, return its wait) or "full" (the portal answered 503)
+-- ARGV[2]  emission interval T = 1 / rate, seconds
+-- ARGV[3]  burst: requests allowed at once
+-- ARGV[4]  reserve: longest wait worth taking a slot for; full: the bucket size to assume (plan burst)
+--
+-- Returns {granted (0|1), wait seconds as a string}. Numbers go back as strings because Redis turns
+-- Lua numbers into integers.
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+
+if ARGV[1] == 'full' then
+  -- the server's bucket is at its threshold: nothing may go until it has drained below our burst
+  local full_tat = now + tonumber(ARGV[4]) * interval
+  if full_tat > tat then tat = full_tat end
+  redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+  return {0, string.format('%.6f', tat - (burst - 1) * interval - now)}
+end
+
+local allow_at = tat - (burst - 1) * interval
+local wait = allow_at - now
+if wait < 0 then wait = 0 end
+if wait > tonumber(ARGV[4]) then
+  return {0, string.format('%.6f', wait)}
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return {1, string.format('%.6f', wait)}

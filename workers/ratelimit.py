@@ -1,0 +1,106 @@
+"""The pool-wide request limiter: one GCRA bucket per portal, in Redis, shared by every worker.
+
+Bitrix24 throttles each portal with a leaky bucket (2 req/s drain, 50 burst on standard plans;
+5/250 on Enterprise). Celery's `rate_limit` is per worker process, so it cannot keep a pool under
+that; this limiter can, because every process on every host reserves its slots from the same key,
+timed by the Redis server's clock (`workers/lua/gcra.lua`).
+
+A slot is *reserved*: the caller learns how long to wait and commits to sending then. That lets a
+worker sleep exactly as long as needed instead of polling, and lets jobs pile up meanwhile, so each
+slot carries a full `batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from workers.settings import PLAN_LIMITS, Settings
+
+_SCRIPT = (Path(__file__).parent / "lua" / "gcra.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A portal's bucket as the server enforces it (`rate` per second, `burst`) and as we use it."""
+
+    rate: float
+    burst: int
+    headroom: float = 0.0
+    margin: int = 0
+
+    @classmethod
+    def for_plan(cls, plan: str, settings: Settings) -> Limits:
+        rate, burst = PLAN_LIMITS[plan]
+        return cls(rate, burst, settings.headroom, settings.burst_margin)
+
+    @property
+    def our_rate(self) -> float:
+        return self.rate * (1.0 - self.headroom)
+
+    @property
+    def our_burst(self) -> int:
+        return max(1, int(self.burst * (1.0 - self.headroom)) - self.margin)
+
+
+@dataclass(frozen=True)
+class Permit:
+    """The answer to `reserve`: `granted` means send after `wait` seconds; otherwise try after `wait`."""
+
+    granted: bool
+    wait: float
+
+
+class RateLimiter:
+    """GCRA limiter keyed by portal.
+
+    Parameters:
+        client: a redis-py client (the one the pool shares).
+        prefix: key prefix (`Settings.key_prefix`).
+
+    Examples:
+        >>> limiter = RateLimiter(redis_client)               # doctest: +SKIP
+        >>> limiter.reserve("portal-a", Limits(2.0, 50), max_wait=5.0)  # doctest: +SKIP
+        Permit(granted=True, wait=0.0)
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "b24q") -> None:
+        self._client = client
+        self._prefix = prefix
+        self._script = client.register_script(_SCRIPT)
+
+    def key(self, portal: str) -> str:
+        return f"{self._prefix}:rl:{{{portal}}}"
+
+    def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
+        """Take the next slot if it comes within `max_wait` seconds."""
+        if limits.our_rate <= 0:
+            return Permit(True, 0.0)
+        granted, wait = self._script(
+            keys=[self.key(portal)],
+            args=["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait],
+        )
+        return Permit(bool(int(granted)), max(0.0, float(wait)))
+
+    def set_full(self, portal: str, limits: Limits) -> float:
+        """The portal answered QUERY_LIMIT_EXCEEDED: its bucket is at the plan's threshold.
+
+        Returns the seconds until the next slot.
+        """
+        if limits.our_rate <= 0:
+            return 0.0
+        _, wait = self._script(
+            keys=[self.key(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
+        )
+        return max(0.0, float(wait))
+
+    def level(self, portal: str, limits: Limits) -> float:
+        """Requests the bucket holds now (0 = empty), from the stored TAT; for status views."""
+        raw = self._client.get(self.key(portal))
+        if raw is None or limits.our_rate <= 0:
+            return 0.0
+        seconds, micros = self._client.time()
+        now = seconds + micros / 1e6
+        return max(0.0, (float(raw) - now) * limits.our_rate)

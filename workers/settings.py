@@ -1,0 +1,132 @@
+"""One `Settings` object for the whole of b24q, read from environment variables and `.env`.
+
+Every variable is prefixed `B24Q_` (`B24Q_REDIS_URL`, `B24Q_CLIENT_ID`, ...); `REDIS_URL` is accepted too
+because that is what most hosting platforms set. The README lists every setting.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Bitrix24's documented leaky-bucket parameters (drain rate per second, burst threshold). Self-hosted
+#: ("box") portals have no REST rate limit unless their administrator sets one: rate 0 means unlimited.
+PLAN_LIMITS: dict[str, tuple[float, int]] = {"standard": (2.0, 50), "enterprise": (5.0, 250), "box": (0.0, 0)}
+
+
+class Settings(BaseSettings):
+    """Configuration of producers, workers and the CLI.
+
+    Parameters are documented field by field; defaults suit a production pool on the standard plan.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="B24Q_", env_file=".env", extra="ignore")
+
+    # --- Redis (broker, limiter, token store, ledger, dead letters) ---
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("B24Q_REDIS_URL", "REDIS_URL"),
+        description="Redis for the broker and all shared state; rediss:// for TLS, password in the URL.",
+    )
+    key_prefix: str = Field("b24q", description="Prefix of every Redis key b24q writes (besides the broker's).")
+    queue: str = Field("b24q", description="Celery queue the jobs go to.")
+
+    # --- OAuth application ---
+    client_id: str = Field("", description="The application's client_id (local or Marketplace app).")
+    client_secret: SecretStr = Field(SecretStr(""), description="The application's client_secret.")
+    oauth_url: str = Field("https://oauth.bitrix.info/oauth/token/", description="OAuth token endpoint.")
+    oauth_timeout: float = Field(10.0, description="Seconds for one refresh call; the refresh lock outlives it.")
+    refresh_ahead: float = Field(
+        60.0, description="Refresh a token this many seconds before `expires` (never earlier: the docs warn)."
+    )
+    allow_insecure_http: bool = Field(
+        False, description="Allow http:// portal and OAuth URLs that are not on loopback (tests only)."
+    )
+
+    # --- REST calls ---
+    connect_timeout: float = Field(3.0, description="TCP connect timeout for portal calls.")
+    request_timeout: float = Field(30.0, description="Read timeout for one portal call (the cloud cuts at 60 s).")
+
+    # --- Limits ---
+    plan: Literal["standard", "enterprise", "box"] = Field(
+        "standard", description="Default plan of new portals (box: self-hosted, no rate limit)."
+    )
+    headroom: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each portal's rate and burst left for other apps on its IP.",
+    )
+    burst_margin: int = Field(5, ge=0, description="Requests of the burst never used, to absorb network jitter.")
+    operating_limit: float = Field(480.0, description="Seconds of method execution per 10 min before 429.")
+    operating_margin: float = Field(10.0, description="Hold a method this many seconds before its budget ends.")
+
+    # --- Batching ---
+    batch_max: int = Field(50, ge=1, le=50, description="Commands per `batch` request (Bitrix24 allows 50).")
+    gather_ms: float = Field(5.0, ge=0.0, description="How long a request waits for more jobs to pack with it.")
+    gather_max_ms: float = Field(
+        250.0, ge=0.0, description="Longest a request keeps gathering while more jobs keep arriving."
+    )
+    merge_max: int = Field(
+        50, ge=1, description="Delivery confirmations for one CONNECTOR and LINE merged into one call (1 = off)."
+    )
+    permit_wait: float = Field(
+        10.0, description="Longest a job waits in a worker slot for its portal's permit; longer → retry."
+    )
+
+    # --- Retries and dead letters ---
+    max_failures: int = Field(8, ge=1, description="Transient failures (5xx, network) before a dead letter.")
+    backoff_base: float = Field(1.0, description="First transient backoff in seconds (doubles, full jitter).")
+    backoff_max: float = Field(60.0, description="Cap of any retry countdown, in seconds.")
+    job_max_age: float = Field(86400.0, description="A job older than this is dead-lettered, whatever the cause.")
+    ledger_ttl: float = Field(7 * 86400.0, description="How long finished job records are kept.")
+
+    # --- Celery worker ---
+    visibility_timeout: int = Field(
+        600, description="Broker redelivery timeout; must exceed backoff_max + the longest job run."
+    )
+    task_events: bool = Field(
+        False,
+        description="Send Celery task events at all times. Flower turns them on by itself every 5 s while it "
+        "runs; always-on events cost ~17% of worker CPU (docs/benchmarks.md).",
+    )
+    worker_concurrency: int = Field(
+        128, ge=1, description="Threads per worker process; ≥ 50 per portal busy at once, for full batches."
+    )
+
+    # --- Observability ---
+    metrics_dir: str = Field(
+        "",
+        description="Directory where this host's worker processes keep Prometheus metrics (multiprocess mode) "
+        "and `b24q metrics` reads them; empty = workers record none. PROMETHEUS_MULTIPROC_DIR works too.",
+    )
+    metrics_portal_labels: int = Field(
+        200,
+        ge=0,
+        description='Portals that get their own `portal` label in metrics; later ones count as portal="(other)"; '
+        '0 turns the label off (portal="(all)").',
+    )
+
+    # --- Secrets at rest (docs/reliability.md) ---
+    token_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Fernet keys (comma-separated) encrypting tokens and webhook URLs in Redis; the first "
+        "encrypts, all decrypt; empty = plaintext. `python -m workers.crypto genkey|rekey`.",
+    )
+
+    # --- Lost-message reconciler (docs/reliability.md) ---
+    reconcile_interval: float = Field(
+        60.0, ge=0.0, description="Seconds between checks for open jobs whose message the broker lost; 0 = off."
+    )
+    reconcile_grace: float = Field(
+        60.0, ge=1.0, description="An open job is checked only after this many seconds without progress."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,258 @@
+"""What the pool looks like right now, read from Redis (and from the workers, for `b24q status`).
+
+`snapshot()` reads queues, portals and dead letters in a few pipelined round trips, never a token:
+the metrics endpoint's collector (`workers.metrics`) builds its gauges from it at every scrape, and
+`b24q status` shows it, together with the workers that answer a broadcast within `timeout`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from workers.portals import Portal
+from workers.runtime import Runtime
+
+#: kombu's Redis transport: the hash of messages delivered to a worker and not yet acknowledged
+#: (scheduled retries wait there until their countdown ends), and the priority sub-queue separator.
+UNACKED_KEY = "unacked"
+PRIORITY_SEP = "\x06\x16"
+
+_PORTAL_FIELDS = ("kind", "state", "reason", "plan", "rate", "burst", "expires")
+
+
+def priority_steps(app: Any = None) -> list[int]:
+    """The broker's priority steps (celeryconfig's `priority_steps`, kombu's default otherwise)."""
+    if app is None:
+        from workers.celery import app
+    options = app.conf.broker_transport_options or {}
+    return sorted(int(p) for p in options.get("priority_steps", [0, 3, 6, 9]))
+
+
+def queue_key(queue: str, priority: int) -> str:
+    """The Redis list of `queue` for one priority step (kombu: `queue` itself for step 0)."""
+    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
+
+
+def default_methods() -> list[str]:
+    from tasks.jobs import KINDS
+
+    return sorted({k.method for k in KINDS.values()})
+
+
+def mask_url(url: str) -> str:
+    """A Redis URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def snapshot(
+    rt: Runtime,
+    portals: Sequence[str] | None = None,
+    methods: Iterable[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Queues, portals and dead letters as plain data (see `b24q status --json`)."""
+    s = rt.settings
+    methods = list(methods) if methods is not None else default_methods()
+    steps = list(steps) if steps is not None else priority_steps()
+    r = rt.redis
+    keys = sorted(k.decode() for k in r.smembers(f"{s.key_prefix}:portals")) if portals is None else list(portals)
+
+    pipe = r.pipeline(transaction=False)
+    pipe.time()
+    for step in steps:
+        pipe.llen(queue_key(s.queue, step))
+    pipe.hlen(UNACKED_KEY)
+    pipe.hgetall(f"{s.key_prefix}:stats:tokens")
+    for key in keys:
+        pipe.hmget(rt.registry._key(key), list(_PORTAL_FIELDS))
+        pipe.get(rt.ledger.backlog_key(key))
+        pipe.hlen(rt.parking._key(key))
+        pipe.get(rt.limiter.key(key))
+        if methods:
+            pipe.mget([rt.holds._hold_key(key, m) for m in methods])
+        else:
+            pipe.echo("")
+    replies = iter(pipe.execute())
+
+    seconds, micros = next(replies)
+    now = seconds + micros / 1e6
+    by_priority = {str(step): int(next(replies)) for step in steps}
+    unacked = int(next(replies))
+    token_stats: dict[str, int] = {k.decode(): int(v) for k, v in next(replies).items()}
+
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
+        backlog, parked, tat, holds = next(replies), next(replies), next(replies), next(replies)
+        if fields["kind"] is None:  # in the index but its record is gone
+            continue
+        portal = Portal(
+            key,
+            fields["kind"],  # type: ignore[arg-type]
+            "",
+            plan=fields["plan"] or "standard",
+            rate=float(fields["rate"] or 0),
+            burst=int(float(fields["burst"] or 0)),
+        )
+        limits = portal.limits(s)
+        level = max(0.0, (float(tat) - now) * limits.our_rate) if tat is not None and limits.our_rate > 0 else 0.0
+        held = {
+            m: float(v)
+            for m, v in zip(methods, holds if isinstance(holds, list) else [], strict=False)
+            if v is not None and float(v) > now
+        }
+        expires = float(fields["expires"] or 0)
+        rows.append(
+            {
+                "key": key,
+                "kind": portal.kind,
+                "state": fields["state"] or "active",
+                "reason": fields["reason"] or "",
+                "rate": limits.rate,
+                "burst": limits.burst,
+                "limiter_level": round(level, 2),
+                "limiter_capacity": limits.our_burst,
+                "held": held,
+                "token_expires": expires if portal.kind == "oauth" and expires else None,
+                "token_refreshed": token_stats.get(f"{key}:refreshed", 0),
+                "token_refresh_failed": token_stats.get(f"{key}:refresh_failed", 0),
+                "token_refresh_unavailable": token_stats.get(f"{key}:refresh_unavailable", 0),
+                "backlog": int(backlog or 0),
+                "parked": int(parked or 0),
+            }
+        )
+    dead = rt.dead.counts()
+    return {
+        "time": now,
+        "redis": mask_url(s.redis_url),
+        "queues": [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}],
+        "unacked": unacked,
+        "portals": rows,
+        "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
+    }
+
+
+def workers(app: Any = None, timeout: float = 1.0) -> dict[str, Any]:
+    """The workers that answer a `stats` broadcast within `timeout` seconds."""
+    if app is None:
+        from workers.celery import app
+    started = time.monotonic()
+    try:
+        replies = app.control.inspect(timeout=timeout).stats() or {}
+    except Exception as exc:  # broker unreachable: report it, do not fail the whole view
+        return {"error": f"{type(exc).__name__}: {exc}", "answered": []}
+    answered = []
+    for name, stats in sorted(replies.items()):
+        pool = stats.get("pool") or {}
+        answered.append(
+            {
+                "name": name,
+                "pid": stats.get("pid"),
+                "concurrency": pool.get("max-concurrency"),
+                "processed": sum((stats.get("total") or {}).values()),
+                "uptime": stats.get("uptime"),
+            }
+        )
+    return {"answered": answered, "timeout": timeout, "seconds": round(time.monotonic() - started, 2)}
+
+
+def collect(rt: Runtime, app: Any = None, timeout: float = 1.0, portals: Sequence[str] | None = None) -> dict[str, Any]:
+    """Everything `b24q status` shows."""
+    status = snapshot(rt, portals)
+    status["workers"] = workers(app, timeout)
+    return status
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def text_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    if seconds < 90:
+        return f"{sign}{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{sign}{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{sign}{seconds / 3600:.1f}h"
+    return f"{sign}{seconds / 86400:.1f}d"
+
+
+def render(status: dict[str, Any]) -> str:
+    """One screen of text."""
+    now = float(status["time"])
+    out = [f"b24q status  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}  redis {status['redis']}", ""]
+
+    steps = list(status["queues"][0]["by_priority"]) if status["queues"] else []
+    rows = [[q["name"], q["depth"], *(q["by_priority"][p] for p in steps)] for q in status["queues"]]
+    out.append(text_table(rows, ["queue", "depth", *(f"p{p}" for p in steps)]))
+    out.append(f"unacked (with workers, incl. scheduled retries): {status['unacked']}")
+    out.append("")
+
+    w = status.get("workers") or {}
+    if w.get("error"):
+        out.append(f"workers: broker error: {w['error']}")
+    elif not w.get("answered"):
+        out.append(f"workers: none answered within {w.get('timeout', '?')}s")
+    else:
+        rows = [
+            [x["name"], x["pid"], x["concurrency"], x["processed"], _duration(float(x["uptime"] or 0))]
+            for x in w["answered"]
+        ]
+        out.append(f"workers: {len(rows)} answered")
+        out.append(text_table(rows, ["worker", "pid", "concurrency", "processed", "uptime"]))
+    out.append("")
+
+    portals = status["portals"]
+    if portals:
+        rows = []
+        for p in portals:
+            held = ", ".join(f"{m} {_duration(u - now)}" for m, u in sorted(p["held"].items())) or "-"
+            token = "-"
+            if p["token_expires"]:
+                left = p["token_expires"] - now
+                token = f"in {_duration(left)}" if left >= 0 else f"expired {_duration(-left)} ago"
+            if p["token_refreshed"] or p["token_refresh_failed"]:
+                token += f" ({p['token_refreshed']} refreshed, {p['token_refresh_failed']} refused)"
+            rows.append(
+                [
+                    p["key"],
+                    p["kind"],
+                    p["state"],
+                    f"{p['limiter_level']:g}/{p['limiter_capacity']} @{p['rate']:g}/s",
+                    held,
+                    token,
+                    p["backlog"],
+                    p["parked"],
+                    p["reason"][:50],
+                ]
+            )
+        out.append(f"portals: {len(rows)}")
+        out.append(
+            text_table(
+                rows, ["portal", "kind", "state", "limiter", "held", "token expires", "backlog", "parked", "reason"]
+            )
+        )
+    else:
+        out.append("portals: none registered")
+    out.append("")
+
+    dead = status["dead_letters"]
+    by_reason = ", ".join(f"{code} {n}" for code, n in dead["by_reason"].items())
+    out.append(f"dead letters: {dead['total']}" + (f" ({by_reason})" if by_reason else ""))
+    return "\n".join(out)
