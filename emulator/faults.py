@@ -13,6 +13,9 @@ Where a fault strikes matters for idempotency tests, so each one is placed delib
   timeout sees a timeout for a change that happened.
 * ``garbage_rate``: ``garbage_kind="html"`` = an nginx-style 502 HTML page before the call runs; ``"truncated"`` =
   the call is applied and a 200 with half a JSON body is sent; ``"mixed"`` (default) picks one per hit.
+* ``script``: a list of fault names (``drop``, ``error_500``, ``garbage_html``, ``garbage_truncated``, ``slow``)
+  struck, one each, by the next REST requests before the rates are drawn, so a test can be sure every kind
+  happened however its jobs were packed into requests.
 * ``latency``: seconds added to every REST answer (benchmarks).
 * ``overload``: every call gets 503 ``OVERLOAD_LIMIT`` (a manual block; not counted by the rate limit).
 * ``portal_deleted``: every call gets ``PORTAL_DELETED``.
@@ -25,7 +28,7 @@ Where a fault strikes matters for idempotency tests, so each one is placed delib
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 GARBAGE_HTML = (
@@ -55,6 +58,7 @@ class Faults:
     oauth_down: bool | str = False
     oauth_delay: float = 0.0
     delivery_success_false: bool = False
+    script: list[str] = field(default_factory=list)
 
     @classmethod
     def names(cls) -> set[str]:
@@ -73,6 +77,10 @@ class Faults:
             raise ValueError("drop_phase must be 'before' or 'after'")
         if self.garbage_kind not in ("mixed", "html", "truncated"):
             raise ValueError("garbage_kind must be 'mixed', 'html' or 'truncated'")
+        self.script = list(self.script)
+        unknown_script = set(self.script) - SCRIPTABLE
+        if unknown_script:
+            raise ValueError(f"script: unknown fault(s) {sorted(unknown_script)}; known: {sorted(SCRIPTABLE)}")
         if self.oauth_down not in (False, True, "503", "drop"):
             raise ValueError("oauth_down must be false, true, '503' or 'drop'")
 
@@ -97,10 +105,23 @@ class Decision:
 
 
 NO_FAULT = Decision()
+SCRIPTABLE = {"drop", "error_500", "garbage_html", "garbage_truncated", "slow"}
 
 
 def draw(faults: Faults, rng: random.Random) -> Decision:
-    """One decision per request.  Each rate is drawn independently; precedence is applied by the caller."""
+    """One decision per request: the next scripted fault if any, else each rate drawn independently
+    (precedence is applied by the caller).  The caller holds the portal's lock."""
+    if faults.script:
+        name = faults.script.pop(0)
+        return Decision(
+            drop_before=name == "drop" and faults.drop_phase == "before",
+            drop_after=name == "drop" and faults.drop_phase == "after",
+            error_500=name == "error_500",
+            garbage_html=name == "garbage_html",
+            garbage_truncated=name == "garbage_truncated",
+            slow=(faults.slow_seconds or 1.0) if name == "slow" else 0.0,
+            latency=faults.latency,
+        )
     if not (faults.error_500_rate or faults.drop_rate or faults.slow_rate or faults.garbage_rate):
         return Decision(latency=faults.latency) if faults.latency else NO_FAULT
     drop = faults.drop_rate > 0 and rng.random() < faults.drop_rate

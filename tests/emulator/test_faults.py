@@ -104,3 +104,20 @@ def test_seeded_rng_is_reproducible(client: httpx.Client) -> None:
 def test_unknown_fault_rejected(emu: Emulator, portal: PortalInfo) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         emu.set_faults(DOMAIN, error_rate=1.0)
+
+
+def test_script_strikes_each_named_fault_once_in_order(emu: Emulator, seeded: PortalInfo, client: httpx.Client) -> None:
+    emu.set_faults(DOMAIN, script=["error_500", "garbage_html", "drop", "garbage_truncated"])
+    assert _su(client, seeded).status_code == 500
+    assert _su(client, seeded).status_code == 502
+    with pytest.raises(httpx.TransportError):
+        _su(client, seeded)
+    truncated = _su(client, seeded)
+    with pytest.raises(json.JSONDecodeError):
+        truncated.json()
+    assert _su(client, seeded).status_code == 200  # the script is spent: no rates set, no more faults
+    assert emu.state(DOMAIN)["counters"]["faults"] == {
+        "error_500": 1, "garbage_html": 1, "drop": 1, "garbage_truncated": 1
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="script"):
+        emu.set_faults(DOMAIN, script=["meteor"])

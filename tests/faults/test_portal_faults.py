@@ -51,7 +51,9 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
 def test_500s_drops_and_garbage_are_retried_until_applied(
     stack: LocalStack, domain: str, figures: dict[str, Any]
 ) -> None:
-    result, _ = run(stack, domain, 600, 90, error_500_rate=0.1, drop_rate=0.05, garbage_rate=0.1)
+    # the script makes sure every kind strikes, however the jobs are packed into requests; then the rates
+    result, _ = run(stack, domain, 600, 90, error_500_rate=0.1, drop_rate=0.05, garbage_rate=0.1,
+                    script=["error_500", "drop", "garbage_html", "garbage_truncated"])  # fmt: skip
     figures.update(result)
     assert result["lost"] == 0, result
     assert result["applied"] == 600 and result["dead_lettered"] == 0, result
@@ -65,8 +67,8 @@ def test_changes_applied_but_answered_late_or_lost_are_retried_harmlessly(
     """The portal applies the call, then answers after the client's 1 s timeout (slow) or drops the
     answer (drop after): the worker sees a failure for a change that happened, retries, and the repeat
     is harmless (the same status, the same delivery mark, the same unread mark)."""
-    slow, state = run(stack, f"slow-{domain}", 300, 90, slow_rate=0.3, slow_seconds=2.5)
-    dropped, _ = run(stack, f"drop-{domain}", 300, 90, drop_rate=0.3, drop_phase="after")
+    slow, state = run(stack, f"slow-{domain}", 300, 90, slow_rate=0.3, slow_seconds=2.5, script=["slow"])
+    dropped, _ = run(stack, f"drop-{domain}", 300, 90, drop_rate=0.3, drop_phase="after", script=["drop"])
     result = {k: slow[k] + dropped[k] for k in ("jobs", "applied", "dead_lettered", "lost", "applied_twice_or_more",
                                                  "extra_applications", "jobs_retried")}  # fmt: skip
     figures.update(result, faults_injected={**slow["faults_injected"], **dropped["faults_injected"]})

@@ -81,20 +81,34 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
         server.close()
 
 
+def _stop_when(stop: threading.Event, receiver: Any) -> None:
+    stop.wait()
+    receiver.should_stop = True
+
+
 def _collect_events(stop: threading.Event, events: list[dict[str, Any]]) -> None:
-    """What Flower sees: every task event on the broker."""
+    """What Flower sees: every event on the broker, through one long-lived receiver as Flower keeps one.
+
+    (Events are fanned out with Redis PUBLISH: a receiver that re-subscribes in a loop misses what is
+    published between two subscriptions, so it stays subscribed, and reconnects only after an error.)"""
     from workers.celery import app
 
-    with app.connection_for_read() as conn:
-        receiver = app.events.Receiver(conn, handlers={"*": events.append})
-        while not stop.is_set():
-            try:
-                next(receiver.itercapture(limit=None, timeout=0.5, wakeup=False))
-            except (TimeoutError, StopIteration, OSError):
-                pass
-            except Exception as exc:  # keep it for the assertion message
-                events.append({"type": "receiver-error", "error": repr(exc)})
-                time.sleep(0.1)
+    while not stop.is_set():
+        try:
+            with app.connection_for_read() as conn:
+                receiver = app.events.Receiver(conn, handlers={"*": events.append})
+                threading.Thread(target=_stop_when, args=(stop, receiver), daemon=True).start()
+                receiver.capture(limit=None, timeout=None, wakeup=False)
+        except Exception as exc:  # keep it for the assertion message
+            events.append({"type": "receiver-error", "error": repr(exc)})
+            time.sleep(0.1)
+
+
+def _wait_event(events: list[dict[str, Any]], kind: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e.get("type") == kind for e in events):
+        assert time.monotonic() < deadline, f"no {kind} event in {timeout} s: {events[:3]}"
+        time.sleep(0.1)
 
 
 def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_path: Path) -> None:
@@ -105,6 +119,7 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
     stop = threading.Event()
     watcher = threading.Thread(target=_collect_events, args=(stop, events), daemon=True)
     watcher.start()
+    _wait_event(events, "worker-heartbeat")  # the receiver is subscribed: nothing after this point is missed
     try:
         info = stack.add_portal(domain, auto_messages=True, auto_connectors=True)
         stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": "smsgw", "name": "SMS"})
@@ -160,6 +175,7 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
                        "--refresh-token", fresh["refresh_token"]).returncode == 0  # fmt: skip
         bad_url = run_cli("portal", "add", "evil", "--webhook", "http://evil.example.com/rest/1/" + "c0de5ecret" + "/")
         assert bad_url.returncode != 0 and "https" in bad_url.stderr
+        _wait_event(events, "task-received")
     finally:
         stop.set()
         watcher.join(5)
