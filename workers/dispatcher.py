@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.callpool import CallPool
 from workers.client import CallResult, RestClient
 from workers.errors import (
     Action,
@@ -67,10 +68,18 @@ class Call:
     sent: bool = False
     cancelled: bool = False
     solo: bool = False  # never merged again (its merged call failed; it goes alone to learn its own outcome)
+    # in a pool-wide lane (workers.callpool): the call's id, the worker that holds its job, the worker
+    # sending it, and for a call another worker holds, the pool its outcome goes back through
+    id: str = ""
+    owner: str = ""
+    taker: str | None = None
+    relay: CallPool | None = field(default=None, repr=False)
 
     def resolve(self, outcome: CallResult | BaseException) -> None:
         self.outcome = outcome
         self.done.set()
+        if self.relay is not None:
+            self.relay.reply(self, outcome)
 
 
 #: Methods whose calls for the same key can share one call: key params, and the list param they merge.
@@ -132,53 +141,112 @@ class LaneStats:
 
 
 class Lane:
-    """One portal's queue of calls and the thread that sends them."""
+    """One portal's queue of calls and the thread that sends them.
 
-    def __init__(self, dispatcher: Dispatcher, portal_key: str) -> None:
+    With a `pool` (a rate-limited portal, see `workers.callpool`), the calls of every worker process
+    wait in one Redis list and the local queue only stages what this lane has taken from it; the lane
+    runs while this process has calls of its own waiting."""
+
+    def __init__(self, dispatcher: Dispatcher, portal_key: str, pool: CallPool | None = None) -> None:
         self.key = portal_key
         self._d = dispatcher
+        self.pool = pool
         self._cond = threading.Condition()
         self._queue: deque[Call] = deque()
+        self._own = 0  # calls of this process submitted through the pool and not yet finished
         self._thread: threading.Thread | None = None
         self.stats = LaneStats()
 
     def submit(self, call: Call) -> None:
+        if self.pool is not None:
+            self.pool.submit(self.key, call)
         with self._cond:
-            self._queue.append(call)
+            if self.pool is not None:
+                self._own += 1
+            else:
+                self._queue.append(call)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=f"b24q-lane-{self.key}", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
+    def release(self, call: Call) -> None:
+        """The owner is done with a call submitted through the pool."""
+        if self.pool is not None:
+            self.pool.done(call)
+            with self._cond:
+                self._own -= 1
+
     def cancel(self, call: Call) -> bool:
-        """Withdraw a call that has not been sent; False if it is already on the wire."""
+        """Withdraw a call that has not been sent; False if it is already on the wire (or a sender of
+        the pool has it)."""
         with self._cond:
             if call.sent or call.done.is_set():
                 return False
+            if call in self._queue or self.pool is None:
+                call.cancelled = True
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(call)
+                return True
+        if self.pool.withdraw(self.key, call):
             call.cancelled = True
-            with contextlib.suppress(ValueError):
-                self._queue.remove(call)
             return True
+        return False
 
     def depth(self) -> int:
         with self._cond:
-            return len(self._queue)
+            staged = len(self._queue)
+        return staged + (self.pool.depth(self.key) if self.pool is not None else 0)
 
     # -- sender thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         d = self._d
         while True:
-            with self._cond:
-                if not self._queue and not self._cond.wait_for(lambda: bool(self._queue), timeout=d.idle_exit):
-                    self._thread = None
-                    return
+            if not self._wait_for_work(d.idle_exit):
+                return
             self._gather()
             try:
                 self._send_round()
             except Exception as exc:  # never let the lane die with calls in it
                 log.exception("lane %s: unexpected error", self.key)
                 self._fail_all(exc)
+            finally:
+                self._flush()
+
+    def _wait_for_work(self, idle_exit: float) -> bool:
+        """Block until there is something to send; False (the thread ends) after `idle_exit` idle s."""
+        idle_since = time.monotonic()
+        while True:
+            with self._cond:
+                if self._queue:
+                    return True
+                if self.pool is None or self._own <= 0:
+                    if not self._cond.wait_for(lambda: bool(self._queue) or self._own > 0, timeout=idle_exit):
+                        self._thread = None
+                        return False
+                    if self._queue or self.pool is None:
+                        return True
+                    idle_since = time.monotonic()
+            # calls of ours are in the pool (or with another sender): help while the list holds any
+            try:
+                if self.pool.depth(self.key) > 0:
+                    return True
+            except Exception as exc:  # Redis trouble: the owners' own waits handle it
+                log.warning("lane %s: call pool unavailable (%s)", self.key, exc)
+                time.sleep(0.5)
+            with self._cond:
+                self._cond.wait(0.05)
+                if self._own <= 0 and time.monotonic() - idle_since > idle_exit:
+                    self._thread = None
+                    return False
+
+    def _flush(self) -> None:
+        if self.pool is not None:
+            try:
+                self.pool.flush()
+            except Exception as exc:  # the owners see the sender alive but silent: their bound applies
+                log.warning("lane %s: replies not delivered (%s)", self.key, exc)
 
     def _gather(self) -> None:
         """Let calls that arrive together share the request: wait one window, and another while the
@@ -211,6 +279,28 @@ class Lane:
     def _take(self) -> list[Call]:
         """Up to `batch_max` commands' worth of calls; mergeable calls with the same key count as one
         command until their merged list reaches `merge_max` items."""
+        d = self._d
+        if self.pool is None:
+            return self._take_staged()
+        with self._cond:
+            room = 2 * d.batch_max - len(self._queue)  # merging packs more than one call per command
+        if room > 0:
+            taken = self.pool.take(self.key, room)
+            with self._cond:
+                self._queue.extend(taken)
+        calls = self._take_staged()
+        with self._cond:
+            surplus = list(self._queue)
+            self._queue.clear()
+        try:
+            self.pool.put_back(self.key, surplus)  # others may send them before this lane's next slot
+        except Exception as exc:  # then this lane keeps them and sends them itself
+            log.warning("lane %s: could not return calls to the pool (%s)", self.key, exc)
+            with self._cond:
+                self._queue.extendleft(reversed(surplus))
+        return calls
+
+    def _take_staged(self) -> list[Call]:
         d = self._d
         with self._cond:
             calls: list[Call] = []
@@ -380,6 +470,8 @@ class Dispatcher:
         gather_max: the longest it keeps gathering while calls keep arriving.
         merge_max: most items one merged call carries (1 turns merging off).
         backlog: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming.
+        pool: the pool-wide call lists (`workers.callpool`); used for portals whose rate is at most
+            `share_max_rate` requests/s, so that every request carries calls from any worker.
     """
 
     def __init__(
@@ -398,6 +490,8 @@ class Dispatcher:
         max_reserve: float = 5.0,
         idle_exit: float = 30.0,
         in_flight_timeout: float = 300.0,
+        pool: CallPool | None = None,
+        share_max_rate: float = 0.0,
     ) -> None:
         self.client = client
         self.limiter = limiter
@@ -413,35 +507,62 @@ class Dispatcher:
         self.max_reserve = max_reserve
         self.idle_exit = idle_exit
         self.in_flight_timeout = in_flight_timeout
+        self.pool = pool
+        self.share_max_rate = share_max_rate
         self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
 
     def lane(self, portal_key: str) -> Lane:
         with self._lock:
             lane = self._lanes.get(portal_key)
-            if lane is None:
-                lane = self._lanes[portal_key] = Lane(self, portal_key)
-            return lane
+        if lane is None:
+            pool = None
+            if self.pool is not None and self.share_max_rate > 0:
+                rate = self.limits(self.portal(portal_key)).our_rate
+                pool = self.pool if 0 < rate <= self.share_max_rate else None
+            with self._lock:
+                lane = self._lanes.setdefault(portal_key, Lane(self, portal_key, pool))
+        return lane
 
     def run(self, portal_key: str, method: str, params: Mapping[str, Any], wait: float) -> CallResult:
         """Send one call through its portal's lane; raise what it got, or `Deferred` after `wait` s."""
         lane = self.lane(portal_key)
         call = Call(method, params)
         lane.submit(call)
-        if not call.done.wait(wait) and lane.cancel(call):
-            # still queued: free the worker slot, come back when the backlog ahead has gone out
-            ahead = lane.depth()
-            portal = self.portal(portal_key)
-            limits = self.limits(portal)
-            delay = (ahead / self.batch_max + 1) / max(limits.our_rate, 0.1)
-            raise Deferred(delay, "portal busy: waited for a slot longer than permit_wait")
-        # on the wire: the HTTP timeouts bound this; the bound here only guards against a bug
-        if not call.done.wait(self.in_flight_timeout):
-            raise TransportError("LANE_TIMEOUT", "no outcome for a sent call; retried as transient")
+        try:
+            if not call.done.wait(wait) and lane.cancel(call):
+                # still queued: free the worker slot, come back when the backlog ahead has gone out
+                ahead = lane.depth()
+                portal = self.portal(portal_key)
+                limits = self.limits(portal)
+                delay = (ahead / self.batch_max + 1) / max(limits.our_rate, 0.1)
+                raise Deferred(delay, "portal busy: waited for a slot longer than permit_wait")
+            self._await_outcome(lane, call)
+        finally:
+            lane.release(call)
         if isinstance(call.outcome, BaseException):
             raise call.outcome
         assert call.outcome is not None
         return call.outcome
+
+    def _await_outcome(self, lane: Lane, call: Call) -> None:
+        """Wait for a sent call. Locally the HTTP timeouts bound this (the bound here only guards against
+        a bug); a call another worker sends is watched: its sender's heartbeat must stay fresh."""
+        pool = lane.pool
+        if pool is None:
+            if not call.done.wait(self.in_flight_timeout):
+                raise TransportError("LANE_TIMEOUT", "no outcome for a sent call; retried as transient")
+            return
+        started = time.monotonic()
+        while not call.done.wait(0.5):
+            waited = time.monotonic() - started
+            if waited > self.in_flight_timeout:
+                raise TransportError("LANE_TIMEOUT", "no outcome for a sent call; retried as transient")
+            if call.taker is None:
+                if waited > pool.lost_after:
+                    raise TransportError("CALL_LOST", "the call left the portal's queue without a sender")
+            elif not pool.sender_alive(call.taker):
+                raise TransportError("SENDER_LOST", "the worker sending the call stopped before its outcome")
 
     def forget(self, portal_key: str) -> None:
         """Drop any cached copy of the portal's record (its tokens changed)."""

@@ -13,6 +13,7 @@ import time
 import httpx
 import redis
 
+from workers.callpool import CallPool
 from workers.client import RestClient
 from workers.deadletters import DeadLetters
 from workers.dispatcher import Dispatcher
@@ -109,6 +110,8 @@ class Runtime:
             backlog=self.ledger.backlog,
             max_reserve=min(5.0, s.permit_wait),
             in_flight_timeout=s.request_timeout * 2 + s.oauth_timeout * 4 + 30,
+            pool=CallPool(self.redis, p),
+            share_max_rate=s.share_max_rate,
         )
 
 

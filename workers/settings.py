@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     merge_max: int = Field(
         50, ge=1, description="Delivery confirmations for one CONNECTOR and LINE merged into one call (1 = off)."
     )
+    share_max_rate: float = Field(
+        50.0,
+        ge=0.0,
+        description="Portals limited to at most this many requests/s queue their calls pool-wide in Redis, "
+        "so any worker's request carries any worker's jobs (0 = each worker packs only its own).",
+    )
     permit_wait: float = Field(
         10.0, description="Longest a job waits in a worker slot for its portal's permit; longer → retry."
     )

@@ -1,0 +1,154 @@
+"""The pool-wide call queue: calls of several worker processes share requests; outcomes travel back
+typed; an owner notices a sender that died and a call the list lost."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.test_dispatcher import FakePortal
+from workers import errors
+from workers.callpool import CallPool, decode_outcome, encode_outcome
+from workers.client import CallResult
+from workers.dispatcher import Call, Deferred, Lane
+from workers.runtime import Runtime
+from workers.settings import Settings
+
+
+def test_outcomes_cross_processes_with_their_types() -> None:
+    cases: list[CallResult | BaseException] = [
+        CallResult({"SUCCESS": True}, {"operating": 1.5}),
+        CallResult(True, None),
+        Deferred(2.5, "held"),
+        errors.QueryLimitExceeded("QUERY_LIMIT_EXCEEDED", "Too many requests", 503),
+        errors.OperationTimeLimit("OPERATION_TIME_LIMIT", "Method is blocked", 429, reset_at=1234.5),
+        errors.TokenExpired("expired_token", "The access token provided has expired.", 401),
+        errors.AuthLost("TOKEN_REJECTED", "refused"),
+        errors.ServerError("INTERNAL_SERVER_ERROR", "boom", 500),
+        errors.ResultFailed("SUCCESS_FALSE", "no"),
+        errors.RestError("ERROR_MESSAGE_NOT_FOUND", "Message not found!", 400),
+        errors.TransportError("TIMEOUT", "read timed out"),
+        errors.OAuthUnavailable("OAUTH_DOWN", "503"),
+    ]
+    for outcome in cases:
+        back = decode_outcome(encode_outcome(outcome))
+        assert type(back) is type(outcome)
+        if isinstance(outcome, CallResult):
+            assert back == outcome
+        else:
+            assert str(back) == str(outcome)
+            assert errors.classify(back) == errors.classify(outcome)
+    assert (
+        decode_outcome(encode_outcome(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", reset_at=9.0))).reset_at == 9.0
+    )  # type: ignore[union-attr]
+    # anything unexpected travels as a transient transport error, never as a crash of the listener
+    odd = decode_outcome(encode_outcome(KeyError("x")))
+    assert isinstance(odd, errors.TransportError) and errors.classify(odd) == errors.Action.TRANSIENT
+
+
+def _two_processes(settings: Settings, rclient: redis.Redis, portal: FakePortal) -> tuple[Runtime, Runtime]:
+    """Two runtimes on one Redis, as two worker processes are (each with its own call pool identity)."""
+    one = Runtime(settings, rclient, transport=httpx.MockTransport(portal))
+    one.registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", time.time() + 3600)
+    two = Runtime(settings, rclient, transport=httpx.MockTransport(portal))
+    assert one.dispatcher.pool is not None and two.dispatcher.pool is not None
+    assert one.dispatcher.pool.worker_id != two.dispatcher.pool.worker_id
+    return one, two
+
+
+def _run_many(rt: Runtime, ids: range, out: dict[int, Any]) -> list[threading.Thread]:
+    def one(i: int) -> None:
+        try:
+            out[i] = rt.dispatcher.run("acme", "im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}, 10)
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _message_ids(request: dict[str, Any]) -> set[int]:
+    commands = request.get("cmd") or {"one": f"MESSAGE_ID={request.get('MESSAGE_ID')}"}
+    return {int(m) for cmd in commands.values() for m in re.findall(r"MESSAGE_ID=(\d+)", cmd)}
+
+
+def test_calls_of_two_processes_share_requests(settings: Settings, rclient: redis.Redis) -> None:
+    portal = FakePortal()
+    one, two = _two_processes(settings, rclient, portal)
+    out: dict[int, Any] = {}
+    threads = _run_many(one, range(1, 41), out) + _run_many(two, range(1001, 1041), out)
+    for t in threads:
+        t.join(30)
+    assert len(out) == 80 and all(isinstance(r, CallResult) and r.result is True for r in out.values()), out
+    sent = [_message_ids(r) for r in portal.requests]
+    assert sorted(i for ids in sent for i in ids) == [*range(1, 41), *range(1001, 1041)]  # each call once
+    # a request carries calls of both processes: one lane sent the other's jobs
+    assert any(min(ids) < 1000 < max(ids) for ids in sent), sent
+    assert len(portal.requests) <= 4
+    assert rclient.llen(one.dispatcher.pool.list_key("acme")) == 0  # type: ignore[union-attr]
+
+
+def test_a_call_the_other_process_sends_gets_its_typed_error(settings: Settings, rclient: redis.Redis) -> None:
+    owner = CallPool(rclient, settings.key_prefix, "owner")
+    sender = CallPool(rclient, settings.key_prefix, "sender")
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 7})
+    owner.submit("acme", call)
+    (taken,) = sender.take("acme", 10)
+    assert taken.id == call.id and taken.relay is sender
+    taken.resolve(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", "blocked", 429, reset_at=77.0))
+    sender.flush()
+    assert call.done.wait(5)
+    assert isinstance(call.outcome, errors.OperationTimeLimit) and call.outcome.reset_at == 77.0
+    assert call.taker == "sender"
+    owner.done(call)
+
+
+def _watching_lane(settings: Settings, rclient: redis.Redis, pool: CallPool) -> tuple[Runtime, Lane]:
+    rt = Runtime(settings, rclient)
+    return rt, Lane(rt.dispatcher, "acme", pool)
+
+
+def test_owner_gives_up_when_the_sender_dies(settings: Settings, rclient: redis.Redis) -> None:
+    owner = CallPool(rclient, settings.key_prefix, "owner-2", alive_ttl=2.0)
+    rt, lane = _watching_lane(settings, rclient, owner)
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 8})
+    owner.submit("acme", call)
+    # a worker that takes the call and dies at once: it told the owner, but has no heartbeat
+    thief = CallPool(rclient, settings.key_prefix, "dead-worker")
+    assert [c.id for c in thief.take("acme", 10)] == [call.id]
+    assert not lane.cancel(call)  # not in the list any more: a sender has it
+    started = time.monotonic()
+    with pytest.raises(errors.TransportError, match="SENDER_LOST"):
+        rt.dispatcher._await_outcome(lane, call)
+    assert time.monotonic() - started < 5
+    assert call.taker == "dead-worker"
+
+
+def test_owner_gives_up_on_a_call_the_list_lost(settings: Settings, rclient: redis.Redis) -> None:
+    owner = CallPool(rclient, settings.key_prefix, "owner-3", lost_after=1.0)
+    rt, lane = _watching_lane(settings, rclient, owner)
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 9})
+    owner.submit("acme", call)
+    rclient.delete(owner.list_key("acme"))  # e.g. Redis restarted without persistence
+    assert not lane.cancel(call)
+    with pytest.raises(errors.TransportError, match="CALL_LOST"):
+        rt.dispatcher._await_outcome(lane, call)
+
+
+def test_a_waiting_call_is_withdrawn_and_deferred(settings: Settings, rclient: redis.Redis) -> None:
+    owner = CallPool(rclient, settings.key_prefix, "owner-4")
+    _rt, lane = _watching_lane(settings, rclient, owner)
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 10})
+    owner.submit("acme", call)
+    assert lane.cancel(call) and call.cancelled
+    assert rclient.llen(owner.list_key("acme")) == 0
+    # nobody sends a withdrawn call: a sender that comes later finds nothing
+    assert CallPool(rclient, settings.key_prefix, "late").take("acme", 10) == []

@@ -1,0 +1,277 @@
+"""A portal's pool-wide queue of calls: whichever worker gets the next slot sends every waiting call.
+
+Packing in one process (`workers.dispatcher.Lane`) fills a request with the calls that process holds.
+With several worker processes each one books its own slots from the pool-wide limiter, so on a
+rate-limited portal the processes take turns: a request carries only its own process's share of the
+backlog, and a lone job waits for its own process's next turn (up to one slot per process away).
+The call pool removes that bound: every process puts its calls for a rate-limited portal in one
+Redis list, and the lane that holds a slot takes up to a full batch from it, whoever holds the jobs.
+Outcomes go back to the owning process through its reply list.
+
+Each job is still its own Celery message, acknowledged by its owner after its own outcome, so the
+at-least-once contract is unchanged. What can go wrong between processes, and what then happens:
+
+* the owner dies: its calls may still be sent (the broker redelivers the jobs; a repeat is harmless,
+  as after any crash); replies to it expire;
+* the sender dies after taking calls: owners learn who took them ("taken" notices) and watch that
+  worker's heartbeat key; when it expires the job fails as transient and is retried;
+* the list itself is lost (a Redis restart without persistence): an owner that can neither withdraw
+  its call nor hear that it was taken gives up after `lost_after` seconds and retries the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from workers import errors
+from workers.client import CallResult
+
+if TYPE_CHECKING:
+    from workers.dispatcher import Call
+
+log = logging.getLogger(__name__)
+
+#: The typed errors an outcome can carry between processes (anything else travels as a TransportError).
+_ERRORS: dict[str, type[errors.RestError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.RestError,
+        errors.QueryLimitExceeded,
+        errors.OperationTimeLimit,
+        errors.TokenExpired,
+        errors.AuthLost,
+        errors.ServerError,
+        errors.ResultFailed,
+    )
+}
+_TRANSPORT: dict[str, type[errors.TransportError]] = {
+    cls.__name__: cls for cls in (errors.TransportError, errors.OAuthUnavailable)
+}
+
+
+def encode_outcome(outcome: CallResult | BaseException) -> dict[str, Any]:
+    """An outcome as JSON-safe data (the inverse of `decode_outcome`)."""
+    from workers.dispatcher import Deferred
+
+    if isinstance(outcome, CallResult):
+        return {"result": outcome.result, "time": outcome.time}
+    if isinstance(outcome, Deferred):
+        return {"error": "Deferred", "delay": outcome.delay, "why": outcome.why}
+    if isinstance(outcome, errors.RestError):
+        data = {"error": type(outcome).__name__, "code": outcome.code, "description": outcome.description}
+        extra = dict(outcome.extra)
+        if isinstance(outcome, errors.OperationTimeLimit) and outcome.reset_at is not None:
+            extra["reset_at"] = outcome.reset_at
+        return {**data, "status": outcome.status, "extra": extra}
+    if isinstance(outcome, errors.TransportError):
+        return {"error": type(outcome).__name__, "code": outcome.code, "description": outcome.description}
+    return {"error": "TransportError", "code": "LANE_ERROR", "description": f"{type(outcome).__name__}: {outcome}"}
+
+
+def decode_outcome(data: Mapping[str, Any]) -> CallResult | BaseException:
+    from workers.dispatcher import Deferred
+
+    kind = data.get("error")
+    if kind is None:
+        return CallResult(data.get("result"), data.get("time"))
+    if kind == "Deferred":
+        return Deferred(float(data["delay"]), str(data["why"]))
+    if kind in _ERRORS:
+        return _ERRORS[kind](data["code"], data.get("description", ""), data.get("status"), **data.get("extra", {}))
+    cls = _TRANSPORT.get(kind, errors.TransportError)
+    return cls(str(data.get("code", "LANE_ERROR")), str(data.get("description", "")))
+
+
+class CallPool:
+    """The shared call lists of one Redis, as seen by one worker process (`worker_id`).
+
+    Parameters:
+        client: the Redis that every worker of the pool shares.
+        prefix: the key prefix (`B24Q_KEY_PREFIX`).
+        alive_ttl: seconds a worker's heartbeat key lives; a sender silent for longer is taken for dead.
+        lost_after: seconds an owner waits to hear that a call it could not withdraw was taken.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        worker_id: str | None = None,
+        alive_ttl: float = 5.0,
+        lost_after: float = 15.0,
+        reply_ttl: int = 120,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.worker_id = worker_id or uuid.uuid4().hex[:16]
+        self.alive_ttl = alive_ttl
+        self.lost_after = lost_after
+        self.reply_ttl = reply_ttl
+        self._pending: dict[str, Call] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._outbox: dict[str, list[str]] = defaultdict(list)
+        self._outbox_lock = threading.Lock()
+        self._alive_cache: dict[str, tuple[float, bool]] = {}
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def list_key(self, portal: str) -> str:
+        return f"{self._prefix}:calls:{{{portal}}}"
+
+    def _reply_key(self, worker: str) -> str:
+        return f"{self._prefix}:replies:{worker}"
+
+    def _alive_key(self, worker: str) -> str:
+        return f"{self._prefix}:alive:{worker}"
+
+    # -- owner side --------------------------------------------------------------------------
+
+    def submit(self, portal: str, call: Call) -> None:
+        """Put a call in the portal's list (and start listening for outcomes, once per process)."""
+        self._ensure_listener()
+        call.id = call.id or uuid.uuid4().hex
+        call.owner = self.worker_id
+        with self._lock:
+            self._pending[call.id] = call
+        try:
+            self._redis.rpush(self.list_key(portal), self._entry(call))
+        except BaseException:
+            self.done(call)
+            raise
+
+    def withdraw(self, portal: str, call: Call) -> bool:
+        """Take back a call nobody has taken yet; False if a sender has it (or the list lost it)."""
+        return bool(self._redis.lrem(self.list_key(portal), 1, self._entry(call)))
+
+    def done(self, call: Call) -> None:
+        """The owner has its outcome (or gave up): forget the call."""
+        with self._lock:
+            self._pending.pop(call.id, None)
+
+    def sender_alive(self, worker: str) -> bool:
+        """Whether `worker`'s heartbeat is fresh (cached for a second: many calls watch one sender)."""
+        if worker == self.worker_id:
+            return True
+        now = time.monotonic()
+        cached = self._alive_cache.get(worker)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        alive = bool(self._redis.exists(self._alive_key(worker)))
+        self._alive_cache[worker] = (now, alive)
+        return alive
+
+    # -- sender side -------------------------------------------------------------------------
+
+    def depth(self, portal: str) -> int:
+        return int(self._redis.llen(self.list_key(portal)))
+
+    def take(self, portal: str, count: int) -> list[Call]:
+        """Pop up to `count` calls; tell their owners who has them."""
+        from workers.dispatcher import Call
+
+        raw = self._redis.lpop(self.list_key(portal), count) if count > 0 else None
+        calls: list[Call] = []
+        for item in raw or ():
+            data = json.loads(item)
+            with self._lock:
+                own = self._pending.get(data["id"]) if data["owner"] == self.worker_id else None
+            if own is not None:
+                own.taker = self.worker_id
+                calls.append(own)
+                continue
+            if data["owner"] == self.worker_id:
+                continue  # its owner here gave up on it already (and retries the job)
+            call = Call(data["method"], data["params"], solo=bool(data.get("solo")), id=data["id"], owner=data["owner"])
+            call.taker, call.relay = self.worker_id, self
+            self._queue_reply(call.owner, {"id": call.id, "taken": self.worker_id})
+            calls.append(call)
+        self.flush()
+        return calls
+
+    def put_back(self, portal: str, calls: list[Call]) -> None:
+        """Return calls that did not fit in the request to the head of the list, in order."""
+        if calls:
+            self._redis.lpush(self.list_key(portal), *[self._entry(c) for c in reversed(calls)])
+
+    def reply(self, call: Call, outcome: CallResult | BaseException) -> None:
+        """Queue a taken call's outcome for its owner (sent by `flush`)."""
+        self._queue_reply(call.owner, {"id": call.id, "outcome": encode_outcome(outcome)})
+
+    def flush(self) -> None:
+        """Send the queued replies: one RPUSH per owner."""
+        with self._outbox_lock:
+            outbox, self._outbox = self._outbox, defaultdict(list)
+        if not outbox:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for owner, items in outbox.items():
+            key = self._reply_key(owner)
+            pipe.rpush(key, *items)
+            pipe.expire(key, self.reply_ttl)
+        pipe.execute()
+
+    def _queue_reply(self, owner: str, message: dict[str, Any]) -> None:
+        with self._outbox_lock:
+            self._outbox[owner].append(json.dumps(message, separators=(",", ":"), default=str))
+
+    @staticmethod
+    def _entry(call: Call) -> str:
+        # the same call always encodes to the same text: LREM finds it by value
+        return json.dumps(
+            {"id": call.id, "owner": call.owner, "method": call.method, "params": call.params, "solo": call.solo},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    # -- the listener: outcomes and "taken" notices for this process, and its heartbeat --------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is not None and self._listener.is_alive():
+            return
+        with self._lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._redis.set(self._alive_key(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+                self._listener = threading.Thread(target=self._listen, name="b24q-callpool", daemon=True)
+                self._listener.start()
+
+    def _listen(self) -> None:
+        key = self._reply_key(self.worker_id)
+        beat = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if now - beat >= self.alive_ttl / 4:
+                    self._redis.set(self._alive_key(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+                    beat = now
+                first = self._redis.blpop([key], timeout=max(1, int(self.alive_ttl / 4)))
+                if first is None:
+                    continue
+                items = [first[1], *(self._redis.lpop(key, 500) or ())]
+                for item in items:
+                    self._deliver(json.loads(item))
+            except redis.RedisError as exc:
+                log.warning("call pool listener: %s; retrying", exc)
+                time.sleep(0.5)
+            except Exception:  # a bad message must not stop outcomes from arriving
+                log.exception("call pool listener: unexpected error")
+
+    def _deliver(self, message: Mapping[str, Any]) -> None:
+        with self._lock:
+            call = self._pending.get(message.get("id", ""))
+        if call is None:
+            return  # its owner gave up on it (and retried the job)
+        if "taken" in message:
+            call.taker = message["taken"]
+            call.sent = True
+        elif "outcome" in message:
+            call.resolve(decode_outcome(message["outcome"]))
