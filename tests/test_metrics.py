@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tasks.jobs import KINDS
 from workers import masking, status
+from workers.dispatcher import Call
 from workers.metrics import Metrics, PortalLabels, RedisCollector, build_registry
 from workers.observe import add_observer, remove_observer
 from workers.pipeline import JobDeadLettered, run_job
@@ -173,6 +174,8 @@ def seed(rt: Runtime) -> None:
     r.rpush(f"{q}\x06\x169", b"m")
     r.hset(status.UNACKED_KEY, mapping={"t1": "x", "t2": "x"})
     rt.holds.hold("acme", "im.dialog.unread", time.time() + 30)
+    for i in range(2):  # calls waiting for acme's next slot
+        rt.calls.submit("acme", Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i + 1}))
     for _ in range(10):
         rt.limiter.reserve("acme", rt.registry.get("acme").limits(rt.settings), max_wait=60)  # type: ignore[union-attr]
 
@@ -224,6 +227,7 @@ def test_status_snapshot_and_render(runtime: Runtime) -> None:
     assert by_key["globex"]["state"] == "reauth" and by_key["globex"]["parked"] == 3
     assert list(by_key["acme"]["held"]) == ["im.dialog.unread"]
     assert by_key["hooli"]["token_expires"] is None
+    assert by_key["acme"]["waiting_calls"] == 2 and by_key["globex"]["waiting_calls"] == 0
     assert snap["dead_letters"] == {"total": 3, "by_reason": {"ERROR_MESSAGE_NOT_FOUND": 2, "OVERLOAD_LIMIT": 1}}
     snap["workers"] = {"answered": [], "timeout": 1.0}
     text = status.render(snap)

@@ -96,6 +96,7 @@ class Runtime:
         self.portals = CachedPortals(self.registry)
         self.tokens = TokenKeeper(self.redis, self.registry, oauth, p, s.oauth_timeout, s.refresh_ahead)
         self.client = RestClient(transport, s.connect_timeout, s.request_timeout)
+        self.calls = CallPool(self.redis, p)
         self.dispatcher = Dispatcher(
             self.client,
             self.limiter,
@@ -110,7 +111,7 @@ class Runtime:
             backlog=self.ledger.backlog,
             max_reserve=min(5.0, s.permit_wait),
             in_flight_timeout=s.request_timeout * 2 + s.oauth_timeout * 4 + 30,
-            pool=CallPool(self.redis, p),
+            pool=self.calls,
             share_max_rate=s.share_max_rate,
         )
 

@@ -76,6 +76,7 @@ def snapshot(
         pipe.get(rt.ledger.backlog_key(key))
         pipe.hlen(rt.parking._key(key))
         pipe.get(rt.limiter.key(key))
+        pipe.llen(rt.calls.list_key(key))
         if methods:
             pipe.mget([rt.holds._hold_key(key, m) for m in methods])
         else:
@@ -91,7 +92,7 @@ def snapshot(
     rows: list[dict[str, Any]] = []
     for key in keys:
         fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
-        backlog, parked, tat, holds = next(replies), next(replies), next(replies), next(replies)
+        backlog, parked, tat, waiting, holds = (next(replies) for _ in range(5))
         if fields["kind"] is None:  # in the index but its record is gone
             continue
         portal = Portal(
@@ -126,6 +127,7 @@ def snapshot(
                 "token_refresh_failed": token_stats.get(f"{key}:refresh_failed", 0),
                 "token_refresh_unavailable": token_stats.get(f"{key}:refresh_unavailable", 0),
                 "backlog": int(backlog or 0),
+                "waiting_calls": int(waiting or 0),
                 "parked": int(parked or 0),
             }
         )
@@ -238,6 +240,7 @@ def render(status: dict[str, Any]) -> str:
                     held,
                     token,
                     p["backlog"],
+                    p["waiting_calls"],
                     p["parked"],
                     p["reason"][:50],
                 ]
@@ -245,7 +248,19 @@ def render(status: dict[str, Any]) -> str:
         out.append(f"portals: {len(rows)}")
         out.append(
             text_table(
-                rows, ["portal", "kind", "state", "limiter", "held", "token expires", "backlog", "parked", "reason"]
+                rows,
+                [
+                    "portal",
+                    "kind",
+                    "state",
+                    "limiter",
+                    "held",
+                    "token expires",
+                    "backlog",
+                    "waiting",
+                    "parked",
+                    "reason",
+                ],
             )
         )
     else:
