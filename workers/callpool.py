@@ -11,8 +11,9 @@ Outcomes go back to the owning process through its reply list.
 Each job is still its own Celery message, acknowledged by its owner after its own outcome, so the
 at-least-once contract is unchanged. What can go wrong between processes, and what then happens:
 
-* the owner dies: its calls may still be sent (the broker redelivers the jobs; a repeat is harmless,
-  as after any crash); replies to it expire;
+* the owner dies: once its heartbeat has expired its calls are dropped by whoever takes them (the
+  broker redelivers its jobs); sent before that, a call is applied twice (harmless, as after any
+  crash); replies to it expire;
 * the sender dies after taking calls: owners learn who took them ("taken" notices) and watch that
   worker's heartbeat key; when it expires the job fails as transient and is retried;
 * the list itself is lost (a Redis restart without persistence): an owner that can neither withdraw
@@ -106,7 +107,7 @@ class CallPool:
         client: redis.Redis,
         prefix: str,
         worker_id: str | None = None,
-        alive_ttl: float = 5.0,
+        alive_ttl: float = 3.0,
         lost_after: float = 15.0,
         reply_ttl: int = 120,
     ) -> None:
@@ -158,13 +159,13 @@ class CallPool:
         with self._lock:
             self._pending.pop(call.id, None)
 
-    def sender_alive(self, worker: str) -> bool:
-        """Whether `worker`'s heartbeat is fresh (cached for a second: many calls watch one sender)."""
+    def alive(self, worker: str) -> bool:
+        """Whether `worker`'s heartbeat is fresh (cached briefly: many calls watch one worker)."""
         if worker == self.worker_id:
             return True
         now = time.monotonic()
         cached = self._alive_cache.get(worker)
-        if cached is not None and now - cached[0] < 1.0:
+        if cached is not None and now - cached[0] < self.alive_ttl / 4:
             return cached[1]
         alive = bool(self._redis.exists(self._alive_key(worker)))
         self._alive_cache[worker] = (now, alive)
@@ -176,13 +177,16 @@ class CallPool:
         return int(self._redis.llen(self.list_key(portal)))
 
     def take(self, portal: str, count: int) -> list[Call]:
-        """Pop up to `count` calls; tell their owners who has them."""
+        """Pop up to `count` calls; tell their owners who has them. Calls of a worker that died are
+        dropped: the broker redelivers its jobs, so sending them would only apply them twice."""
         from workers.dispatcher import Call
 
         raw = self._redis.lpop(self.list_key(portal), count) if count > 0 else None
         calls: list[Call] = []
         for item in raw or ():
             data = json.loads(item)
+            if not self.alive(data["owner"]):
+                continue
             with self._lock:
                 own = self._pending.get(data["id"]) if data["owner"] == self.worker_id else None
             if own is not None:
@@ -250,10 +254,10 @@ class CallPool:
         while True:
             try:
                 now = time.monotonic()
-                if now - beat >= self.alive_ttl / 4:
+                if now - beat >= self.alive_ttl / 6:
                     self._redis.set(self._alive_key(self.worker_id), "1", px=int(self.alive_ttl * 1000))
                     beat = now
-                first = self._redis.blpop([key], timeout=max(1, int(self.alive_ttl / 4)))
+                first = self._redis.blpop([key], timeout=self.alive_ttl / 6)
                 if first is None:
                     continue
                 items = [first[1], *(self._redis.lpop(key, 500) or ())]

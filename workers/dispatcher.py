@@ -561,7 +561,7 @@ class Dispatcher:
             if call.taker is None:
                 if waited > pool.lost_after:
                     raise TransportError("CALL_LOST", "the call left the portal's queue without a sender")
-            elif not pool.sender_alive(call.taker):
+            elif not pool.alive(call.taker):
                 raise TransportError("SENDER_LOST", "the worker sending the call stopped before its outcome")
 
     def forget(self, portal_key: str) -> None:

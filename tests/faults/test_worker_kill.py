@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -20,6 +21,7 @@ from tests.faults.conftest import (
     outcome,
     wait_drained,
 )
+from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +55,16 @@ def test_sigkilled_workers_lose_no_job(domain: str, figures: dict[str, Any]) -> 
         for portal in portals:
             counts.update(applied_counts(stack.emulator.state(portal)))
         result = outcome(jobs, ids, found, counts)
+        # jobs whose call a killed worker was sending for them (the pool-wide call queue): retried
+        rt = get_runtime()
+        errors_seen = Counter(
+            code
+            for i in ids
+            for code in ("SENDER_LOST", "CALL_LOST", "LANE_TIMEOUT")
+            if code in json.dumps((rt.ledger.get(i) or {}).get("events", []))
+        )
         figures.update(result, enqueue_s=round(enqueued, 1), kills=len(kills), kill_times_s=kills,
+                       retried_after=dict(errors_seen),
                        recovery_s=round(recovery, 1), total_s=round(time.monotonic() - started, 1),
                        broker_left=backlog, kinds=dict(Counter(kind for kind, _ in jobs)))  # fmt: skip
         assert result["lost"] == 0, result
@@ -66,8 +77,6 @@ def test_sigkilled_workers_lose_no_job(domain: str, figures: dict[str, Any]) -> 
 def test_a_message_taken_by_a_dying_worker_is_published_again(domain: str, figures: dict[str, Any]) -> None:
     """The window kombu cannot cover: BRPOP took the message, the worker died before writing it to
     `unacked`. Simulated exactly: the message is popped from the queue and dropped."""
-    from workers.runtime import get_runtime
-
     stack = make_fault_stack(workers=0)
     try:
         add_portal(stack, domain)
