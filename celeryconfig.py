@@ -7,6 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from workers.redisurl import broker_options
 from workers.settings import Settings, get_settings
 
 
@@ -64,6 +65,7 @@ def build(_s: Settings) -> dict[str, Any]:
             # sweep that long. Sweeps take milliseconds and restores are transactional, so a shorter expiry
             # is safe (tests/faults/test_worker_kill.py kills workers while they sweep every 2 s)
             "unacked_mutex_expire": max(10, min(300, _s.visibility_timeout)),
+            **broker_options(_s.redis_url, _s.redis_sentinel_master, _s.redis_sentinel_password.get_secret_value()),
         },
         broker_use_ssl=_tls_options(_s.redis_url) or False,
         # JSON only: any Celery-protocol client can produce, and nothing executable crosses the wire

@@ -85,6 +85,7 @@ class RedisServer:
         password: require it (`--requirepass`); `url` and `client()` carry it.
         tls: serve TLS only, on `port` (`url` is then `rediss://` and names the CA to verify with).
         binary: the redis-server to run (default: `find_binary()`).
+        replica_of: the port of a master on 127.0.0.1 to replicate (with `password` as its masterauth).
 
     Examples:
         >>> with RedisServer() as server:
@@ -100,8 +101,10 @@ class RedisServer:
         password: str | None = None,
         tls: TlsFiles | None = None,
         binary: str | None = None,
+        replica_of: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.replica_of = replica_of
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="b24q-redis-")
         self.directory = directory or self._tmp.name  # type: ignore[union-attr]
         self.appendonly = appendonly
@@ -126,7 +129,9 @@ class RedisServer:
                       "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
                       "--tls-auth-clients", "no"]  # fmt: skip
         if self.password:
-            listen += ["--requirepass", self.password]
+            listen += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            listen += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         args = [
             self.binary or find_binary(),
             "--bind",
@@ -192,3 +197,92 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisSentinel:
+    """One Redis Sentinel on 127.0.0.1 watching a master on 127.0.0.1 (quorum 1, fast failover: tests).
+
+    `url` is the kombu-style `sentinel://` URL b24q takes as `B24Q_REDIS_URL` (with the master's
+    password, if any); the master is known to it as `master_name`.
+    """
+
+    def __init__(
+        self,
+        master_port: int,
+        master_name: str = "mymaster",
+        password: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+        binary: str | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.master_port = master_port
+        self.master_name = master_name
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.binary = binary
+        self._tmp = tempfile.TemporaryDirectory(prefix="b24q-sentinel-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"sentinel://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisSentinel:
+        name = self.master_name
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self._tmp.name}",
+            f"logfile {os.path.join(self._tmp.name, 'sentinel.log')}",
+            f"sentinel monitor {name} 127.0.0.1 {self.master_port} 1",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.password:
+            lines.append(f"sentinel auth-pass {name} {self.password}")
+        conf = Path(self._tmp.name) / "sentinel.conf"  # the sentinel rewrites it: it must be writable
+        conf.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [self.binary or find_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis sentinel exited with {self.process.returncode}; see {self._tmp.name}")
+            try:
+                if self.master() == ("127.0.0.1", self.master_port):
+                    return self
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis sentinel did not answer on port {self.port} within {timeout}s")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def master(self) -> tuple[str, int] | None:
+        """The master the sentinel currently names."""
+        found = self.client().sentinel_get_master_addr_by_name(self.master_name)
+        if not found:
+            return None
+        host = found[0].decode() if isinstance(found[0], bytes) else str(found[0])
+        return host, int(found[1])
+
+    def replicas(self) -> list[dict[str, object]]:
+        return list(self.client().sentinel_slaves(self.master_name))
+
+    def close(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._tmp.cleanup()

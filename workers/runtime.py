@@ -24,6 +24,7 @@ from workers.operating import OperatingHolds
 from workers.parking import Parking
 from workers.portals import Portal, PortalRegistry, check_url
 from workers.ratelimit import RateLimiter
+from workers.redisurl import connect
 from workers.settings import Settings, get_settings
 from workers.tokens import TokenKeeper
 
@@ -75,8 +76,10 @@ class Runtime:
         oauth_transport: httpx.BaseTransport | None = None,
     ) -> None:
         s = self.settings = settings or get_settings()
-        self.redis = client or redis.Redis.from_url(
+        self.redis = client or connect(
             s.redis_url,
+            s.redis_sentinel_master,
+            s.redis_sentinel_password.get_secret_value(),
             health_check_interval=30,
             socket_timeout=10,
             socket_connect_timeout=5,

@@ -29,7 +29,14 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("B24Q_REDIS_URL", "REDIS_URL"),
-        description="Redis for the broker and all shared state; rediss:// for TLS, password in the URL.",
+        description="Redis for the broker and all shared state; rediss:// for TLS, password in the URL; "
+        "sentinel://h1:26379;sentinel://h2:26379/0 for Redis Sentinel.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="The master's name at the sentinels (with a sentinel:// URL)."
+    )
+    redis_sentinel_password: SecretStr = Field(
+        SecretStr(""), description="Password of the sentinels themselves, if they require one."
     )
     key_prefix: str = Field("b24q", description="Prefix of every Redis key b24q writes (besides the broker's).")
     queue: str = Field("b24q", description="Celery queue the jobs go to.")

@@ -43,7 +43,9 @@ def default_methods() -> list[str]:
 
 
 def mask_url(url: str) -> str:
-    """A Redis URL without its password."""
+    """A Redis URL without its password (each part of a `sentinel://…;sentinel://…` list)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

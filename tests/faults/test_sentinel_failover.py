@@ -1,0 +1,110 @@
+"""Redis Sentinel: the pool runs on a `sentinel://` URL, the master is SIGKILLed under load, the sentinel
+promotes the replica, and producers and workers carry on against the new master by themselves.
+
+Replication is asynchronous, so what a failover can lose is Redis's to say (writes acknowledged by the
+old master in its last moments, before they reached the replica); the test asserts that jobs
+acknowledged ≥ 1 s before the crash all end applied, and counts any later ones that did not."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tasks import producer
+from tests.faults.conftest import FAULT, QUICK, add_portal, applied_counts, mixed_jobs, outcome, wait_drained
+from workers.localstack import LocalStack
+from workers.redisserver import RedisSentinel, RedisServer
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "sentinel-test-pw"
+
+
+@pytest.fixture
+def redis_ha() -> Iterator[tuple[RedisServer, RedisServer, RedisSentinel]]:
+    master = RedisServer(password=PASSWORD).start()
+    replica = RedisServer(password=PASSWORD, replica_of=master.port).start()
+    sentinel = RedisSentinel(master.port, password=PASSWORD).start()
+    try:
+        deadline = time.monotonic() + 20
+        while not sentinel.replicas() or replica.client().info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never came up"
+            time.sleep(0.1)
+        yield master, replica, sentinel
+    finally:
+        sentinel.close()
+        replica.close()
+        master.close()
+
+
+def test_master_killed_the_pool_follows_the_sentinel_to_the_new_master(
+    redis_ha: tuple[RedisServer, RedisServer, RedisSentinel], domain: str, figures: dict[str, Any]
+) -> None:
+    master, replica, sentinel = redis_ha
+    stack = LocalStack(redis_url=sentinel.url, settings={**FAULT, "redis_sentinel_master": sentinel.master_name})
+    stack.__enter__()
+    try:
+        stack.start_workers(2, concurrency=64, extra=QUICK)
+        add_portal(stack, domain, rate=5.0, burst=20)
+        stack.emulator.set_faults(domain, latency=0.1)
+        acked: list[tuple[float, list[str], list[tuple[str, dict[str, Any]]]]] = []
+        failures: list[tuple[float, str]] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            n = 0
+            while not stop.is_set():
+                batch = mixed_jobs(domain, 20, start=n)
+                try:
+                    ids = producer.enqueue_many(batch)
+                except Exception as exc:  # no master for a moment: the caller is told and retries
+                    failures.append((time.monotonic(), type(exc).__name__))
+                    time.sleep(0.2)
+                    continue
+                acked.append((time.monotonic(), ids, batch))
+                n += 20
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        time.sleep(4.0)
+        crash = time.monotonic()
+        master.kill()
+        deadline = time.monotonic() + 30
+        while sentinel.master() != ("127.0.0.1", replica.port):
+            assert time.monotonic() < deadline, "the sentinel did not promote the replica"
+            time.sleep(0.1)
+        promoted = time.monotonic()
+        deadline = time.monotonic() + 30
+        while not [t for t, _, _ in acked if t > promoted] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)
+        stop.set()
+        thread.join(10)
+
+        ids = [i for _, batch_ids, _ in acked for i in batch_ids]
+        jobs = [job for _, _, batch in acked for job in batch]
+        found, backlog = wait_drained(ids, timeout=90)
+        drained = time.monotonic() - promoted
+        result = outcome(jobs, ids, found, applied_counts(stack.emulator.state(domain)))
+        before = [i for t, batch_ids, _ in acked if t <= crash - 1.0 for i in batch_ids]
+        last_second = [i for t, batch_ids, _ in acked if crash - 1.0 < t <= crash for i in batch_ids]
+        after = [i for t, batch_ids, _ in acked if t > promoted for i in batch_ids]
+        figures.update(result, failover_s=round(promoted - crash, 1), enqueued_before_crash=len(before),
+                       enqueued_after_failover=len(after), producer_errors=len(failures),
+                       producer_error_types=sorted({name for _, name in failures}),
+                       lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "dead")),
+                       drained_after_failover_s=round(drained, 1), broker_left=backlog)  # fmt: skip
+        assert before and after, "the producer did not follow the failover by itself"
+        assert [i for i in before if found[i] != "applied"] == []
+        assert {found[i] for i in after} == {"applied"}, "the workers did not follow the failover"
+        assert result["applied"] + result["dead_lettered"] >= len(ids) - len(last_second)
+        for worker in stack.workers:  # the sentinel URL's password stays out of the logs
+            worker._log.flush()
+            assert PASSWORD not in worker.log_path.read_text(errors="replace"), worker.name
+    finally:
+        stack.__exit__(None, None, None)
