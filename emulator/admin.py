@@ -14,7 +14,7 @@ Lets a test or a benchmark in another process set the emulator up and read back 
     POST /_emulator/portals/{domain}/connectors    {connector, line?}
     POST /_emulator/portals/{domain}/expire        expire current access tokens now
     POST /_emulator/portals/{domain}/faults        {error_500_rate?, drop_rate?, ..., seed?}
-    POST /_emulator/portals/{domain}/options       {rate?, burst?, op_cost?, operating_limit?, time_block?, ...}
+    POST /_emulator/portals/{domain}/options       {rate?, burst?, op_cost?, operating_limit?, operating_window?, ...}
     POST /_emulator/portals/{domain}/uninstall     {client_id?, oauth_error?: "NOT_INSTALLED"|"invalid_client"}
     POST /_emulator/portals/{domain}/tokens        {client_id?, client_secret?, user_id?} → PortalInfo
 

@@ -6,8 +6,9 @@ that method by that app/webhook gets 429 ``OPERATION_TIME_LIMIT``; the call that
 ``operating_reset_at`` is when the oldest bucket drops out.
 
 A "call" costs whatever the portal says (``op_cost``): the emulator does no real work, so the cost is a knob
-that tests turn up to reach the limit quickly.  One meter per portal; keys are ``(subject, method)``.  Not
-thread-safe on its own: the portal's lock guards it.
+that tests turn up to reach the limit quickly.  ``window`` (600 s in Bitrix24, ten buckets of a tenth of
+it) is a knob too, so that a test can see a hold end without waiting ten minutes.  One meter per portal;
+keys are ``(subject, method)``.  Not thread-safe on its own: the portal's lock guards it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
-BUCKET_SECONDS = 60.0
 WINDOW_SECONDS = 600.0
 MAX_BUCKETS = 10
 
@@ -39,8 +39,9 @@ class OperatingSnapshot:
 class OperatingMeter:
     """Ten one-minute buckets per key; ``limit`` of ``None`` disables the block (accounting still runs)."""
 
-    def __init__(self, limit: float | None, clock: Clock) -> None:
+    def __init__(self, limit: float | None, clock: Clock, window: float = WINDOW_SECONDS) -> None:
         self.limit = limit
+        self.window = window
         self._clock = clock
         self._buckets: dict[Hashable, list[_Bucket]] = {}
 
@@ -48,7 +49,7 @@ class OperatingMeter:
         buckets = self._buckets.get(key)
         if not buckets:
             return []
-        while buckets and now - buckets[0].start >= WINDOW_SECONDS:
+        while buckets and now - buckets[0].start >= self.window:
             buckets.pop(0)
         return buckets
 
@@ -65,11 +66,11 @@ class OperatingMeter:
         """Record a call: into the current minute's bucket, or a new bucket if the last one is a minute old."""
         now = self._clock()
         buckets = self._live(key, now)
-        if buckets and now - buckets[-1].start < BUCKET_SECONDS:
+        if buckets and now - buckets[-1].start < self.window / MAX_BUCKETS:
             buckets[-1].seconds += seconds
             return
         buckets.append(_Bucket(start=now, seconds=seconds))
-        if len(buckets) > MAX_BUCKETS:  # cannot happen with 60 s buckets in a 600 s window; keep the invariant
+        if len(buckets) > MAX_BUCKETS:  # cannot happen with buckets of a tenth of the window; keep the invariant
             del buckets[0]
         self._buckets[key] = buckets
 
@@ -78,8 +79,8 @@ class OperatingMeter:
         now = self._clock()
         buckets = self._live(key, now)
         if not buckets:
-            return OperatingSnapshot(0.0, now + WINDOW_SECONDS)
-        return OperatingSnapshot(sum(b.seconds for b in buckets), buckets[0].start + WINDOW_SECONDS)
+            return OperatingSnapshot(0.0, now + self.window)
+        return OperatingSnapshot(sum(b.seconds for b in buckets), buckets[0].start + self.window)
 
     def all_totals(self) -> dict[Hashable, float]:
         now = self._clock()

@@ -38,6 +38,7 @@ class PortalOptions:
     op_cost: float = 0.0
     op_costs: dict[str, float] = field(default_factory=dict)
     operating_limit: float | None = 480.0
+    operating_window: float = 600.0
     token_ttl: float = 3600.0
     auto_messages: bool = False
     auto_connectors: bool = False
@@ -196,7 +197,7 @@ class Portal:
         self.lock = threading.Lock()
         self._clock = clock
         self.buckets: dict[str, LeakyBucket] = {}
-        self.operating = OperatingMeter(options.operating_limit, clock)
+        self.operating = OperatingMeter(options.operating_limit, clock, options.operating_window)
         self.installations: dict[str, Installation] = {}
         self.webhooks: dict[tuple[int, str], Webhook] = {}
         self.senders: dict[tuple[str, str], Sender] = {}
@@ -223,6 +224,7 @@ class Portal:
         for bucket in self.buckets.values():
             bucket.configure(options.rate, options.burst)
         self.operating.limit = options.operating_limit
+        self.operating.window = options.operating_window
 
     # --- records ---------------------------------------------------------------------------------------------
 

@@ -298,6 +298,13 @@ def cmd_portal_auth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_portal_keys(args: argparse.Namespace) -> int:
+    """`portal genkey` / `portal rekey`: the token-key commands of `workers.crypto`."""
+    from workers import crypto
+
+    return crypto.main([args.sub])
+
+
 def cmd_portal_resume(args: argparse.Namespace) -> int:
     from tasks.producer import resume_parked
     from workers.runtime import get_runtime
@@ -450,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = portal.add_parser("resume", help="mark a portal active and resume its parked jobs")
     p.add_argument("key")
     p.set_defaults(func=cmd_portal_resume)
+    p = portal.add_parser("genkey", help="print a new key for B24Q_TOKEN_KEYS (tokens encrypted at rest)")
+    p.set_defaults(func=cmd_portal_keys)
+    p = portal.add_parser("rekey", help="re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS")
+    p.set_defaults(func=cmd_portal_keys)
 
     dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="sub", required=True)
     for name, func in (("list", cmd_dead_list), ("replay", cmd_dead_replay), ("purge", cmd_dead_purge)):

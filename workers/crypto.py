@@ -1,11 +1,11 @@
 """Encryption at rest for the secrets b24q keeps in Redis: access tokens, refresh tokens, webhook URLs.
 
-Set `B24Q_TOKEN_KEYS` to one or more Fernet keys, comma-separated (`python -m workers.crypto genkey` makes
+Set `B24Q_TOKEN_KEYS` to one or more Fernet keys, comma-separated (`b24q portal genkey` makes
 one). The first key encrypts; every key decrypts, so keys rotate without downtime:
 
 1. put the new key first and keep the old one after it (`B24Q_TOKEN_KEYS=new,old`), restart producers and
    workers: new writes use the new key, old records still decrypt;
-2. run `python -m workers.crypto rekey` to re-encrypt every portal record with the new key;
+2. run `b24q portal rekey` to re-encrypt every portal record with the new key;
 3. drop the old key from `B24Q_TOKEN_KEYS`.
 
 Encrypted values are stored as `enc1:<Fernet token>` (AES-128-CBC + HMAC-SHA256, from the `cryptography`
@@ -56,7 +56,7 @@ class TokenCipher:
                 # never echo the key itself
                 raise ConfigError(
                     f"B24Q_TOKEN_KEYS: key #{index + 1} is not a Fernet key "
-                    "(32 url-safe base64-encoded bytes; `python -m workers.crypto genkey` makes one)"
+                    "(32 url-safe base64-encoded bytes; `b24q portal genkey` makes one)"
                 ) from None
         self._fernet = MultiFernet(fernets) if fernets else None
 

@@ -57,7 +57,7 @@ class Deferred(B24QError):
     action = Action.FLOW
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a queue removes this call, not one with equal fields
 class Call:
     """One job's call waiting in a lane."""
 
@@ -236,7 +236,7 @@ class Lane:
                 log.warning("lane %s: call pool unavailable (%s)", self.key, exc)
                 time.sleep(0.5)
             with self._cond:
-                self._cond.wait(0.05)
+                self._cond.wait(0.1)  # our calls are with another sender; a new one of ours wakes us at once
                 if self._own <= 0 and time.monotonic() - idle_since > idle_exit:
                     self._thread = None
                     return False

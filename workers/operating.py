@@ -18,9 +18,35 @@ import redis
 #: How long to hold a method after a 429 when no `operating_reset_at` is known.
 DEFAULT_HOLD = 60.0
 
+# Every hold and reset is stored on the Redis server's clock (TIME), from a duration measured on the
+# answer's own clock (`operating_reset_at - finish`): worker clocks never enter (tests/test_operating.py).
+# KEYS[1] the portal's reset hash, KEYS[2] the method's hold key; ARGV[1] method, ARGV[2] mode, ARGV[3] seconds.
+#   record: remember the reset ARGV[3] s from now;  record+hold: and hold the method until then;
+#   hold: hold it ARGV[3] s;  blocked (a 429): hold it until the remembered reset, or ARGV[3] s if none is ahead.
+# Returns the seconds the method is held (or until the reset).
+_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local mode, secs = ARGV[2], tonumber(ARGV[3])
+if mode == 'blocked' then
+  local reset = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+  if reset > now then secs = reset - now end
+elseif mode ~= 'hold' then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%.3f', now + secs))
+end
+if mode ~= 'record' then
+  redis.call('SET', KEYS[2], string.format('%.3f', now + secs), 'PX', math.max(1, math.floor(secs * 1000)))
+end
+return tostring(secs)
+"""
+
 
 class OperatingHolds:
-    """Record `time` blocks and answer "is this method held, and until when" for the whole pool."""
+    """Record `time` blocks and answer "is this method held, and until when" for the whole pool.
+
+    Times given to and returned by the methods are on this process's `clock`; only durations cross
+    process boundaries, so a worker whose clock is off holds and releases with the others.
+    """
 
     def __init__(
         self,
@@ -35,6 +61,7 @@ class OperatingHolds:
         self._limit = limit
         self._margin = margin
         self._clock = clock
+        self._script = client.register_script(_SCRIPT)
 
     def _hold_key(self, portal: str, method: str) -> str:
         return f"{self._prefix}:hold:{{{portal}}}:{method}"
@@ -42,39 +69,48 @@ class OperatingHolds:
     def _reset_key(self, portal: str) -> str:
         return f"{self._prefix}:opreset:{{{portal}}}"
 
+    def _run(self, portal: str, method: str, mode: str, seconds: float) -> float:
+        keys = [self._reset_key(portal), self._hold_key(portal, method)]
+        return float(self._script(keys=keys, args=[method, mode, f"{seconds:.3f}"]))
+
     def record(self, portal: str, method: str, time_block: Mapping[str, Any] | None) -> float | None:
-        """Note an answer's `time` block; hold the method if its budget is nearly spent. Returns the hold."""
+        """Note an answer's `time` block; hold the method if its budget is nearly spent. Returns the hold's
+        end on this process's clock, or None."""
         if not isinstance(time_block, Mapping):
             return None
         try:
             operating = float(time_block.get("operating") or 0.0)
             reset_at = float(time_block.get("operating_reset_at") or 0.0)
+            finish = float(time_block.get("finish") or 0.0)
         except (TypeError, ValueError):
             return None
-        if reset_at:
-            self._client.hset(self._reset_key(portal), method, reset_at)
-        if operating >= self._limit - self._margin and reset_at > self._clock():
-            self.hold(portal, method, reset_at)
-            return reset_at
-        return None
+        if not reset_at:
+            return None
+        # how far the reset is, by the clock that named it (the portal's); without `finish`, by ours.
+        # operating_reset_at is a whole second (cut, not rounded, on the portal): one more second, so the
+        # first call after the hold finds the bucket gone instead of a second 429 and a default hold
+        until_reset = reset_at + 1.0 - (finish or self._clock())
+        if until_reset <= 0:
+            return None
+        hold = operating >= self._limit - self._margin
+        self._run(portal, method, "record+hold" if hold else "record", until_reset)
+        return self._clock() + until_reset if hold else None
 
     def blocked(self, portal: str, method: str) -> float:
         """The portal answered 429 for `method`: hold it until the last known reset. Returns the hold end."""
-        now = self._clock()
-        raw = self._client.hget(self._reset_key(portal), method)
-        until = float(raw) if raw is not None and float(raw) > now else now + DEFAULT_HOLD
-        self.hold(portal, method, until)
-        return until
+        return self._clock() + self._run(portal, method, "blocked", DEFAULT_HOLD)
 
     def hold(self, portal: str, method: str, until: float) -> None:
-        ttl_ms = max(1, int((until - self._clock()) * 1000))
-        self._client.set(self._hold_key(portal, method), f"{until:.3f}", px=ttl_ms)
+        """Hold `method` until `until` on this process's clock."""
+        self._run(portal, method, "hold", max(0.001, until - self._clock()))
 
     def held_until(self, portal: str, methods: Iterable[str]) -> dict[str, float]:
-        """For each of `methods` that is held now, the time its hold ends."""
+        """For each of `methods` that is held now, the time its hold ends (on this process's clock)."""
         methods = list(methods)
         if not methods:
             return {}
-        values = self._client.mget([self._hold_key(portal, m) for m in methods])
+        pipe = self._client.pipeline(transaction=False)
+        for method in methods:
+            pipe.pttl(self._hold_key(portal, method))
         now = self._clock()
-        return {m: float(v) for m, v in zip(methods, values, strict=True) if v is not None and float(v) > now}
+        return {m: now + ms / 1000.0 for m, ms in zip(methods, pipe.execute(), strict=True) if ms > 0}

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     token_keys: SecretStr = Field(
         SecretStr(""),
         description="Fernet keys (comma-separated) encrypting tokens and webhook URLs in Redis; the first "
-        "encrypts, all decrypt; empty = plaintext. `python -m workers.crypto genkey|rekey`.",
+        "encrypts, all decrypt; empty = plaintext. `b24q portal genkey|rekey`.",
     )
 
     # --- Lost-message reconciler (docs/reliability.md) ---

@@ -81,3 +81,16 @@ def test_snapshot_without_calls() -> None:
     snap = meter.snapshot(KEY)
     assert snap.operating == 0.0
     assert snap.reset_at == pytest.approx(605.0)
+
+
+def test_a_shorter_window_for_tests_keeps_ten_buckets() -> None:
+    clock = FakeClock(0.0)
+    meter = OperatingMeter(limit=3.0, clock=clock, window=20.0)
+    meter.add(KEY, 2.0)  # bucket A at t=0
+    clock.advance(1.9)
+    meter.add(KEY, 2.0)  # still bucket A (2 s buckets)
+    assert meter.blocked(KEY) and meter.snapshot(KEY).reset_at == 20.0
+    clock.advance(0.2)
+    meter.add(KEY, 0.5)  # bucket B at t=2.1
+    clock.advance(17.9)  # t=20: bucket A is gone
+    assert meter.total(KEY) == 0.5 and not meter.blocked(KEY)

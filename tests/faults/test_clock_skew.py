@@ -14,6 +14,7 @@ import pytest
 from emulator import max_in_window
 from tasks import producer
 from tests.faults.conftest import QUICK, make_fault_stack, wait_drained
+from tests.integration.conftest import wait_for
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
@@ -62,5 +63,44 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
             assert peak_requests <= burst + rate * window + 1, (window, peak_requests)
         assert c["refused_503"] <= max(1, c["accepted"] // 100)
         assert took < 60  # neither worker waited out its skew
+    finally:
+        stack.__exit__(None, None, None)
+
+
+def test_operating_holds_end_on_time_whatever_the_worker_clock(domain: str, figures: dict[str, Any]) -> None:
+    """A method held after a 429 is held until the portal's bucket resets, not 90 s longer (a clock behind)
+    nor for the 60 s default (a clock ahead, to which the reset looks past): the hold is measured on the
+    answer's clock (`operating_reset_at - finish`) and kept on the Redis server's.
+
+    (Only b24q's hold is measured, not when the held job runs again: this harness skews `time.time()` but
+    not `datetime.now()`, and Celery's ETA arithmetic and kombu's unacked index mix the two, so a skewed
+    worker runs its own retries early or late. With a real clock skew both move together.)"""
+    stack = make_fault_stack(workers=0, visibility_timeout=600)
+    window = 30.0  # the emulator's operating window (600 s in Bitrix24), so that a hold ends within the test
+    try:
+        path = os.pathsep.join(p for p in (str(SKEWCLOCK), os.environ.get("PYTHONPATH", "")) if p)
+        rt = get_runtime()
+        holds: dict[str, dict[str, float]] = {}
+        for skew in (-SKEW, SKEW):  # one skewed worker at a time, each on a portal of its own
+            portal = f"{'behind' if skew < 0 else 'ahead'}-{domain}"
+            stack.add_portal(portal, op_cost=2.0, operating_limit=3.0, operating_window=window)
+            (worker,) = stack.start_workers(1, concurrency=16, extra=QUICK,
+                                            env={"PYTHONPATH": path, "B24Q_TEST_CLOCK_SKEW": str(skew)})  # fmt: skip
+            for i in (1, 2):  # 2 + 2 s of a 3 s budget: the second call goes over and still completes
+                job = producer.enqueue_mark_unread(portal=portal, dialog_id="chat1", message_id=i)
+                assert wait_for([job], timeout=30) == {job: "applied"}  # (not drained: a killed worker's
+                # held job of the previous round stays unacknowledged)
+            held = producer.enqueue_mark_unread(portal=portal, dialog_id="chat1", message_id=3)
+            assert wait_for([held], timeout=30, states=("deferred",)) == {held: "deferred"}
+            record = rt.ledger.get(held) or {}
+            deferral = next(e for e in record["events"] if e.get("state") == "deferred")
+            assert "OPERATION_TIME_LIMIT" in deferral["error"]
+            hold_ms = rt.redis.pttl(rt.holds._hold_key(portal, "im.dialog.unread"))
+            holds[f"{skew:+.0f}"] = {"countdown_s": deferral["countdown"], "hold_left_s": round(hold_ms / 1000, 1)}
+            worker.kill()
+        figures.update(window_s=window, holds=holds, skews_s=[-SKEW, SKEW])
+        for hold in holds.values():  # the rest of the window (+1 s for a reset in whole seconds): not the skew
+            # (a clock 90 s behind held ~120 s before), not the 60 s default (a clock ahead saw the reset as past)
+            assert window - 8 < hold["hold_left_s"] <= window + 1, holds
     finally:
         stack.__exit__(None, None, None)

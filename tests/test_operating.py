@@ -1,0 +1,58 @@
+"""Operating-time holds are timed by the answer's own clock and Redis's, never by a worker's clock."""
+
+from __future__ import annotations
+
+import redis
+
+from workers.operating import DEFAULT_HOLD, OperatingHolds
+from workers.settings import Settings
+
+M = "im.dialog.unread"
+
+
+def _holds(rclient: redis.Redis, settings: Settings, clock: float) -> OperatingHolds:
+    return OperatingHolds(rclient, settings.key_prefix, limit=480.0, margin=10.0, clock=lambda: clock)
+
+
+def test_a_spent_budget_holds_until_the_reset_the_answer_names(rclient: redis.Redis, settings: Settings) -> None:
+    # the portal's clock says 1000, the reset is 30 s later by that clock (+1 s: it is a whole second);
+    # this worker's clock is days off
+    holds = _holds(rclient, settings, clock=5_000_000.0)
+    until = holds.record("op0-acme", M, {"operating": 475.0, "operating_reset_at": 1030.0, "finish": 1000.0})
+    assert until is not None and abs(until - (5_000_000.0 + 31.0)) < 0.5
+    left = rclient.pttl(holds._hold_key("op0-acme", M))
+    assert 30_000 < left <= 31_000
+    # another worker, its clock days behind, sees the same hold for the same time
+    other = _holds(rclient, settings, clock=1_000.0)
+    held = other.held_until("op0-acme", [M, "messageservice.message.status.update"])
+    assert list(held) == [M] and 30.0 < held[M] - 1_000.0 <= 31.0
+
+
+def test_a_budget_with_room_holds_nothing_but_remembers_the_reset(rclient: redis.Redis, settings: Settings) -> None:
+    holds = _holds(rclient, settings, clock=0.0)
+    assert holds.record("op1-acme", M, {"operating": 100.0, "operating_reset_at": 1045.0, "finish": 1000.0}) is None
+    assert holds.held_until("op1-acme", [M]) == {}
+    # a 429 then holds until that reset (45 s on), however wrong this worker's clock is
+    until = holds.blocked("op1-acme", M)
+    assert 45.0 < until <= 46.0
+    assert 45_000 < rclient.pttl(holds._hold_key("op1-acme", M)) <= 46_000
+
+
+def test_a_429_with_no_known_reset_holds_for_the_default(rclient: redis.Redis, settings: Settings) -> None:
+    holds = _holds(rclient, settings, clock=123.0)
+    assert abs(holds.blocked("op-globex", M) - (123.0 + DEFAULT_HOLD)) < 0.5
+    assert holds.held_until("op-globex", [M])
+
+
+def test_answers_without_a_time_block_or_with_garbage_are_ignored(rclient: redis.Redis, settings: Settings) -> None:
+    holds = _holds(rclient, settings, clock=0.0)
+    assert holds.record("op-hooli", M, None) is None
+    assert holds.record("op-hooli", M, {"operating": "lots", "operating_reset_at": 5}) is None
+    assert holds.record("op-hooli", M, {"operating": 479.0}) is None  # no reset named: nothing to hold until
+    assert holds.held_until("op-hooli", [M]) == {}
+
+
+def test_hold_until_a_time_on_this_workers_clock(rclient: redis.Redis, settings: Settings) -> None:
+    holds = _holds(rclient, settings, clock=50.0)
+    holds.hold("op-initech", M, 80.0)
+    assert 29.0 < holds.held_until("op-initech", [M])[M] - 50.0 <= 30.0
