@@ -205,8 +205,8 @@ class Lane:
         while True:
             if not self._wait_for_work(d.idle_exit):
                 return
-            self._gather()
             try:
+                self._gather()  # (reads the pool's depth: Redis may fail here too)
                 self._send_round()
             except Exception as exc:  # never let the lane die with calls in it
                 log.exception("lane %s: unexpected error", self.key)
