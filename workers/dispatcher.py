@@ -216,7 +216,6 @@ class Lane:
 
     def _wait_for_work(self, idle_exit: float) -> bool:
         """Block until there is something to send; False (the thread ends) after `idle_exit` idle s."""
-        idle_since = time.monotonic()
         while True:
             with self._cond:
                 if self._queue:
@@ -227,7 +226,6 @@ class Lane:
                         return False
                     if self._queue or self.pool is None:
                         return True
-                    idle_since = time.monotonic()
             # calls of ours are in the pool (or with another sender): help while the list holds any
             try:
                 if self.pool.depth(self.key) > 0:
@@ -237,9 +235,6 @@ class Lane:
                 time.sleep(0.5)
             with self._cond:
                 self._cond.wait(0.1)  # our calls are with another sender; a new one of ours wakes us at once
-                if self._own <= 0 and time.monotonic() - idle_since > idle_exit:
-                    self._thread = None
-                    return False
 
     def _flush(self) -> None:
         if self.pool is not None:
