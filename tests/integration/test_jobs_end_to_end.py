@@ -152,3 +152,19 @@ def test_the_cli_enqueues_and_shows_a_job(stack: LocalStack, rt: Runtime, domain
     ids = bulk.stdout.split()
     assert len(ids) == 29 and set(wait_for(ids).values()) == {"applied"}
     assert os.environ.get("B24Q_CLIENT_SECRET") is None or True
+
+
+def test_one_request_carries_jobs_of_several_workers(stack: LocalStack, rt: Runtime, domain: str) -> None:
+    """The call pool: on a rate-limited portal a request packs calls from every worker, so a batch can
+    hold more jobs than any one worker's threads (2 workers x 16 threads here)."""
+    stack.add_portal(domain, rate=2.0, burst=2)  # scarce slots (2/s, no burst): every request waits, calls pile up
+    ids = producer.enqueue_many(
+        [("mark-unread", {"portal": domain, "dialog_id": "chat1", "message_id": i}) for i in range(1, 201)]
+    )
+    assert set(wait_for(ids).values()) == {"applied"}
+    counters = stack.emulator.state(domain)["counters"]
+    assert counters["method_calls"]["im.dialog.unread"] == 200  # each job applied once
+    per_batch = counters["batch_commands"] / max(1, counters["batches"])
+    assert per_batch > 16, counters  # more than one worker's threads could hold
+    workers = {e.get("worker", "").split("@")[0] for i in ids for e in (rt.ledger.get(i) or {})["events"]}
+    assert {"w1", "w2"} <= workers  # both workers held jobs
