@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -73,6 +74,23 @@ class TlsFiles:
     cert: str
     key: str
     ca: str
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, what: str, where: str
+) -> None:
+    """Poll `ready()` until it holds; fail fast if the process exits, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {where}")
+        try:
+            if ready():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not answer within {timeout}s; see {where}")
 
 
 class RedisServer:
@@ -151,18 +169,15 @@ class RedisServer:
             os.path.join(self.directory, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory}")
-            try:
-                # the AOF may still be loading after a restart
-                if self.client().ping() and self.client().info("persistence").get("loading", 0) == 0:
-                    return self
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+        # the AOF may still be loading after a restart
+        _wait_ready(
+            self.process,
+            lambda: bool(self.client().ping()) and not self.client().info("persistence").get("loading", 0),
+            timeout,
+            f"redis-server on port {self.port}",
+            self.directory,
+        )
+        return self
 
     def client(self) -> redis.Redis:
         if self.tls is not None:
@@ -246,22 +261,11 @@ class RedisSentinel:
             lines.append(f"sentinel auth-pass {name} {self.password}")
         conf = Path(self._tmp.name) / "sentinel.conf"  # the sentinel rewrites it: it must be writable
         conf.write_text("\n".join(lines) + "\n")
-        self.process = subprocess.Popen(
-            [self.binary or find_binary(), str(conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis sentinel exited with {self.process.returncode}; see {self._tmp.name}")
-            try:
-                if self.master() == ("127.0.0.1", self.master_port):
-                    return self
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis sentinel did not answer on port {self.port} within {timeout}s")
+        args = [self.binary or find_binary(), str(conf), "--sentinel"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_ready(self.process, lambda: self.master() == ("127.0.0.1", self.master_port), timeout,
+                    f"redis sentinel on port {self.port}", self._tmp.name)  # fmt: skip
+        return self
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -222,3 +223,48 @@ def wait_drained(ids: list[str], timeout: float) -> tuple[dict[str, str], dict[s
         ) or time.monotonic() > deadline:
             return found, backlog
         time.sleep(0.5)
+
+
+class KeepEnqueueing:
+    """A producer thread that enqueues batches of 20 mixed jobs until stopped, and retries after an error
+    as callers do (Redis down, no master yet). `acked` holds (time, ids, jobs) of every enqueue that
+    returned; `failures` (time, exception type) of every one that raised, so nothing was acknowledged."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.acked: list[tuple[float, list[str], list[tuple[str, dict[str, Any]]]]] = []
+        self.failures: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            batch = mixed_jobs(self.domain, 20, start=n)
+            try:
+                ids = producer.enqueue_many(batch)
+            except Exception as exc:
+                self.failures.append((time.monotonic(), type(exc).__name__))
+                time.sleep(0.2)
+                continue
+            self.acked.append((time.monotonic(), ids, batch))
+            n += 20
+            time.sleep(0.05)
+
+    def wait_acked_after(self, moment: float, timeout: float = 30) -> None:
+        """Until an enqueue returned after `moment` (the producer recovered by itself), or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not [t for t, _, _ in self.acked if t > moment] and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def stop(self) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+        """Stop; every acknowledged id and its job."""
+        self._stop.set()
+        self._thread.join(10)
+        ids = [i for _, batch_ids, _ in self.acked for i in batch_ids]
+        jobs = [job for _, _, batch in self.acked for job in batch]
+        return ids, jobs
+
+    def ids_between(self, after: float, until: float = float("inf")) -> list[str]:
+        return [i for t, batch_ids, _ in self.acked if after < t <= until for i in batch_ids]

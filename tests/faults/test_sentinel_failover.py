@@ -7,15 +7,21 @@ acknowledged ≥ 1 s before the crash all end applied, and counts any later ones
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tasks import producer
-from tests.faults.conftest import FAULT, QUICK, add_portal, applied_counts, mixed_jobs, outcome, wait_drained
+from tests.faults.conftest import (
+    FAULT,
+    QUICK,
+    KeepEnqueueing,
+    add_portal,
+    applied_counts,
+    outcome,
+    wait_drained,
+)
 from workers.localstack import LocalStack
 from workers.redisserver import RedisSentinel, RedisServer
 
@@ -51,26 +57,7 @@ def test_master_killed_the_pool_follows_the_sentinel_to_the_new_master(
         stack.start_workers(2, concurrency=64, extra=QUICK)
         add_portal(stack, domain, rate=5.0, burst=20)
         stack.emulator.set_faults(domain, latency=0.1)
-        acked: list[tuple[float, list[str], list[tuple[str, dict[str, Any]]]]] = []
-        failures: list[tuple[float, str]] = []
-        stop = threading.Event()
-
-        def produce() -> None:
-            n = 0
-            while not stop.is_set():
-                batch = mixed_jobs(domain, 20, start=n)
-                try:
-                    ids = producer.enqueue_many(batch)
-                except Exception as exc:  # no master for a moment: the caller is told and retries
-                    failures.append((time.monotonic(), type(exc).__name__))
-                    time.sleep(0.2)
-                    continue
-                acked.append((time.monotonic(), ids, batch))
-                n += 20
-                time.sleep(0.05)
-
-        thread = threading.Thread(target=produce, daemon=True)
-        thread.start()
+        load = KeepEnqueueing(domain)
         time.sleep(4.0)
         crash = time.monotonic()
         master.kill()
@@ -79,24 +66,18 @@ def test_master_killed_the_pool_follows_the_sentinel_to_the_new_master(
             assert time.monotonic() < deadline, "the sentinel did not promote the replica"
             time.sleep(0.1)
         promoted = time.monotonic()
-        deadline = time.monotonic() + 30
-        while not [t for t, _, _ in acked if t > promoted] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        load.wait_acked_after(promoted)
         time.sleep(3.0)
-        stop.set()
-        thread.join(10)
-
-        ids = [i for _, batch_ids, _ in acked for i in batch_ids]
-        jobs = [job for _, _, batch in acked for job in batch]
+        ids, jobs = load.stop()
         found, backlog = wait_drained(ids, timeout=90)
         drained = time.monotonic() - promoted
         result = outcome(jobs, ids, found, applied_counts(stack.emulator.state(domain)))
-        before = [i for t, batch_ids, _ in acked if t <= crash - 1.0 for i in batch_ids]
-        last_second = [i for t, batch_ids, _ in acked if crash - 1.0 < t <= crash for i in batch_ids]
-        after = [i for t, batch_ids, _ in acked if t > promoted for i in batch_ids]
+        before = load.ids_between(float("-inf"), crash - 1.0)
+        last_second = load.ids_between(crash - 1.0, crash)
+        after = load.ids_between(promoted)
         figures.update(result, failover_s=round(promoted - crash, 1), enqueued_before_crash=len(before),
-                       enqueued_after_failover=len(after), producer_errors=len(failures),
-                       producer_error_types=sorted({name for _, name in failures}),
+                       enqueued_after_failover=len(after), producer_errors=len(load.failures),
+                       producer_error_types=sorted({name for _, name in load.failures}),
                        lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "dead")),
                        drained_after_failover_s=round(drained, 1), broker_left=backlog)  # fmt: skip
         assert before and after, "the producer did not follow the failover by itself"
