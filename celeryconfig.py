@@ -7,6 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from workers.keys import PRIORITY_STEPS
 from workers.redisurl import broker_options
 from workers.settings import Settings, get_settings
 
@@ -57,7 +58,7 @@ def build(_s: Settings) -> dict[str, Any]:
             "visibility_timeout": _s.visibility_timeout,
             # fresh jobs (priority 0) pass the bulk lane (retries, portals with a deep backlog)
             "queue_order_strategy": "priority",
-            "priority_steps": [0, 3, 6, 9],
+            "priority_steps": list(PRIORITY_STEPS),
             # redeliver a dead worker's jobs promptly (kombu's default scan is every ~100 s)
             "unacked_restore_interval": _restore_interval(_s.visibility_timeout),
             "unacked_restore_throttle": 1,
@@ -97,8 +98,10 @@ def build(_s: Settings) -> dict[str, Any]:
         worker_soft_shutdown_timeout=10.0,
         worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
-        # records messages that cannot be read instead of crashing on them or dropping them (workers/celery.py)
-        worker_consumer="workers.celery:Consumer",
+        # records messages that cannot be read instead of crashing on them or dropping them
+        worker_consumer="workers.broker.consumer:Consumer",
+        # the job tasks: what runs them lives in workers/, what they are in tasks/
+        include=["tasks.definitions"],
     )
 
 

@@ -19,7 +19,7 @@ from bench import naive
 from bench.stack import log
 from bench.workload import Job, applied
 from tasks.jobs import KINDS
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 
 
 class NaiveWorkers:

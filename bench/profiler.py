@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.report import Table
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 
 MAX_DEPTH = 80
 #: Code whose frames say *why* CPU was spent (the layers above redis-py, sockets and threading).

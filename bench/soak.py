@@ -25,7 +25,7 @@ from typing import Any
 
 from tasks import producer
 from tests.faults.conftest import FAULT, QUICK, add_portal, applied_counts, mixed_jobs, outcome, wait_drained
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
 
 

@@ -1,6 +1,6 @@
 """Running a scenario's stack: start and stop it, register portals, read the ledger, meter CPU.
 
-Scenarios use `workers.localstack.LocalStack` as the tests and the demo do, so the numbers are
+Scenarios use `workers.localdev.localstack.LocalStack` as the tests and the demo do, so the numbers are
 those of the real processes; this module only adds what measuring needs on top of it.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from bench.workload import portal_options
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
 
 #: b24q has no "unlimited" portal (a registry rate of 0 means "the plan's rate"), so a portal the
@@ -95,31 +95,18 @@ class Record:
 def records(ids: Sequence[str], rt: Runtime | None = None, chunk: int = 2000) -> list[Record]:
     """Ledger records of `ids` (missing ones get state '?')."""
     rt = rt or get_runtime()
-    prefix = rt.settings.key_prefix
     out: list[Record] = []
     for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        pipe = rt.redis.pipeline(transaction=False)
-        for job_id in part:
-            pipe.hmget(f"{prefix}:job:{job_id}", "state", "created", "updated", "runs")
-        for job_id, (state, created, updated, runs) in zip(part, pipe.execute(), strict=True):
-            out.append(
-                Record(
-                    job_id,
-                    (state or b"?").decode(),
-                    float(created or "nan"),
-                    float(updated or "nan"),
-                    int(runs or 0),
-                )
-            )
+        found = rt.ledger.states(ids[start : start + chunk], "state", "created", "updated", "runs")
+        for job_id, (state, created, updated, runs) in found.items():
+            out.append(Record(job_id, state or "?", float(created or "nan"), float(updated or "nan"), int(runs or 0)))
     return out
 
 
 def backlog(portals: Iterable[str], rt: Runtime | None = None) -> int:
     """Jobs enqueued for `portals` and not finished yet (the ledger's per-portal counter)."""
     rt = rt or get_runtime()
-    keys = [rt.ledger.backlog_key(p) for p in portals]
-    return sum(int(v) for v in rt.redis.mget(keys) if v is not None) if keys else 0
+    return sum(rt.ledger.backlog(p) for p in portals)
 
 
 def wait_backlog(portals: Sequence[str], timeout: float, what: str = "jobs", every: float = 5.0) -> bool:

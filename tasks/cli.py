@@ -24,7 +24,7 @@ from typing import Any
 
 from tasks.jobs import KINDS
 from workers.errors import B24QError, JobRefused
-from workers.status import text_table
+from workers.observe.status import text_table
 
 
 def _print_json(data: Any) -> None:
@@ -137,8 +137,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     record = job_state(args.id, rt)
     letter = rt.dead.get(args.id)
     portal = (record or {}).get("portal") or (letter.portal if letter else "")
-    raw_parked = rt.redis.hget(rt.parking._key(portal), args.id) if portal else None
-    parked = json.loads(raw_parked) if raw_parked else None
+    parked = rt.parking.get(portal, args.id) if portal else None
     if record is None and letter is None:
         print(f"no job {args.id}", file=sys.stderr)
         return 1
@@ -179,14 +178,16 @@ def cmd_job_show(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    from workers import status
+    from workers.celery import app
+    from workers.observe import status
+    from workers.redaction import redis_url
     from workers.runtime import get_runtime
 
     rt = get_runtime()
     try:
-        data = status.collect(rt, timeout=args.timeout, portals=args.portal or None)
+        data = status.collect(rt, app, timeout=args.timeout, portals=args.portal or None)
     except redis.RedisError as exc:
-        print(f"b24q: cannot read Redis at {status.mask_url(rt.settings.redis_url)}: {exc}", file=sys.stderr)
+        print(f"b24q: cannot read Redis at {redis_url(rt.settings.redis_url)}: {exc}", file=sys.stderr)
         return 2
     if args.json:
         _print_json(data)
@@ -196,7 +197,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from workers import metrics
+    from workers.observe import metrics
     from workers.runtime import get_runtime
 
     registry = metrics.build_registry(runtime=get_runtime(), workers=not args.no_workers, redis=not args.no_redis)
@@ -298,11 +299,25 @@ def cmd_portal_auth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_portal_keys(args: argparse.Namespace) -> int:
-    """`portal genkey` / `portal rekey`: the token-key commands of `workers.crypto`."""
-    from workers import crypto
+def cmd_portal_genkey(args: argparse.Namespace) -> int:
+    """A new key for B24Q_TOKEN_KEYS (`workers.portals.crypto`)."""
+    from workers.portals.crypto import generate_key
 
-    return crypto.main([args.sub])
+    print(generate_key())
+    return 0
+
+
+def cmd_portal_rekey(args: argparse.Namespace) -> int:
+    """Re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS."""
+    from workers.runtime import get_runtime
+
+    try:
+        changed = get_runtime().registry.rekey()
+    except B24QError as exc:
+        print(f"b24q: {exc}", file=sys.stderr)
+        return 2
+    print(f"re-encrypted {changed} portal record(s)")
+    return 0
 
 
 def cmd_portal_resume(args: argparse.Namespace) -> int:
@@ -458,9 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.set_defaults(func=cmd_portal_resume)
     p = portal.add_parser("genkey", help="print a new key for B24Q_TOKEN_KEYS (tokens encrypted at rest)")
-    p.set_defaults(func=cmd_portal_keys)
+    p.set_defaults(func=cmd_portal_genkey)
     p = portal.add_parser("rekey", help="re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS")
-    p.set_defaults(func=cmd_portal_keys)
+    p.set_defaults(func=cmd_portal_rekey)
 
     dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="sub", required=True)
     for name, func in (("list", cmd_dead_list), ("replay", cmd_dead_replay), ("purge", cmd_dead_purge)):

@@ -1,8 +1,11 @@
-"""The Celery tasks: one per job kind, all running the same pipeline.
+"""The Celery tasks: one per job kind, all running the same pipeline; what a worker loads.
 
 Task names are stable (`b24q.status_update`, `b24q.delivery_confirmation`, `b24q.sender_update`,
 `b24q.mark_unread`) and take the job's fields as JSON kwargs, so any Celery-protocol client can
 produce them. Nothing secret is ever in a message: jobs name a portal, never a token.
+
+A worker also runs the lost-message reconciler (`workers.broker.reconcile`), which publishes lost jobs
+again through the producer's own publishing path (`tasks.publishing.republish`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.signals import worker_ready
 
 from tasks.jobs import KINDS, JobKind
+from tasks.publishing import republish
+from workers.broker import reconcile
 from workers.celery import app
 from workers.pipeline import PRIORITY_BULK, run_job
 from workers.runtime import get_runtime
@@ -34,3 +40,8 @@ status_update = TASKS["status-update"]
 delivery_confirmation = TASKS["delivery-confirmation"]
 sender_update = TASKS["sender-update"]
 mark_unread = TASKS["mark-unread"]
+
+
+@worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    reconcile.start(republish)

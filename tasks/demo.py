@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from workers.errors import JobRefused
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 
 PORTALS = {"acme.bitrix24.test": 0.7, "globex.bitrix24.test": 0.3}
 SENDER = "smsgw.demo"
@@ -76,10 +76,7 @@ def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) ->
 
 
 def _states(stack: LocalStack, ids: list[str]) -> Counter[str]:
-    pipe = stack_runtime().redis.pipeline()
-    for job_id in ids:
-        pipe.hget(f"{stack.settings.key_prefix}:job:{job_id}", "state")
-    return Counter((s or b"?").decode() for s in pipe.execute())
+    return Counter(s or "?" for (s,) in stack_runtime().ledger.states(ids).values())
 
 
 def stack_runtime() -> Any:
@@ -163,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
 
         print("\nOutcomes by job kind:")
         outcome: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
-        rt = stack_runtime()
+        found = stack_runtime().ledger.states(kinds)
         for job_id, kind in kinds.items():
-            outcome[kind][(rt.redis.hget(f"{stack.settings.key_prefix}:job:{job_id}", "state") or b"?").decode()] += 1
+            outcome[kind][found[job_id][0] or "?"] += 1
         print(f"  {'kind':<22}{'applied':>8}{'dead':>6}{'parked':>8}{'other':>7}")
         for kind, c in outcome.items():
             other = sum(c.values()) - c["applied"] - c["dead"] - c["parked"]
@@ -183,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
               + (f"the ideal at the portals' limits was {ideal:.1f}s: {ideal / elapsed:.2f} of it. " if ideal >= 1
                  else "the portals' bursts hold this whole run, so no ideal time applies. ")
               + f"Jobs without an outcome: {unfinished}.")  # fmt: skip
-        dead = rt.dead.counts()
+        dead = stack_runtime().dead.counts()
         if dead:
             print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
         sample = ids[0]

@@ -1,6 +1,6 @@
 """The four job kinds, each a declaration: a pydantic model that mirrors the method's docs, the REST
-method it calls, and how its params are built. Everything else (limit, call, classify, retry, dead
-letter) is one shared pipeline in `workers.pipeline`.
+method it calls, how its params are built, and whether its calls may merge. Everything else (limit,
+call, classify, retry, dead letter) is one shared pipeline in `workers.pipeline`.
 
 Field names are the method's parameters in lower case; the Celery message carries exactly these
 fields plus `portal` as JSON kwargs, so any Celery-protocol client can produce jobs.
@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from workers.delivery.calls import MergeRule
 from workers.errors import JobRefused, ResultFailed
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -109,6 +110,11 @@ class DeliveredMessage(BaseModel):
     chat: ExternalChat
 
 
+#: Delivery confirmations for the same CONNECTOR and LINE share one call (up to B24Q_MERGE_MAX messages);
+#: imconnector can answer HTTP 200 with SUCCESS: false (bitrix24-facts.md §4.2).
+DELIVERY_MERGE = MergeRule(keys=("CONNECTOR", "LINE"), items="MESSAGES", success="SUCCESS")
+
+
 class DeliveryConfirmation(Job):
     """`imconnector.send.status.delivery`: mark open-line messages delivered (and read)."""
 
@@ -124,8 +130,7 @@ class DeliveryConfirmation(Job):
         }
 
     def check_result(self, result: Any) -> None:
-        # the source can answer HTTP 200 with SUCCESS: false (bitrix24-facts.md §4.2)
-        if not (isinstance(result, Mapping) and result.get("SUCCESS") is True):
+        if not DELIVERY_MERGE.succeeded(result):
             raise ResultFailed("SUCCESS_FALSE", f"imconnector answered {str(result)[:200]}", 200)
 
 
@@ -201,7 +206,8 @@ def _field_errors(exc: ValidationError) -> list[tuple[str, str]]:
 class JobKind:
     """A job kind: its public name, Celery task name, REST method and model.
 
-    `app_only` methods need application (OAuth) context and refuse webhook portals.
+    `app_only` methods need application (OAuth) context and refuse webhook portals; `merge` says how
+    calls of this kind may share one command of a batch (None: never).
     """
 
     name: str
@@ -209,6 +215,7 @@ class JobKind:
     method: str
     model: type[Job]
     app_only: bool
+    merge: MergeRule | None = None
 
     def validate(self, payload: Mapping[str, Any]) -> Job:
         """The job, or `JobRefused` naming each bad field and the rule it broke."""
@@ -233,6 +240,7 @@ DELIVERY_CONFIRMATION = JobKind(
     "imconnector.send.status.delivery",
     DeliveryConfirmation,
     app_only=True,
+    merge=DELIVERY_MERGE,
 )
 SENDER_UPDATE = JobKind(
     "sender-update", "b24q.sender_update", "messageservice.sender.update", SenderUpdate, app_only=True

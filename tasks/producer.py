@@ -14,21 +14,15 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tasks.definitions import TASKS
-from tasks.jobs import KINDS, DeliveredMessage, JobKind
-from workers.celery import app
+from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, JobKind
+from tasks.publishing import publish
 from workers.errors import JobRefused, UnknownPortal
-from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
-from workers.portals import Portal
+from workers.portals.registry import Portal
 from workers.runtime import Runtime, get_runtime
-
-#: A portal with more unfinished jobs than this goes to the bulk lane, so other portals pass it.
-FAIR_BACKLOG = 200
 
 
 def _kind(kind: str | JobKind) -> JobKind:
@@ -68,50 +62,7 @@ def enqueue(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None 
     rt = rt or get_runtime()
     k = _kind(kind)
     kwargs = check(k, payload, rt)
-    return _publish(rt, [(k, kwargs, job_id or str(uuid.uuid4()))])[0]
-
-
-def _publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeue_why: str = "") -> list[str]:
-    """Record the jobs in the ledger, then publish them (one Redis pipeline, one broker connection).
-
-    A portal whose backlog is deep goes to the bulk lane so other portals' jobs pass it.
-    """
-    backlog = {portal: rt.ledger.backlog(portal) for portal in {kwargs["portal"] for _, kwargs, _ in jobs}}
-    priorities = []
-    pipe = rt.redis.pipeline(transaction=False)
-    for k, kwargs, job_id in jobs:
-        portal = kwargs["portal"]
-        priorities.append(PRIORITY_NORMAL if backlog[portal] < FAIR_BACKLOG else PRIORITY_BULK)
-        backlog[portal] += 1
-        # the kwargs stay in the ledger until the job finishes: a message the broker loses is published
-        # again from them (workers.ledger, reliability fix)
-        if requeue_why:
-            rt.ledger.requeued(job_id, portal, requeue_why, pipe, payload=kwargs)
-        else:
-            rt.ledger.enqueued(job_id, k.name, portal, pipe, payload=kwargs)
-    pipe.execute()
-    published: list[str] = []
-    try:
-        with app.producer_or_acquire() as producer:
-            for (k, kwargs, job_id), priority in zip(jobs, priorities, strict=True):
-                TASKS[k.name].apply_async(kwargs=kwargs, task_id=job_id, priority=priority, queue=rt.settings.queue,
-                                          producer=producer)  # fmt: skip
-                published.append(job_id)
-    except Exception:
-        # FIX (reliability): the caller is told the enqueue failed (Redis down: tests/faults/
-        # test_redis_restart.py), so the records of jobs not published are rolled back instead of
-        # staying `queued` forever; best effort, Redis may still be down.
-        if not requeue_why:
-            done = set(published)
-            for _, kwargs, job_id in jobs:
-                if job_id not in done:
-                    with contextlib.suppress(Exception):
-                        rt.ledger.unpublished(job_id, kwargs["portal"])
-        raise
-    finally:
-        with contextlib.suppress(Exception):  # the reconciler watches published jobs (workers.ledger)
-            rt.ledger.mark_open(published)
-    return published
+    return publish(rt, [(k, kwargs, job_id or str(uuid.uuid4()))])[0]
 
 
 def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | None = None) -> list[str]:
@@ -126,7 +77,7 @@ def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | No
             raise JobRefused(exc.kind, [(f"[{index}].{f}", m) for f, m in exc.errors]) from None
     ids: list[str] = []
     for start in range(0, len(checked), 1000):
-        ids.extend(_publish(rt, checked[start : start + 1000]))
+        ids.extend(publish(rt, checked[start : start + 1000]))
     return ids
 
 
@@ -166,9 +117,9 @@ def resume_parked(portal: str, rt: Runtime | None = None) -> int:
     rt = rt or get_runtime()
     count = 0
     for envelope in rt.parking.parked(portal):
-        kind = next((k for k in KINDS.values() if k.task_name == envelope["task"]), None)
+        kind = KINDS_BY_TASK.get(envelope["task"])
         if kind is not None:
-            _publish(rt, [(kind, envelope["kwargs"], envelope["id"])], "resumed after re-authorisation")
+            publish(rt, [(kind, envelope["kwargs"], envelope["id"])], "resumed after re-authorisation")
             count += 1
         rt.parking.release(portal, envelope["id"])
     return count
@@ -208,7 +159,7 @@ def replay(
         except JobRefused as exc:
             refused.append((letter.id, str(exc)))
             continue
-        _publish(rt, [(k, kwargs, letter.id)], f"replayed from dead letter {letter.code}")
+        publish(rt, [(k, kwargs, letter.id)], f"replayed from dead letter {letter.code}")
         rt.dead.remove(letter.id)
         done.append(letter.id)
     return done, refused

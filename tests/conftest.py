@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from workers.redisserver import RedisServer
+from workers.localdev.redisserver import RedisServer
 from workers.runtime import Runtime, set_runtime
 from workers.settings import Settings
 

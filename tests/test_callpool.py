@@ -14,9 +14,12 @@ import redis
 
 from tests.test_dispatcher import FakePortal
 from workers import errors
-from workers.callpool import CallPool, decode_outcome, encode_outcome
-from workers.client import CallResult
-from workers.dispatcher import Call, Deferred, Lane
+from workers.bitrix.client import CallResult
+from workers.delivery.callpool import CallPool, decode_outcome, encode_outcome
+from workers.delivery.calls import Call
+from workers.delivery.lane import Lane
+from workers.errors import Deferred
+from workers.keys import Keys
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -93,17 +96,17 @@ def test_calls_of_two_processes_share_requests(settings: Settings, rclient: redi
     # a request carries calls of both processes: one lane sent the other's jobs
     assert any(min(ids) < 1000 < max(ids) for ids in sent), sent
     assert len(portal.requests) <= 4
-    assert rclient.llen(one.dispatcher.pool.list_key("acme")) == 0  # type: ignore[union-attr]
+    assert rclient.llen(one.keys.calls("acme")) == 0
 
 
 def test_a_call_the_other_process_sends_gets_its_typed_error(settings: Settings, rclient: redis.Redis) -> None:
-    owner = CallPool(rclient, settings.key_prefix, "owner")
-    sender = CallPool(rclient, settings.key_prefix, "sender")
+    owner = CallPool(rclient, Keys(settings.key_prefix), "owner")
+    sender = CallPool(rclient, Keys(settings.key_prefix), "sender")
     call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 7})
     owner.submit("acme", call)
     (taken,) = sender.take("acme", 10)
-    assert taken.id == call.id and taken.relay is sender
-    taken.resolve(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", "blocked", 429, reset_at=77.0))
+    assert taken.id == call.id and taken.remote
+    sender.reply(taken, errors.OperationTimeLimit("OPERATION_TIME_LIMIT", "blocked", 429, reset_at=77.0))
     sender.flush()
     assert call.done.wait(5)
     assert isinstance(call.outcome, errors.OperationTimeLimit) and call.outcome.reset_at == 77.0
@@ -113,16 +116,16 @@ def test_a_call_the_other_process_sends_gets_its_typed_error(settings: Settings,
 
 def _watching_lane(settings: Settings, rclient: redis.Redis, pool: CallPool) -> tuple[Runtime, Lane]:
     rt = Runtime(settings, rclient)
-    return rt, Lane(rt.dispatcher, "acme", pool)
+    return rt, Lane("acme", rt.dispatcher.wire, rt.dispatcher.config, pool)
 
 
 def test_owner_gives_up_when_the_sender_dies(settings: Settings, rclient: redis.Redis) -> None:
-    owner = CallPool(rclient, settings.key_prefix, "owner-2", alive_ttl=2.0)
+    owner = CallPool(rclient, Keys(settings.key_prefix), "owner-2", alive_ttl=2.0)
     rt, lane = _watching_lane(settings, rclient, owner)
     call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 8})
     owner.submit("acme", call)
     # a worker that takes the call and dies at once: it told the owner, but has no heartbeat
-    thief = CallPool(rclient, settings.key_prefix, "dead-worker")
+    thief = CallPool(rclient, Keys(settings.key_prefix), "dead-worker")
     assert [c.id for c in thief.take("acme", 10)] == [call.id]
     assert not lane.cancel(call)  # not in the list any more: a sender has it
     started = time.monotonic()
@@ -133,22 +136,22 @@ def test_owner_gives_up_when_the_sender_dies(settings: Settings, rclient: redis.
 
 
 def test_owner_gives_up_on_a_call_the_list_lost(settings: Settings, rclient: redis.Redis) -> None:
-    owner = CallPool(rclient, settings.key_prefix, "owner-3", lost_after=1.0)
+    owner = CallPool(rclient, Keys(settings.key_prefix), "owner-3", lost_after=1.0)
     rt, lane = _watching_lane(settings, rclient, owner)
     call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 9})
     owner.submit("acme", call)
-    rclient.delete(owner.list_key("acme"))  # e.g. Redis restarted without persistence
+    rclient.delete(Keys(settings.key_prefix).calls("acme"))  # e.g. Redis restarted without persistence
     assert not lane.cancel(call)
     with pytest.raises(errors.TransportError, match="CALL_LOST"):
         rt.dispatcher._await_outcome(lane, call)
 
 
 def test_a_waiting_call_is_withdrawn_and_deferred(settings: Settings, rclient: redis.Redis) -> None:
-    owner = CallPool(rclient, settings.key_prefix, "owner-4")
+    owner = CallPool(rclient, Keys(settings.key_prefix), "owner-4")
     _rt, lane = _watching_lane(settings, rclient, owner)
     call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 10})
     owner.submit("acme", call)
     assert lane.cancel(call) and call.cancelled
-    assert rclient.llen(owner.list_key("acme")) == 0
+    assert rclient.llen(Keys(settings.key_prefix).calls("acme")) == 0
     # nobody sends a withdrawn call: a sender that comes later finds nothing
-    assert CallPool(rclient, settings.key_prefix, "late").take("acme", 10) == []
+    assert CallPool(rclient, Keys(settings.key_prefix), "late").take("acme", 10) == []

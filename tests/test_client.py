@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.client import CallResult, Credentials, RestClient
+from workers.bitrix.client import CallResult, Credentials, RestClient
 from workers.errors import ACTIONS, Action, RestError, TransportError, classify
 
 OAUTH = Credentials("https://acme.bitrix24.com/rest/", "ACCESS-SECRET-123")

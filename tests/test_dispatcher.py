@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis
 
-from workers.dispatcher import Deferred
-from workers.errors import RestError
+from tasks.jobs import DELIVERY_CONFIRMATION
+from workers.errors import Deferred, RestError
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -201,7 +201,7 @@ def run_deliveries(rt: Runtime, params: list[dict[str, Any]]) -> list[Any]:
 
     def one(i: int) -> None:
         try:
-            out[i] = rt.dispatcher.run("acme", "imconnector.send.status.delivery", params[i], 5).result
+            out[i] = rt.dispatcher.run("acme", DELIVERY_CONFIRMATION.method, params[i], 5, DELIVERY_CONFIRMATION.merge).result
         except Exception as exc:
             out[i] = exc
 

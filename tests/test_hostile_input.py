@@ -29,6 +29,7 @@ from tasks import cli, producer
 from tasks.jobs import KINDS
 from tests.test_jobs import BAD as MODEL_TABLE
 from tests.test_jobs import DELIVERED
+from workers import keys
 from workers.celery import configure
 from workers.errors import JobRefused, UnknownPortal
 from workers.runtime import Runtime
@@ -50,8 +51,8 @@ def rt(runtime: Runtime, settings: Settings) -> Iterator[Runtime]:
 def enqueued(rt: Runtime) -> int:
     """Messages in the queue plus job records in the ledger (both must stay 0 after a refusal)."""
     queue = rt.settings.queue
-    messages = sum(int(rt.redis.llen(n)) for n in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)])
-    return messages + len(list(rt.redis.scan_iter(f"{rt.settings.key_prefix}:job:*")))
+    messages = sum(int(rt.redis.llen(keys.queue(queue, step))) for step in keys.PRIORITY_STEPS)
+    return messages + rt.ledger.count()
 
 
 MSG = dict(DELIVERED)

@@ -19,11 +19,13 @@ from celery.exceptions import Retry
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tasks.jobs import KINDS
-from workers import masking, status
-from workers.dispatcher import Call
-from workers.metrics import Metrics, PortalLabels, RedisCollector, build_registry
-from workers.observe import add_observer, remove_observer
-from workers.pipeline import JobDeadLettered, run_job
+from workers import keys, redaction
+from workers.delivery.calls import Call
+from workers.errors import JobDeadLettered
+from workers.events import add_observer, remove_observer
+from workers.observe import status
+from workers.observe.metrics import Metrics, PortalLabels, RedisCollector, build_registry
+from workers.pipeline import run_job
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -132,8 +134,8 @@ def test_worker_processes_add_up_in_the_metrics_directory(tmp_path: Path, settin
         """
         import sys
         import celery.bin.celery  # imports Flower's plugin, and with it prometheus_client
-        from workers.metrics import install_worker
-        from workers.observe import events
+        from workers.observe.metrics import install_worker
+        from workers.events import events
         from workers.settings import Settings
         metrics = install_worker(Settings(metrics_dir=sys.argv[1]))
         assert metrics is not None
@@ -170,9 +172,9 @@ def seed(rt: Runtime) -> None:
     for i, code in enumerate(["ERROR_MESSAGE_NOT_FOUND"] * 2 + ["OVERLOAD_LIMIT"]):
         rt.dead.add(f"d{i}", "b24q.status_update", "status-update", "acme", {}, code, "x", 1)
     r.rpush(q, *[b"m"] * 4)
-    r.rpush(status.queue_key(q, 6), *[b"m"] * 7)
-    r.rpush(f"{q}\x06\x169", b"m")
-    r.hset(status.UNACKED_KEY, mapping={"t1": "x", "t2": "x"})
+    r.rpush(keys.queue(q, 6), *[b"m"] * 7)
+    r.rpush(keys.queue(q, 9), b"m")
+    r.hset(keys.UNACKED, mapping={"t1": "x", "t2": "x"})
     rt.holds.hold("acme", "im.dialog.unread", time.time() + 30)
     for i in range(2):  # calls waiting for acme's next slot
         rt.calls.submit("acme", Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i + 1}))
@@ -204,11 +206,11 @@ def test_the_collector_reads_the_pool_from_redis(runtime: Runtime) -> None:
     assert "A0" not in text and "abcdefsecret" not in text
 
     capped = CollectorRegistry()
-    capped.register(RedisCollector(runtime, portal_labels=1))  # type: ignore[arg-type]
+    capped.register(RedisCollector(runtime, portal_labels=1))
     assert capped.get_sample_value("b24q_portal_backlog_jobs", {"portal": "(other)"}) == 1  # globex, hooli
     assert capped.get_sample_value("b24q_portal_parked_jobs", {"portal": "(other)"}) == 3
     off = CollectorRegistry()
-    off.register(RedisCollector(runtime, portal_labels=0))  # type: ignore[arg-type]
+    off.register(RedisCollector(runtime, portal_labels=0))
     assert off.get_sample_value("b24q_portal_backlog_jobs", {"portal": "(all)"}) == 6
 
 
@@ -233,7 +235,7 @@ def test_status_snapshot_and_render(runtime: Runtime) -> None:
     text = status.render(snap)
     assert "none answered" in text and "invalid_grant" in text and "OVERLOAD_LIMIT 1" in text
     assert "A0" not in text and "R1" not in text and "abcdefsecret" not in text
-    assert status.mask_url("rediss://:pw@redis.example:6380/0") == "rediss://:***@redis.example:6380/0"
+    assert redaction.redis_url("rediss://:pw@redis.example:6380/0") == "rediss://:***@redis.example:6380/0"
     assert status.snapshot(runtime, portals=["acme"])["portals"][0]["backlog"] == 5
 
 
@@ -256,15 +258,15 @@ def test_status_snapshot_and_render(runtime: Runtime) -> None:
 )
 def test_published_arguments_are_masked(kwargs: dict[str, Any], shown: list[str], hidden: list[str]) -> None:
     headers = {"task": "b24q.sender_update", "argsrepr": "()", "kwargsrepr": repr(kwargs)}
-    masking.mask_published_arguments(sender="b24q.sender_update", body=((), kwargs, {}), headers=headers)
+    redaction.mask_published_arguments(sender="b24q.sender_update", body=((), kwargs, {}), headers=headers)
     text = headers["kwargsrepr"]
-    assert len(text) <= masking.MAX_REPR
+    assert len(text) <= redaction.MAX_REPR
     for s in shown:
         assert s in text
     for h in hidden:
         assert h not in text
     other = {"task": "myapp.task", "argsrepr": "()", "kwargsrepr": "{'token': 'T'}"}
-    masking.mask_published_arguments(sender="myapp.task", body=((), {"token": "T"}, {}), headers=other)
+    redaction.mask_published_arguments(sender="myapp.task", body=((), {"token": "T"}, {}), headers=other)
     assert other["kwargsrepr"] == "{'token': 'T'}"  # not b24q's to rewrite
 
 

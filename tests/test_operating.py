@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import redis
 
-from workers.operating import DEFAULT_HOLD, OperatingHolds
+from workers.delivery.operating import DEFAULT_HOLD, OperatingHolds
+from workers.keys import Keys
 from workers.settings import Settings
 
 M = "im.dialog.unread"
 
 
 def _holds(rclient: redis.Redis, settings: Settings, clock: float) -> OperatingHolds:
-    return OperatingHolds(rclient, settings.key_prefix, limit=480.0, margin=10.0, clock=lambda: clock)
+    return OperatingHolds(rclient, Keys(settings.key_prefix), limit=480.0, margin=10.0, clock=lambda: clock)
 
 
 def test_a_spent_budget_holds_until_the_reset_the_answer_names(rclient: redis.Redis, settings: Settings) -> None:
@@ -20,7 +21,7 @@ def test_a_spent_budget_holds_until_the_reset_the_answer_names(rclient: redis.Re
     holds = _holds(rclient, settings, clock=5_000_000.0)
     until = holds.record("op0-acme", M, {"operating": 475.0, "operating_reset_at": 1030.0, "finish": 1000.0})
     assert until is not None and abs(until - (5_000_000.0 + 31.0)) < 0.5
-    left = rclient.pttl(holds._hold_key("op0-acme", M))
+    left = rclient.pttl(Keys(settings.key_prefix).hold("op0-acme", M))
     assert 30_000 < left <= 31_000
     # another worker, its clock days behind, sees the same hold for the same time
     other = _holds(rclient, settings, clock=1_000.0)
@@ -35,7 +36,7 @@ def test_a_budget_with_room_holds_nothing_but_remembers_the_reset(rclient: redis
     # a 429 then holds until that reset (45 s on), however wrong this worker's clock is
     until = holds.blocked("op1-acme", M)
     assert 45.0 < until <= 46.01  # (the reset is kept to the millisecond)
-    assert 45_000 < rclient.pttl(holds._hold_key("op1-acme", M)) <= 46_000
+    assert 45_000 < rclient.pttl(Keys(settings.key_prefix).hold("op1-acme", M)) <= 46_000
 
 
 def test_a_429_with_no_known_reset_holds_for_the_default(rclient: redis.Redis, settings: Settings) -> None:

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from workers.ratelimit import Limits, Permit, RateLimiter
-from workers.redisserver import RedisServer
+from workers.delivery.ratelimit import Limits, Permit, RateLimiter
+from workers.localdev.redisserver import RedisServer
 
 
 def test_burst_then_one_per_interval(rclient: redis.Redis) -> None:
@@ -86,7 +86,7 @@ def test_processes_together_never_exceed_the_rate(redis_server: RedisServer, rcl
 
 
 def test_a_box_portal_is_not_throttled(rclient: redis.Redis, settings: object) -> None:
-    from workers.portals import Portal
+    from workers.portals.registry import Portal
 
     limits = Portal("p", "webhook", "https://x.example/rest/1/c/", plan="box").limits(settings)  # type: ignore[arg-type]
     limiter = RateLimiter(rclient)

@@ -7,9 +7,9 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 import celeryconfig
+from workers.redaction import redis_url
 from workers.redisurl import broker_options, connect, sentinel_nodes
 from workers.settings import Settings
-from workers.status import mask_url
 
 URL = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://10.0.0.3"
 
@@ -48,6 +48,6 @@ def test_celery_gets_the_master_name_and_the_sentinels_password() -> None:
 
 
 def test_status_masks_the_password_in_every_part() -> None:
-    masked = mask_url(URL)
+    masked = redis_url(URL)
     assert "s3cret" not in masked
     assert masked.count("sentinel://") == 3 and ":***@10.0.0.1:26379/2" in masked

@@ -10,11 +10,11 @@ import httpx
 import pytest
 import redis
 
+from workers.bitrix.oauth import OAuthClient
 from workers.errors import AuthLost, OAuthUnavailable
-from workers.oauth import OAuthClient
-from workers.portals import PortalRegistry
+from workers.portals.registry import PortalRegistry
+from workers.portals.tokens import TokenKeeper
 from workers.settings import Settings
-from workers.tokens import TokenKeeper
 
 
 class FakeOAuth:

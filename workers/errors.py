@@ -115,6 +115,26 @@ class OAuthUnavailable(TransportError):
     """The OAuth server could not be reached, or another worker's refresh did not finish in time."""
 
 
+class Deferred(B24QError):
+    """Flow control: the call could not go out soon enough; retry the job in `delay` seconds."""
+
+    action = Action.FLOW
+
+    def __init__(self, delay: float, why: str) -> None:
+        self.delay = delay
+        self.why = why
+        super().__init__(f"deferred {delay:.1f}s: {why}")
+
+
+class JobDeadLettered(B24QError):
+    """Raised by a job that went to the dead letters (so Flower shows it failed, with its reason)."""
+
+    def __init__(self, code: str, description: str) -> None:
+        self.code = code
+        self.description = description
+        super().__init__(f"dead letter: {code}: {description}")
+
+
 #: Every documented Bitrix24 error code and what the pipeline does with it (bitrix24-facts.md §1-§4).
 ACTIONS: dict[str, tuple[type[RestError], str]] = {
     # flow control: never counted against the job's failure budget

@@ -1,16 +1,15 @@
 """The one job pipeline every job kind runs through:
 
-    validate → check portal → limit + pack + call (`workers.dispatcher`) → classify → done,
+    validate → check portal → limit + pack + call (`workers.delivery`) → classify → done,
     retry (flow control or backoff), park, or dead-letter.
 
-A job kind only declares its model, method and params (`tasks.jobs`); nothing here knows which kind
-it runs. `retry` is injected (Celery's `Task.retry` in production) so the pipeline can be tested
+A job kind only declares its model, method, params and merge rule (`tasks.jobs`); nothing here knows
+which kind it runs. `retry` is injected (Celery's `Task.retry` in production) so the pipeline can be tested
 without a broker.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -22,9 +21,18 @@ import redis
 from celery.exceptions import Reject, TaskPredicate
 from kombu.exceptions import OperationalError
 
-from workers.dispatcher import Deferred
-from workers.errors import Action, B24QError, JobRefused, OAuthUnavailable, OperationTimeLimit, classify
-from workers.observe import events
+from workers.delivery.calls import MergeRule
+from workers.errors import (
+    Action,
+    Deferred,
+    JobDeadLettered,
+    JobRefused,
+    OAuthUnavailable,
+    OperationTimeLimit,
+    classify,
+)
+from workers.events import events
+from workers.records.deadletters import storable
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -35,16 +43,9 @@ PRIORITY_NORMAL = 0
 PRIORITY_BULK = 6
 
 
-class JobDeadLettered(B24QError):
-    """Raised by a job that went to the dead letters (so Flower shows it failed, with its reason)."""
-
-    def __init__(self, code: str, description: str) -> None:
-        self.code = code
-        self.description = description
-        super().__init__(f"dead letter: {code}: {description}")
-
-
 class KindLike(Protocol):
+    """What the pipeline needs of a job kind (`tasks.jobs.JobKind`)."""
+
     @property
     def name(self) -> str: ...
     @property
@@ -53,6 +54,8 @@ class KindLike(Protocol):
     def method(self) -> str: ...
     @property
     def app_only(self) -> bool: ...
+    @property
+    def merge(self) -> MergeRule | None: ...
 
     def validate(self, payload: Mapping[str, Any]) -> Any: ...
 
@@ -73,34 +76,6 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 
 #: What a portal key may look like (tasks.jobs.PortalKey); anything else is recorded under "?".
 _PORTAL_KEY = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
-#: A dead letter keeps at most this much of an invalid payload (raw messages can be megabytes).
-MAX_STORED_PAYLOAD = 64 * 1024
-
-
-def _utf8(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_utf8(str(k)): _utf8(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_utf8(v) for v in value]
-    return value
-
-
-def storable(payload: Any, limit: int = MAX_STORED_PAYLOAD) -> dict[str, Any]:
-    """A payload that Redis can store as UTF-8 JSON and that is not huge (for dead letters).
-
-    FIX (reliability): a raw message whose strings held a lone surrogate (`"\\ud800"`: valid JSON, not
-    UTF-8) made writing its dead letter raise UnicodeEncodeError; Celery then acked the message and
-    the job vanished, its ledger record stuck at `running`. A 5 MB payload was stored whole.
-    """
-    clean = _utf8(payload if isinstance(payload, dict) else {"raw": payload})
-    text = json.dumps(clean, ensure_ascii=False, default=str)
-    if len(text) > limit:
-        return {"raw": text[:2000], "truncated": f"payload of {len(text)} characters cut to 2000"}
-    return dict(clean)
-
-
 def _broker_trouble(exc: BaseException) -> bool:
     return isinstance(exc, redis.RedisError | OperationalError | ConnectionError | TimeoutError)
 
@@ -117,14 +92,12 @@ def run_job(
     """Run one job to an outcome. Returns {"outcome": "applied" | "parked"}, raises a retry, or
     raises `JobDeadLettered` after writing the dead letter.
 
-    FIX (reliability): no exception may end a job without an outcome. With acks_late and
-    task_acks_on_failure, Celery acknowledges (deletes) the message of a task that raised anything
-    but a retry or a reject. Measured in tests/faults: Redis restarting under load made the ledger,
-    the limiter or the registry raise ConnectionError mid-job, and those jobs were gone; a retry that
-    could not be published (broker down) made Celery reject the message without requeueing it. Now:
-    Redis or broker trouble → the message is requeued (`Reject(requeue=True)`; if even that cannot
-    reach Redis, it stays unacked and is redelivered after visibility_timeout); any other unexpected
-    error → dead letter `INTERNAL_ERROR`, so it is seen and can be replayed.
+    No exception may end a job without an outcome: with acks_late and task_acks_on_failure, Celery
+    acknowledges (deletes) the message of a task that raised anything but a retry or a reject. So Redis
+    or broker trouble (a Redis restart mid-job, a retry that cannot be published) requeues the message
+    (`Reject(requeue=True)`; if even that cannot reach Redis, it stays unacked and is redelivered after
+    visibility_timeout), and any other unexpected error becomes the dead letter `INTERNAL_ERROR`, seen
+    and replayable (tests/faults/test_redis_restart.py).
     """
     try:
         return _run_job(kind, job_id, args, kwargs, rt, retry, worker)
@@ -145,7 +118,7 @@ def run_job(
         portal_key = str(kwargs.get("portal", ""))
         try:
             rt.dead.add(job_id, kind.task_name, kind.name, portal_key if _PORTAL_KEY.match(portal_key) else "?",
-                        storable(kwargs), "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"[:2000], 0)  # fmt: skip
+                        kwargs, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"[:2000], 0)  # fmt: skip
             rt.ledger.finish(job_id, portal_key if _PORTAL_KEY.match(portal_key) else "?", "dead", "INTERNAL_ERROR")
         except Exception as store_error:
             if _broker_trouble(store_error):
@@ -166,15 +139,13 @@ def _run_job(
     s = rt.settings
     portal_key = str(kwargs.get("portal", "")) or "?"
     if not _PORTAL_KEY.match(portal_key):
-        # FIX (reliability): a raw message's `portal` became a Redis key name (backlog) and a ledger
-        # field as it was: a 200 kB string made a 200 kB key. It is refused below; record it as "?".
+        # a raw message's `portal` names Redis keys (backlog): refused below, recorded as "?"
         portal_key = "?"
-    record = rt.ledger.started(job_id, kind.name, portal_key, worker, payload=storable(kwargs))
+    run = rt.ledger.started(job_id, kind.name, portal_key, worker, payload=lambda: storable(kwargs))
     events.job_started(kind.name, portal_key)
 
-    def latency() -> float | None:
-        created = record.get("created")
-        return time.time() - float(created) if created else None
+    def latency() -> float:
+        return time.time() - run.created
 
     def dead(code: str, description: str) -> NoReturn:
         rt.dead.add(
@@ -182,10 +153,10 @@ def _run_job(
             kind.task_name,
             kind.name,
             portal_key,
-            storable(kwargs),
+            kwargs,
             code,
             description,
-            int(record.get("runs", 1)),
+            run.runs,
         )
         rt.ledger.finish(job_id, portal_key, "dead", f"{code}: {description}")
         events.dead_letter(kind.name, portal_key, code)
@@ -200,7 +171,7 @@ def _run_job(
     except JobRefused as exc:
         dead("INVALID_PAYLOAD", str(exc))
 
-    age = time.time() - float(record.get("created") or time.time())
+    age = latency()
     if age > s.job_max_age:
         dead("MAX_AGE", f"job is {age:.0f}s old; job_max_age is {s.job_max_age:.0f}s")
 
@@ -210,10 +181,10 @@ def _run_job(
     if kind.app_only and portal.kind == "webhook":
         dead("WRONG_AUTH_TYPE", f"{kind.method} needs application (OAuth) context; {portal_key} is a webhook")
     if portal.state == "reauth":
-        return park(kind, job_id, kwargs, rt, portal.reason, retry)
+        return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created)
 
     try:
-        result = rt.dispatcher.run(portal_key, kind.method, job.params(), wait=s.permit_wait)
+        result = rt.dispatcher.run(portal_key, kind.method, job.params(), wait=s.permit_wait, merge=kind.merge)
         job.check_result(result.result)
     except Exception as exc:
         action = classify(exc)
@@ -232,13 +203,13 @@ def _run_job(
         if action is Action.PARK:
             if code not in ("REAUTH_NEEDED",):
                 rt.registry.mark_reauth(portal_key, f"{code}: {description}")
-            return park(kind, job_id, kwargs, rt, f"{code}: {description}", retry)
+            return park(kind, job_id, kwargs, rt, f"{code}: {description}", retry, run.created)
         if isinstance(exc, OAuthUnavailable):
-            # FIX (reliability): the OAuth server being down (or another worker's refresh not finishing)
-            # is the whole portal's trouble, not this job's: it no longer spends the job's transient
-            # budget (max_failures), which dead-lettered every job of the portal after a few minutes of
-            # OAuth outage. The job waits with backoff until the server is back, bounded by job_max_age.
-            countdown = backoff(min(int(record.get("runs") or 1), 10), s.backoff_base, s.backoff_max)
+            # the OAuth server being down (or another worker's refresh not finishing) is the whole
+            # portal's trouble, not this job's: it spends no transient budget (max_failures), or every
+            # job of the portal would be dead-lettered by a few minutes of OAuth outage. The job waits
+            # with backoff until the server is back, bounded by job_max_age.
+            countdown = backoff(min(run.runs, 10), s.backoff_base, s.backoff_max)
             rt.ledger.note(job_id, "deferred", f"{code}: {description}", countdown=round(countdown, 2))
             events.job_retried(kind.name, portal_key, "flow", code)
             retry(countdown, exc)
@@ -258,7 +229,9 @@ def _run_job(
     return {"outcome": "applied"}
 
 
-def park(kind: KindLike, job_id: str, kwargs: dict[str, Any], rt: Runtime, reason: str, retry: Retry) -> dict[str, Any]:
+def park(
+    kind: KindLike, job_id: str, kwargs: dict[str, Any], rt: Runtime, reason: str, retry: Retry, created: float
+) -> dict[str, Any]:
     """Keep the job until its portal is re-authorised."""
     portal_key = str(kwargs["portal"])
     rt.parking.park(portal_key, job_id, kind.task_name, kwargs)
@@ -269,6 +242,5 @@ def park(kind: KindLike, job_id: str, kwargs: dict[str, Any], rt: Runtime, reaso
         retry(0.5, RuntimeError("portal re-authorised while parking"))
     rt.ledger.finish(job_id, portal_key, "parked", reason)
     events.parked(portal_key)
-    created = rt.ledger.get(job_id) or {}
-    events.job_finished(kind.name, portal_key, "parked", time.time() - float(created.get("created") or time.time()))
+    events.job_finished(kind.name, portal_key, "parked", time.time() - created)
     return {"outcome": "parked", "reason": reason}

@@ -23,7 +23,7 @@ import pytest
 
 from tasks import producer
 from tests.integration.conftest import FAST
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
 
 #: Settings of every fault stack: short backoffs, and a visibility timeout short enough that a killed
@@ -136,10 +136,7 @@ def states(ids: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for start in range(0, len(ids), 2000):
         chunk = ids[start : start + 2000]
-        pipe = rt.redis.pipeline()
-        for job_id in chunk:
-            pipe.hget(f"{rt.settings.key_prefix}:job:{job_id}", "state")
-        out.update({i: (s or b"").decode() for i, s in zip(chunk, pipe.execute(), strict=True)})
+        out.update({i: s or "" for i, (s,) in rt.ledger.states(chunk).items()})
     return out
 
 

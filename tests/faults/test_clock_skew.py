@@ -93,7 +93,7 @@ def test_operating_holds_end_on_time_whatever_the_worker_clock(domain: str, figu
                 # held job of the previous round stays unacknowledged)
             held = producer.enqueue_mark_unread(portal=portal, dialog_id="chat1", message_id=3)
             # the 429 sets the hold; read it at once (the held job itself flips between running and deferred)
-            hold_key = rt.holds._hold_key(portal, "im.dialog.unread")
+            hold_key = rt.keys.hold(portal, "im.dialog.unread")
             deadline = time.monotonic() + 30
             while (hold_ms := rt.redis.pttl(hold_key)) <= 0:
                 assert time.monotonic() < deadline, json.dumps(rt.ledger.get(held))

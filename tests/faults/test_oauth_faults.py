@@ -21,7 +21,7 @@ from tests.faults.conftest import (
     outcome,
     wait_drained,
 )
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def stack() -> Iterator[LocalStack]:
 
 
 def lock_key(portal: str) -> str:
-    return f"{get_runtime().settings.key_prefix}:lock:refresh:{{{portal}}}"
+    return get_runtime().keys.refresh_lock(portal)
 
 
 def finish(

@@ -19,7 +19,7 @@ from tests.faults.conftest import (
     wait_drained,
     wait_terminal,
 )
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from tests.faults.conftest import (
     outcome,
     wait_drained,
 )
-from workers.localstack import LocalStack
-from workers.redisserver import RedisSentinel, RedisServer
+from workers.localdev.localstack import LocalStack
+from workers.localdev.redisserver import RedisSentinel, RedisServer
 
 pytestmark = pytest.mark.integration
 

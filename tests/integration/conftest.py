@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
 
 #: settings every integration stack uses: short backoffs so retries finish inside a test
@@ -58,10 +58,7 @@ def wait_for(
     ids = list(ids)
     deadline = time.monotonic() + timeout
     while True:
-        pipe = rt.redis.pipeline()
-        for job_id in ids:
-            pipe.hget(f"{rt.settings.key_prefix}:job:{job_id}", "state")
-        found = {i: (s or b"").decode() for i, s in zip(ids, pipe.execute(), strict=True)}
+        found = {i: s or "" for i, (s,) in rt.ledger.states(ids).items()}
         if all(s in states for s in found.values()) or time.monotonic() > deadline:
             return found
         time.sleep(0.1)

@@ -15,7 +15,7 @@ from tasks.definitions import TASKS
 from tests.integration.conftest import wait_for
 from workers.celery import app
 from workers.errors import JobRefused, UnknownPortal
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def test_each_job_kind_is_applied_at_the_portal(stack: LocalStack, rt: Runtime, 
 def test_bad_input_never_reaches_the_queue(stack: LocalStack, rt: Runtime, domain: str) -> None:
     setup_portal(stack, domain)
     before = stack.emulator.state(domain)["counters"]["requests"]
-    jobs_before = len(list(rt.redis.scan_iter(f"{rt.settings.key_prefix}:job:*")))
+    jobs_before = rt.ledger.count()
     with pytest.raises(JobRefused, match="status: Input should be"):
         producer.enqueue_status_update(portal=domain, code="smsgw", message_id="m1", status="read")
     with pytest.raises(JobRefused, match="dialog_id"):
@@ -74,7 +74,7 @@ def test_bad_input_never_reaches_the_queue(stack: LocalStack, rt: Runtime, domai
             ]
         )
     time.sleep(0.5)
-    assert len(list(rt.redis.scan_iter(f"{rt.settings.key_prefix}:job:*"))) == jobs_before
+    assert rt.ledger.count() == jobs_before
     assert rt.redis.llen(rt.settings.queue) == 0
     assert stack.emulator.state(domain)["counters"]["requests"] == before
 

@@ -12,7 +12,7 @@ import pytest
 from emulator import max_in_window
 from tasks import producer
 from tests.integration.conftest import make_stack, wait_for
-from workers.localstack import LocalStack
+from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks import producer
 from tests.integration.conftest import make_stack, wait_for
-from workers.localstack import LocalStack
-from workers.redisserver import free_port
+from workers.localdev.localstack import LocalStack
+from workers.localdev.redisserver import free_port
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration

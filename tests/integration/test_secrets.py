@@ -11,6 +11,7 @@ machine's redis-server supports it) works end to end.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -27,11 +28,11 @@ import redis
 from tasks import cli, producer
 from tasks.definitions import TASKS
 from tests.integration.conftest import FAST, wait_for
-from workers.crypto import PREFIX, TokenCipher, generate_key
 from workers.errors import ConfigError
-from workers.localstack import CLIENT_SECRET, LocalStack
-from workers.portals import PortalRegistry, check_url
-from workers.redisserver import RedisServer, TlsFiles, tls_capable_binary
+from workers.localdev.localstack import CLIENT_SECRET, LocalStack
+from workers.localdev.redisserver import RedisServer, TlsFiles, tls_capable_binary
+from workers.portals.crypto import PREFIX, TokenCipher, generate_key
+from workers.portals.registry import PortalRegistry, check_url
 from workers.runtime import get_runtime
 from workers.settings import Settings
 
@@ -46,7 +47,7 @@ def _dump_redis(client: redis.Redis, skip_registry: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for raw_key in client.scan_iter(count=1000):
         key = raw_key.decode(errors="replace")
-        if key.startswith(skip_registry):
+        if fnmatch.fnmatchcase(key, skip_registry):
             continue
         kind = client.type(raw_key).decode()
         if kind == "string":
@@ -198,7 +199,7 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
         worker._log.flush()
     places = {
         **{f"log {w.name}": w.log_path.read_text(errors="replace") for w in stack.workers},
-        **{f"redis {k}": v for k, v in _dump_redis(rt.redis, f"{rt.settings.key_prefix}:portal:").items()},
+        **{f"redis {k}": v for k, v in _dump_redis(rt.redis, rt.keys.portal_pattern()).items()},
         "task events": json.dumps(events, default=str),
         "cli output": "\n".join(outputs),
     }
@@ -213,10 +214,10 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
     assert leaks == [], json.dumps(context, indent=1)
 
     # tokens at rest: the registry holds only ciphertext
-    raw_record = rt.redis.hgetall(f"{rt.settings.key_prefix}:portal:{{{domain}}}")
+    raw_record = rt.redis.hgetall(rt.keys.portal(domain))
     assert raw_record[b"access_token"].decode().startswith(PREFIX)
     assert raw_record[b"refresh_token"].decode().startswith(PREFIX)
-    hook_record = rt.redis.hgetall(f"{rt.settings.key_prefix}:portal:{{{hook}}}")
+    hook_record = rt.redis.hgetall(rt.keys.portal(hook))
     assert hook_record[b"endpoint"].decode().startswith(PREFIX)
     registry_text = repr(raw_record) + repr(hook_record)
     assert not [what for what, secret in secrets.items() if secret in registry_text]

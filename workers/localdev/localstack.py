@@ -20,7 +20,9 @@ from typing import Any
 
 import httpx
 
-from workers.redisserver import RedisServer
+from workers.celery import configure
+from workers.localdev.redisserver import RedisServer
+from workers.runtime import Runtime, get_runtime, set_runtime
 from workers.settings import Settings
 
 #: The app credentials the emulator and the workers share in a local stack.
@@ -212,8 +214,6 @@ class LocalStack:
 
     def add_portal(self, key: str, **options: Any) -> dict[str, Any]:
         """Create a portal on the emulator and register it (OAuth) under `key`."""
-        from workers.runtime import get_runtime
-
         info = self.emulator.add_portal(key, **options)
         get_runtime().registry.add_oauth(
             key, info["client_endpoint"], info["access_token"], info["refresh_token"], float(info["expires"]),
@@ -222,8 +222,6 @@ class LocalStack:
         return info
 
     def add_webhook_portal(self, key: str, **options: Any) -> dict[str, Any]:
-        from workers.runtime import get_runtime
-
         info = self.emulator.add_portal(key, **options)
         get_runtime().registry.add_webhook(
             key, info["webhook_url"], options.get("plan"), options.get("rate", 0.0), options.get("burst", 0)
@@ -242,16 +240,11 @@ class LocalStack:
             self._tmp.cleanup()
 
     def __enter__(self) -> LocalStack:
-        from workers.celery import configure
-        from workers.runtime import Runtime, set_runtime
-
         configure(self.settings)
         set_runtime(Runtime(self.settings))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from workers.runtime import set_runtime
-
         self.stop()
         set_runtime(None)
 

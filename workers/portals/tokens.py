@@ -24,10 +24,11 @@ from collections.abc import Callable
 
 import redis
 
+from workers.bitrix.oauth import OAuthClient
 from workers.errors import AuthLost, OAuthUnavailable
-from workers.oauth import OAuthClient
-from workers.observe import events
-from workers.portals import Portal, PortalRegistry
+from workers.events import events
+from workers.keys import DEFAULT_KEYS, Keys
+from workers.portals.registry import Portal, PortalRegistry
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TokenKeeper:
         client: redis.Redis,
         registry: PortalRegistry,
         oauth: OAuthClient | None,
-        prefix: str = "b24q",
+        keys: Keys = DEFAULT_KEYS,
         oauth_timeout: float = 10.0,
         refresh_ahead: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -62,18 +63,15 @@ class TokenKeeper:
         self._client = client
         self._registry = registry
         self._oauth = oauth
-        self._prefix = prefix
+        self._keys = keys
         self._lock_ttl = oauth_timeout * 2 + 5
         self._refresh_ahead = refresh_ahead
         self._clock = clock
         self._sleep = sleep
         self._release = client.register_script(_RELEASE)
 
-    def _lock_key(self, portal: str) -> str:
-        return f"{self._prefix}:lock:refresh:{{{portal}}}"
-
     def _count(self, portal: str, what: str) -> None:
-        self._client.hincrby(f"{self._prefix}:stats:tokens", f"{portal}:{what}", 1)
+        self._client.hincrby(self._keys.token_stats(), f"{portal}:{what}", 1)
 
     def usable(self, portal: Portal) -> Portal:
         """The portal with a token that is not about to expire (refreshing only close to `expires`)."""
@@ -86,7 +84,7 @@ class TokenKeeper:
     def refresh(self, key: str, stale_access_token: str) -> Portal:
         """Renew the pair whose access token `stale_access_token` was refused; once for the pool."""
         deadline = self._clock() + self._lock_ttl + 5
-        lock_key = self._lock_key(key)
+        lock_key = self._keys.refresh_lock(key)
         owner = uuid.uuid4().hex
         delay = 0.02
         while True:
@@ -138,5 +136,5 @@ class TokenKeeper:
         return self._current(key)
 
     def stats(self) -> dict[str, int]:
-        raw = self._client.hgetall(f"{self._prefix}:stats:tokens")
+        raw = self._client.hgetall(self._keys.token_stats())
         return {k.decode(): int(v) for k, v in raw.items()}

@@ -25,13 +25,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from celery.signals import worker_init
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from workers.observe import Observer, add_observer
+from workers.events import Observer, add_observer
+from workers.observe.status import snapshot
+from workers.runtime import Runtime
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,8 @@ def install_worker(settings: Settings | None = None) -> Metrics | None:
         return _installed
 
 
-@worker_init.connect
-def _on_worker_init(**_: Any) -> None:
+def install_worker_safely() -> None:
+    """`install_worker` at a worker's start (`workers.celery`): metrics never keep a worker from starting."""
     try:
         install_worker()
     except Exception:  # metrics must never keep a worker from starting
@@ -203,7 +204,7 @@ def _on_worker_init(**_: Any) -> None:
 class RedisCollector:
     """Gauges computed from Redis at every scrape, for the whole pool (whichever worker is alive)."""
 
-    def __init__(self, runtime: Any, portal_labels: int = 200) -> None:
+    def __init__(self, runtime: Runtime, portal_labels: int = 200) -> None:
         self.rt = runtime
         self.portal_labels = portal_labels
 
@@ -211,8 +212,6 @@ class RedisCollector:
         return []  # no collect() at registration
 
     def collect(self) -> Iterator[Metric]:
-        from workers.status import snapshot
-
         started = time.perf_counter()
         try:
             snap = snapshot(self.rt)
@@ -287,7 +286,7 @@ class RedisCollector:
 
 
 def build_registry(
-    settings: Settings | None = None, runtime: Any = None, workers: bool = True, redis: bool = True
+    settings: Settings | None = None, runtime: Runtime | None = None, workers: bool = True, redis: bool = True
 ) -> CollectorRegistry:
     """The registry `b24q metrics` serves: the host's worker files plus the Redis gauges."""
     s = settings or get_settings()
@@ -297,11 +296,7 @@ def build_registry(
         os.makedirs(directory, exist_ok=True)
         MultiProcessCollector(registry, path=directory)
     if redis:
-        if runtime is None:
-            from workers.runtime import Runtime
-
-            runtime = Runtime(s)
-        registry.register(RedisCollector(runtime, s.metrics_portal_labels))  # type: ignore[arg-type]
+        registry.register(RedisCollector(runtime or Runtime(s), s.metrics_portal_labels))
     return registry
 
 

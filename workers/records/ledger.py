@@ -7,24 +7,49 @@ kept with it. Finished records expire after `ledger_ttl`.
 The ledger also keeps each portal's backlog (jobs enqueued and not yet finished): producers use it
 to send a portal with a deep backlog to the bulk lane, so that other portals' jobs pass it.
 
-FIX (reliability): the ledger also keeps, for every job not yet finished, its message's kwargs
-(`payload`, dropped when the job finishes) and an index of open jobs by last progress (`{prefix}:open`).
-Measured in tests/faults: a worker SIGKILLed (or stopped) right after kombu's BRPOP took a message
-and before kombu wrote it to its `unacked` hash loses that message for good (celery#7950,
-kombu#305): the job stayed `queued` forever with nothing left in the broker. `workers.celery`'s
-reconciler finds open jobs whose message is neither queued nor unacked and publishes them again.
+For every job not yet finished it also keeps its message's kwargs (`payload`, dropped when the job
+finishes) and an index of open jobs by last progress: a worker killed right after kombu's BRPOP took a
+message and before kombu recorded it as unacked loses that message for good (celery#7950,
+kombu#305), and `workers.broker.reconcile` publishes such jobs again from here.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from workers.keys import DEFAULT_KEYS, Keys
+
 TERMINAL = ("applied", "dead", "parked")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a worker needs to know of a job it starts: when it was enqueued and which run this is."""
+
+    created: float
+    runs: int
+
+_STARTED = """
+-- a worker picked the job up: running, one more run; creates the record (and counts it in the
+-- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs}.
+local first = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
+if first == 1 then
+  redis.call('HSET', KEYS[1], 'id', ARGV[2])
+  redis.call('INCR', KEYS[4])
+end
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'running', 'updated', ARGV[1])
+local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
+redis.call('RPUSH', KEYS[2], ARGV[5])
+redis.call('LTRIM', KEYS[2], -50, -1)
+return {first, redis.call('HGET', KEYS[1], 'created'), runs}
+"""
 
 _FINISH = """
 -- move a job to a terminal state; decrement its portal's backlog only on the first such move
@@ -46,33 +71,33 @@ return 0
 
 
 class Ledger:
-    """Job records in Redis hashes (`{prefix}:job:{id}`) with a capped event list."""
+    """Job records in Redis hashes with a capped event list."""
 
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "b24q",
+        keys: Keys = DEFAULT_KEYS,
         ttl: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._ttl = int(ttl)
         self._clock = clock
         self._finish = client.register_script(_FINISH)
+        self._started = client.register_script(_STARTED)
 
     def _key(self, job_id: str) -> str:
-        return f"{self._prefix}:job:{job_id}"
+        return self._keys.job(job_id)
 
     def _events(self, job_id: str) -> str:
-        return f"{self._prefix}:job:{job_id}:events"
+        return self._keys.job_events(job_id)
 
-    def backlog_key(self, portal: str) -> str:
-        return f"{self._prefix}:backlog:{{{portal}}}"
+    def _backlog(self, portal: str) -> str:
+        return self._keys.backlog(portal)
 
-    def open_key(self) -> str:
-        """Jobs not finished yet, scored by their last progress (unix time)."""
-        return f"{self._prefix}:open"
+    def _open(self) -> str:
+        return self._keys.open_jobs()
 
     @staticmethod
     def _payload(payload: Any) -> str:
@@ -104,33 +129,27 @@ class Ledger:
         p.hset(self._key(job_id), mapping=mapping)
         # (the producer adds the job to the open index once its message is published: `mark_open`)
         p.rpush(self._events(job_id), self._event("queued"))
-        p.incr(self.backlog_key(portal))
+        p.incr(self._backlog(portal))
         if pipe is None:
             p.execute()
 
     def backlog(self, portal: str) -> int:
-        raw = self._client.get(self.backlog_key(portal))
+        raw = self._client.get(self._backlog(portal))
         return int(raw) if raw else 0
 
-    def started(self, job_id: str, kind: str, portal: str, worker: str = "", payload: Any = None) -> dict[str, str]:
-        """A worker picked the job up; creates the record if a non-Python producer sent it."""
-        key = self._key(job_id)
-        now = self._clock()
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hsetnx(key, "created", now)
-        pipe.hsetnx(key, "id", job_id)
-        if payload is not None:
-            pipe.hsetnx(key, "payload", self._payload(payload))
-        pipe.zadd(self.open_key(), {job_id: now})
-        pipe.hset(key, mapping={"kind": kind, "portal": portal, "state": "running", "updated": now})
-        pipe.hincrby(key, "runs", 1)
-        pipe.rpush(self._events(job_id), self._event("running", worker=worker) if worker else self._event("running"))
-        pipe.ltrim(self._events(job_id), -50, -1)
-        pipe.hgetall(key)
-        replies = pipe.execute()
-        if replies[0]:  # first sight of a job no producer recorded
-            self._client.incr(self.backlog_key(portal))
-        return {k.decode(): v.decode() for k, v in replies[-1].items()}
+    def started(
+        self, job_id: str, kind: str, portal: str, worker: str = "", payload: Callable[[], Any] | None = None
+    ) -> Run:
+        """A worker picked the job up (one script call). A job no producer recorded (a non-Python
+        producer's raw message) gets its record here, with `payload()` kept for the reconciler."""
+        event = self._event("running", worker=worker) if worker else self._event("running")
+        first, created, runs = self._started(
+            keys=[self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)],
+            args=[self._clock(), job_id, kind, portal, event],
+        )
+        if first and payload is not None:
+            self._client.hsetnx(self._key(job_id), "payload", self._payload(payload()))
+        return Run(float(created), int(runs))
 
     def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
         """A non-terminal step: retrying, deferred."""
@@ -139,7 +158,7 @@ class Ledger:
         if error:
             mapping["last_error"] = error
         pipe.hset(self._key(job_id), mapping=mapping)
-        pipe.zadd(self.open_key(), {job_id: self._clock()})
+        pipe.zadd(self._open(), {job_id: self._clock()})
         pipe.rpush(
             self._events(job_id),
             self._event(state, error=error, **detail) if error else self._event(state, **detail),
@@ -157,7 +176,7 @@ class Ledger:
             self._client.hset(self._key(job_id), "last_error", error)
         event = self._event(state, error=error, **detail) if error else self._event(state, **detail)
         self._finish(
-            keys=[self._key(job_id), self._events(job_id), self.backlog_key(portal), self.open_key()],
+            keys=[self._key(job_id), self._events(job_id), self._backlog(portal), self._open()],
             args=[state, self._clock(), event, self._ttl, job_id],
         )
 
@@ -173,7 +192,7 @@ class Ledger:
         pipe.persist(self._key(job_id))
         pipe.persist(self._events(job_id))
         pipe.rpush(self._events(job_id), self._event("queued", why=why))
-        pipe.incr(self.backlog_key(portal))
+        pipe.incr(self._backlog(portal))
         if own:
             pipe.execute()
 
@@ -183,31 +202,59 @@ class Ledger:
         caller's back.)"""
         if job_ids:
             now = self._clock()
-            self._client.zadd(self.open_key(), dict.fromkeys(job_ids, now))
+            self._client.zadd(self._open(), dict.fromkeys(job_ids, now))
 
     def unpublished(self, job_id: str, portal: str) -> None:
         """Roll back the record of a new job whose message could not be published."""
         pipe = self._client.pipeline(transaction=False)
         pipe.delete(self._key(job_id), self._events(job_id))
-        pipe.decr(self.backlog_key(portal))
+        pipe.decr(self._backlog(portal))
         pipe.execute()
 
     def stale_open(self, before: float, limit: int = 500) -> list[str]:
         """Open jobs with no progress since `before` (candidates for the reconciler)."""
-        return [i.decode() for i in self._client.zrangebyscore(self.open_key(), "-inf", before, start=0, num=limit)]
+        return [i.decode() for i in self._client.zrangebyscore(self._open(), "-inf", before, start=0, num=limit)]
 
     def recovered(self, job_id: str, why: str) -> None:
         """The reconciler published a lost job's message again."""
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(self._key(job_id), mapping={"state": "queued", "updated": self._clock()})
-        pipe.zadd(self.open_key(), {job_id: self._clock()})
+        pipe.zadd(self._open(), {job_id: self._clock()})
         pipe.rpush(self._events(job_id), self._event("queued", why=why))
         pipe.ltrim(self._events(job_id), -50, -1)
         pipe.execute()
 
     def forget_open(self, job_id: str) -> None:
         """Drop a job from the open index (its record expired or is gone)."""
-        self._client.zrem(self.open_key(), job_id)
+        self._client.zrem(self._open(), job_id)
+
+    def record(self, job_id: str) -> dict[str, str]:
+        """The job's record without its history ({} when unknown)."""
+        return {k.decode(): v.decode() for k, v in self._client.hgetall(self._key(job_id)).items()}
+
+    @staticmethod
+    def payload(record: dict[str, str]) -> dict[str, Any] | None:
+        """The kwargs kept in an open job's record (None once it finished, or for a record without)."""
+        raw = record.get("payload")
+        data = json.loads(raw) if raw else None
+        return data if isinstance(data, dict) else None
+
+    def states(self, job_ids: Iterable[str], *fields: str) -> dict[str, list[str | None]]:
+        """For each job, the given fields of its record (`state` by default), in one round trip."""
+        names = list(fields or ("state",))
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._key(job_id), names)
+        return {
+            job_id: [v.decode() if v is not None else None for v in values]
+            for job_id, values in zip(ids, pipe.execute(), strict=True)
+        }
+
+    def count(self) -> int:
+        """Job records held now (a SCAN: for tests and tools, not for a hot path)."""
+        found = self._client.scan_iter(self._keys.job_pattern(), count=1000)
+        return sum(1 for key in found if not key.endswith(b":events"))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self._client.hgetall(self._key(job_id))

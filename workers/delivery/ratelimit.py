@@ -3,7 +3,7 @@
 Bitrix24 throttles each portal with a leaky bucket (2 req/s drain, 50 burst on standard plans;
 5/250 on Enterprise). Celery's `rate_limit` is per worker process, so it cannot keep a pool under
 that; this limiter can, because every process on every host reserves its slots from the same key,
-timed by the Redis server's clock (`workers/lua/gcra.lua`).
+timed by the Redis server's clock (`workers/delivery/lua/gcra.lua`).
 
 A slot is *reserved*: the caller learns how long to wait and commits to sending then. That lets a
 worker sleep exactly as long as needed instead of polling, and lets jobs pile up meanwhile, so each
@@ -17,32 +17,10 @@ from pathlib import Path
 
 import redis
 
-from workers.settings import PLAN_LIMITS, Settings
+from workers.keys import DEFAULT_KEYS, Keys
+from workers.portals.limits import Limits
 
 _SCRIPT = (Path(__file__).parent / "lua" / "gcra.lua").read_text()
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A portal's bucket as the server enforces it (`rate` per second, `burst`) and as we use it."""
-
-    rate: float
-    burst: int
-    headroom: float = 0.0
-    margin: int = 0
-
-    @classmethod
-    def for_plan(cls, plan: str, settings: Settings) -> Limits:
-        rate, burst = PLAN_LIMITS[plan]
-        return cls(rate, burst, settings.headroom, settings.burst_margin)
-
-    @property
-    def our_rate(self) -> float:
-        return self.rate * (1.0 - self.headroom)
-
-    @property
-    def our_burst(self) -> int:
-        return max(1, int(self.burst * (1.0 - self.headroom)) - self.margin)
 
 
 @dataclass(frozen=True)
@@ -58,7 +36,7 @@ class RateLimiter:
 
     Parameters:
         client: a redis-py client (the one the pool shares).
-        prefix: key prefix (`Settings.key_prefix`).
+        keys: the Redis key layout (`B24Q_KEY_PREFIX`).
 
     Examples:
         >>> limiter = RateLimiter(redis_client)               # doctest: +SKIP
@@ -66,20 +44,17 @@ class RateLimiter:
         Permit(granted=True, wait=0.0)
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "b24q") -> None:
+    def __init__(self, client: redis.Redis, keys: Keys = DEFAULT_KEYS) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._script = client.register_script(_SCRIPT)
-
-    def key(self, portal: str) -> str:
-        return f"{self._prefix}:rl:{{{portal}}}"
 
     def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
         """Take the next slot if it comes within `max_wait` seconds."""
         if limits.our_rate <= 0:
             return Permit(True, 0.0)
         granted, wait = self._script(
-            keys=[self.key(portal)],
+            keys=[self._keys.bucket(portal)],
             args=["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait],
         )
         return Permit(bool(int(granted)), max(0.0, float(wait)))
@@ -92,13 +67,13 @@ class RateLimiter:
         if limits.our_rate <= 0:
             return 0.0
         _, wait = self._script(
-            keys=[self.key(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
+            keys=[self._keys.bucket(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
         )
         return max(0.0, float(wait))
 
     def level(self, portal: str, limits: Limits) -> float:
         """Requests the bucket holds now (0 = empty), from the stored TAT; for status views."""
-        raw = self._client.get(self.key(portal))
+        raw = self._client.get(self._keys.bucket(portal))
         if raw is None or limits.our_rate <= 0:
             return 0.0
         seconds, micros = self._client.time()

@@ -10,17 +10,20 @@ portal until the reset, while its other methods keep flowing. Portals that send 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
+
+from workers.keys import DEFAULT_KEYS, Keys
 
 #: How long to hold a method after a 429 when no `operating_reset_at` is known.
 DEFAULT_HOLD = 60.0
 
 # Every hold and reset is stored on the Redis server's clock (TIME), from a duration measured on the
 # answer's own clock (`operating_reset_at - finish`): worker clocks never enter (tests/test_operating.py).
-# KEYS[1] the portal's reset hash, KEYS[2] the method's hold key; ARGV[1] method, ARGV[2] mode, ARGV[3] seconds.
+# KEYS[1] the portal's reset hash, KEYS[2] the method's hold key, KEYS[3] the portal's set of methods ever held;
+# ARGV[1] method, ARGV[2] mode, ARGV[3] seconds.
 #   record: remember the reset ARGV[3] s from now;  record+hold: and hold the method until then;
 #   hold: hold it ARGV[3] s;  blocked (a 429): hold it until the remembered reset, or ARGV[3] s if none is ahead.
 # Returns the seconds the method is held (or until the reset).
@@ -36,6 +39,7 @@ elseif mode ~= 'hold' then
 end
 if mode ~= 'record' then
   redis.call('SET', KEYS[2], string.format('%.3f', now + secs), 'PX', math.max(1, math.floor(secs * 1000)))
+  redis.call('SADD', KEYS[3], ARGV[1])
 end
 return tostring(secs)
 """
@@ -51,26 +55,20 @@ class OperatingHolds:
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "b24q",
+        keys: Keys = DEFAULT_KEYS,
         limit: float = 480.0,
         margin: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._limit = limit
         self._margin = margin
         self._clock = clock
         self._script = client.register_script(_SCRIPT)
 
-    def _hold_key(self, portal: str, method: str) -> str:
-        return f"{self._prefix}:hold:{{{portal}}}:{method}"
-
-    def _reset_key(self, portal: str) -> str:
-        return f"{self._prefix}:opreset:{{{portal}}}"
-
     def _run(self, portal: str, method: str, mode: str, seconds: float) -> float:
-        keys = [self._reset_key(portal), self._hold_key(portal, method)]
+        keys = [self._keys.operating_reset(portal), self._keys.hold(portal, method), self._keys.held_methods(portal)]
         return float(self._script(keys=keys, args=[method, mode, f"{seconds:.3f}"]))
 
     def record(self, portal: str, method: str, time_block: Mapping[str, Any] | None) -> float | None:
@@ -104,6 +102,23 @@ class OperatingHolds:
         """Hold `method` until `until` on this process's clock."""
         self._run(portal, method, "hold", max(0.001, until - self._clock()))
 
+    def holds(self, portals: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Every hold that exists now, per portal: method → its end on the Redis server's clock (for status
+        views, which compare with Redis's TIME). Two round trips for any number of portals."""
+        pipe = self._client.pipeline(transaction=False)
+        for portal in portals:
+            pipe.smembers(self._keys.held_methods(portal))
+        methods = {p: sorted(m.decode() for m in found) for p, found in zip(portals, pipe.execute(), strict=True)}
+        for portal, names in methods.items():
+            for name in names:
+                pipe.get(self._keys.hold(portal, name))
+        replies = iter(pipe.execute())
+        out: dict[str, dict[str, float]] = {}
+        for portal, names in methods.items():
+            ends = {name: float(v) for name, v in ((n, next(replies)) for n in names) if v is not None}
+            out[portal] = ends
+        return out
+
     def held_until(self, portal: str, methods: Iterable[str]) -> dict[str, float]:
         """For each of `methods` that is held now, the time its hold ends (on this process's clock)."""
         methods = list(methods)
@@ -111,6 +126,6 @@ class OperatingHolds:
             return {}
         pipe = self._client.pipeline(transaction=False)
         for method in methods:
-            pipe.pttl(self._hold_key(portal, method))
+            pipe.pttl(self._keys.hold(portal, method))
         now = self._clock()
         return {m: now + ms / 1000.0 for m, ms in zip(methods, pipe.execute(), strict=True) if ms > 0}

@@ -4,11 +4,11 @@ A portal is named by a stable key of the user's choosing (its member_id or domai
 key, never a token. Two kinds:
 
 - `oauth`: an application installed on the portal: `client_endpoint` plus an access/refresh pair
-  that `workers.tokens` renews. Required for every method but `im.dialog.unread`.
+  that `workers.portals.tokens` renews. Required for every method but `im.dialog.unread`.
 - `webhook`: an incoming webhook URL `https://{portal}/rest/{user}/{code}/`.
 
 Records live in one Redis hash per portal; secrets are kept out of `repr`, logs and CLI output, and
-with `B24Q_TOKEN_KEYS` set they are encrypted at rest (`workers.crypto`): the access and refresh
+with `B24Q_TOKEN_KEYS` set they are encrypted at rest (`workers.portals.crypto`): the access and refresh
 tokens of OAuth portals and the URL (with its secret code) of webhook portals.
 """
 
@@ -23,11 +23,13 @@ from urllib.parse import urlsplit
 
 import redis
 
-from workers.client import Credentials
-from workers.crypto import TokenCipher
+from workers.bitrix.client import Credentials
 from workers.errors import ConfigError
-from workers.ratelimit import Limits
-from workers.settings import PLAN_LIMITS, Settings
+from workers.keys import Keys
+from workers.portals.crypto import TokenCipher
+from workers.portals.limits import Limits
+from workers.redaction import webhook_url
+from workers.settings import Settings
 
 #: Fields encrypted at rest (`endpoint` only for webhook portals: its path holds the webhook's secret code).
 SECRET_FIELDS = ("access_token", "refresh_token")
@@ -96,8 +98,7 @@ class Portal:
         return Credentials(self.endpoint, self.access_token)
 
     def limits(self, settings: Settings) -> Limits:
-        plan_rate, plan_burst = PLAN_LIMITS.get(self.plan, PLAN_LIMITS["standard"])
-        return Limits(self.rate or plan_rate, self.burst or plan_burst, settings.headroom, settings.burst_margin)
+        return Limits.of(self.plan, self.rate, self.burst, settings)
 
     def public(self) -> dict[str, Any]:
         """The record without secrets, for the CLI and status views."""
@@ -105,8 +106,7 @@ class Portal:
         out.pop("access_token")
         out.pop("refresh_token")
         if self.kind == "webhook":
-            parts = urlsplit(self.endpoint)
-            out["endpoint"] = f"{parts.scheme}://{parts.netloc}/rest/…/<masked>/"
+            out["endpoint"] = webhook_url(self.endpoint)
         return out
 
 
@@ -116,16 +116,10 @@ class PortalRegistry:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._client = client
         self._settings = settings
-        self._prefix = settings.key_prefix
+        self._keys = Keys(settings.key_prefix)
         self._rotate = client.register_script(_ROTATE)
         self._rekey = client.register_script(_REKEY)
         self._cipher = TokenCipher.from_raw(settings.token_keys.get_secret_value())
-
-    def _key(self, key: str) -> str:
-        return f"{self._prefix}:portal:{{{key}}}"
-
-    def _index(self) -> str:
-        return f"{self._prefix}:portals"
 
     @staticmethod
     def _secret_fields(kind: str) -> tuple[str, ...]:
@@ -136,9 +130,9 @@ class PortalRegistry:
         for name in self._secret_fields(portal.kind):
             mapping[name] = self._cipher.encrypt(mapping[name])
         pipe = self._client.pipeline()
-        pipe.delete(self._key(portal.key))
-        pipe.hset(self._key(portal.key), mapping=mapping)
-        pipe.sadd(self._index(), portal.key)
+        pipe.delete(self._keys.portal(portal.key))
+        pipe.hset(self._keys.portal(portal.key), mapping=mapping)
+        pipe.sadd(self._keys.portal_index(), portal.key)
         pipe.execute()
         return portal
 
@@ -201,7 +195,7 @@ class PortalRegistry:
         )
 
     def get(self, key: str) -> Portal | None:
-        raw = self._client.hgetall(self._key(key))
+        raw = self._client.hgetall(self._keys.portal(key))
         if not raw:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
@@ -226,26 +220,29 @@ class PortalRegistry:
             updated_at=float(data.get("updated_at") or 0),
         )
 
+    def keys(self) -> list[str]:
+        """Every registered portal's key, sorted."""
+        return sorted(k.decode() for k in self._client.smembers(self._keys.portal_index()))
+
     def list(self) -> list[Portal]:
-        keys = sorted(k.decode() for k in self._client.smembers(self._index()))
-        return [p for p in (self.get(k) for k in keys) if p is not None]
+        return [p for p in (self.get(k) for k in self.keys()) if p is not None]
 
     def remove(self, key: str) -> bool:
         pipe = self._client.pipeline()
-        pipe.delete(self._key(key))
-        pipe.srem(self._index(), key)
+        pipe.delete(self._keys.portal(key))
+        pipe.srem(self._keys.portal_index(), key)
         deleted, _ = pipe.execute()
         return bool(deleted)
 
     def rotate(self, key: str, old_refresh: str, access: str, refresh: str, expires: float) -> bool:
         """Store a refreshed pair, unless someone else already replaced `old_refresh` (then False)."""
-        stored = self._client.hget(self._key(key), "refresh_token")
+        stored = self._client.hget(self._keys.portal(key), "refresh_token")
         stored_text = stored.decode() if stored is not None else ""
         if stored is None or self._cipher.decrypt(stored_text, f"portal {key!r} refresh_token") != old_refresh:
             return False
         # compare-and-set on the value as stored (a ciphertext differs at every encryption)
         ok = self._rotate(
-            keys=[self._key(key)],
+            keys=[self._keys.portal(key)],
             args=[
                 stored_text,
                 self._cipher.encrypt(access),
@@ -263,10 +260,10 @@ class PortalRegistry:
         Returns the number of records rewritten.
         """
         changed = 0
-        for raw_key in self._client.smembers(self._index()):
+        for raw_key in self._client.smembers(self._keys.portal_index()):
             key = raw_key.decode()
             for _ in range(5):
-                raw = self._client.hgetall(self._key(key))
+                raw = self._client.hgetall(self._keys.portal(key))
                 if not raw:
                     break
                 data = {k.decode(): v.decode() for k, v in raw.items()}
@@ -276,7 +273,7 @@ class PortalRegistry:
                     new = self._cipher.reencrypt(old, f"portal {key!r} {name}")
                     if new != old:
                         args += [name, old, new]
-                if not args or self._rekey(keys=[self._key(key)], args=args):
+                if not args or self._rekey(keys=[self._keys.portal(key)], args=args):
                     changed += bool(args)
                     break
         return changed
@@ -317,8 +314,8 @@ class PortalRegistry:
         return self._save(updated)
 
     def mark_reauth(self, key: str, reason: str) -> None:
-        self._client.hset(self._key(key), mapping={"state": "reauth", "reason": reason})
+        self._client.hset(self._keys.portal(key), mapping={"state": "reauth", "reason": reason})
 
     def mark_active(self, key: str) -> None:
         """Clear a `reauth` state (after fixing a webhook or the app by hand)."""
-        self._client.hset(self._key(key), mapping={"state": "active", "reason": ""})
+        self._client.hset(self._keys.portal(key), mapping={"state": "active", "reason": ""})

@@ -15,9 +15,7 @@ Without any key, values are stored as they are (Redis ACLs and TLS are then the 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -92,27 +90,3 @@ class TokenCipher:
     def reencrypt(self, value: str, what: str = "a portal secret") -> str:
         """Decrypt with any key, encrypt with the first (for `rekey`)."""
         return self.encrypt(self.decrypt(value, what))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.crypto", description="Keys for tokens at rest.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("genkey", help="print a new key for B24Q_TOKEN_KEYS")
-    sub.add_parser("rekey", help="re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS")
-    args = parser.parse_args(argv)
-    if args.command == "genkey":
-        print(generate_key())
-        return 0
-    from workers.runtime import get_runtime
-
-    try:
-        changed = get_runtime().registry.rekey()
-    except ConfigError as exc:
-        print(f"b24q: {exc}", file=sys.stderr)
-        return 2
-    print(f"re-encrypted {changed} portal record(s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,130 +1,75 @@
 """What the pool looks like right now, read from Redis (and from the workers, for `b24q status`).
 
 `snapshot()` reads queues, portals and dead letters in a few pipelined round trips, never a token:
-the metrics endpoint's collector (`workers.metrics`) builds its gauges from it at every scrape, and
-`b24q status` shows it, together with the workers that answer a broadcast within `timeout`.
+the metrics endpoint's collector (`workers.observe.metrics`) builds its gauges from it at every scrape,
+and `b24q status` shows it, together with the workers that answer a broadcast within `timeout`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from workers.portals import Portal
+from celery import Celery
+
+from workers import keys
+from workers.portals.limits import Limits
+from workers.redaction import redis_url
 from workers.runtime import Runtime
-
-#: kombu's Redis transport: the hash of messages delivered to a worker and not yet acknowledged
-#: (scheduled retries wait there until their countdown ends), and the priority sub-queue separator.
-UNACKED_KEY = "unacked"
-PRIORITY_SEP = "\x06\x16"
 
 _PORTAL_FIELDS = ("kind", "state", "reason", "plan", "rate", "burst", "expires")
 
 
-def priority_steps(app: Any = None) -> list[int]:
-    """The broker's priority steps (celeryconfig's `priority_steps`, kombu's default otherwise)."""
-    if app is None:
-        from workers.celery import app
-    options = app.conf.broker_transport_options or {}
-    return sorted(int(p) for p in options.get("priority_steps", [0, 3, 6, 9]))
-
-
-def queue_key(queue: str, priority: int) -> str:
-    """The Redis list of `queue` for one priority step (kombu: `queue` itself for step 0)."""
-    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
-
-
-def default_methods() -> list[str]:
-    from tasks.jobs import KINDS
-
-    return sorted({k.method for k in KINDS.values()})
-
-
-def mask_url(url: str) -> str:
-    """A Redis URL without its password (each part of a `sentinel://…;sentinel://…` list)."""
-    if ";" in url:
-        return ";".join(mask_url(part) for part in url.split(";"))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def snapshot(
-    rt: Runtime,
-    portals: Sequence[str] | None = None,
-    methods: Iterable[str] | None = None,
-    steps: Sequence[int] | None = None,
-) -> dict[str, Any]:
+def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any]:
     """Queues, portals and dead letters as plain data (see `b24q status --json`)."""
     s = rt.settings
-    methods = list(methods) if methods is not None else default_methods()
-    steps = list(steps) if steps is not None else priority_steps()
     r = rt.redis
-    keys = sorted(k.decode() for k in r.smembers(f"{s.key_prefix}:portals")) if portals is None else list(portals)
+    names = rt.registry.keys() if portals is None else list(portals)
+    held = rt.holds.holds(names)
 
     pipe = r.pipeline(transaction=False)
     pipe.time()
-    for step in steps:
-        pipe.llen(queue_key(s.queue, step))
-    pipe.hlen(UNACKED_KEY)
-    pipe.hgetall(f"{s.key_prefix}:stats:tokens")
-    for key in keys:
-        pipe.hmget(rt.registry._key(key), list(_PORTAL_FIELDS))
-        pipe.get(rt.ledger.backlog_key(key))
-        pipe.hlen(rt.parking._key(key))
-        pipe.get(rt.limiter.key(key))
-        pipe.llen(rt.calls.list_key(key))
-        if methods:
-            pipe.mget([rt.holds._hold_key(key, m) for m in methods])
-        else:
-            pipe.echo("")
+    for step in keys.PRIORITY_STEPS:
+        pipe.llen(keys.queue(s.queue, step))
+    pipe.hlen(keys.UNACKED)
+    pipe.hgetall(rt.keys.token_stats())
+    for key in names:
+        pipe.hmget(rt.keys.portal(key), list(_PORTAL_FIELDS))
+        pipe.get(rt.keys.backlog(key))
+        pipe.hlen(rt.keys.parked(key))
+        pipe.get(rt.keys.bucket(key))
+        pipe.llen(rt.keys.calls(key))
     replies = iter(pipe.execute())
 
     seconds, micros = next(replies)
     now = seconds + micros / 1e6
-    by_priority = {str(step): int(next(replies)) for step in steps}
+    by_priority = {str(step): int(next(replies)) for step in keys.PRIORITY_STEPS}
     unacked = int(next(replies))
     token_stats: dict[str, int] = {k.decode(): int(v) for k, v in next(replies).items()}
 
     rows: list[dict[str, Any]] = []
-    for key in keys:
+    for key in names:
         fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
-        backlog, parked, tat, waiting, holds = (next(replies) for _ in range(5))
+        backlog, parked, tat, waiting = (next(replies) for _ in range(4))
         if fields["kind"] is None:  # in the index but its record is gone
             continue
-        portal = Portal(
-            key,
-            fields["kind"],  # type: ignore[arg-type]
-            "",
-            plan=fields["plan"] or "standard",
-            rate=float(fields["rate"] or 0),
-            burst=int(float(fields["burst"] or 0)),
-        )
-        limits = portal.limits(s)
+        rate, burst = float(fields["rate"] or 0), int(float(fields["burst"] or 0))
+        limits = Limits.of(fields["plan"] or "standard", rate, burst, s)
         level = max(0.0, (float(tat) - now) * limits.our_rate) if tat is not None and limits.our_rate > 0 else 0.0
-        held = {
-            m: float(v)
-            for m, v in zip(methods, holds if isinstance(holds, list) else [], strict=False)
-            if v is not None and float(v) > now
-        }
         expires = float(fields["expires"] or 0)
         rows.append(
             {
                 "key": key,
-                "kind": portal.kind,
+                "kind": fields["kind"],
                 "state": fields["state"] or "active",
                 "reason": fields["reason"] or "",
                 "rate": limits.rate,
                 "burst": limits.burst,
                 "limiter_level": round(level, 2),
                 "limiter_capacity": limits.our_burst,
-                "held": held,
-                "token_expires": expires if portal.kind == "oauth" and expires else None,
+                "held": {m: until for m, until in held.get(key, {}).items() if until > now},
+                "token_expires": expires if fields["kind"] == "oauth" and expires else None,
                 "token_refreshed": token_stats.get(f"{key}:refreshed", 0),
                 "token_refresh_failed": token_stats.get(f"{key}:refresh_failed", 0),
                 "token_refresh_unavailable": token_stats.get(f"{key}:refresh_unavailable", 0),
@@ -136,7 +81,7 @@ def snapshot(
     dead = rt.dead.counts()
     return {
         "time": now,
-        "redis": mask_url(s.redis_url),
+        "redis": redis_url(s.redis_url),
         "queues": [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}],
         "unacked": unacked,
         "portals": rows,
@@ -144,10 +89,8 @@ def snapshot(
     }
 
 
-def workers(app: Any = None, timeout: float = 1.0) -> dict[str, Any]:
+def workers(app: Celery, timeout: float = 1.0) -> dict[str, Any]:
     """The workers that answer a `stats` broadcast within `timeout` seconds."""
-    if app is None:
-        from workers.celery import app
     started = time.monotonic()
     try:
         replies = app.control.inspect(timeout=timeout).stats() or {}
@@ -168,7 +111,7 @@ def workers(app: Any = None, timeout: float = 1.0) -> dict[str, Any]:
     return {"answered": answered, "timeout": timeout, "seconds": round(time.monotonic() - started, 2)}
 
 
-def collect(rt: Runtime, app: Any = None, timeout: float = 1.0, portals: Sequence[str] | None = None) -> dict[str, Any]:
+def collect(rt: Runtime, app: Celery, timeout: float = 1.0, portals: Sequence[str] | None = None) -> dict[str, Any]:
     """Everything `b24q status` shows."""
     status = snapshot(rt, portals)
     status["workers"] = workers(app, timeout)

@@ -1,6 +1,6 @@
 """A portal's pool-wide queue of calls: whichever worker gets the next slot sends every waiting call.
 
-Packing in one process (`workers.dispatcher.Lane`) fills a request with the calls that process holds.
+Packing in one process (`workers.delivery.lane`) fills a request with the calls that process holds.
 With several worker processes each one books its own slots from the pool-wide limiter, so on a
 rate-limited portal the processes take turns: a request carries only its own process's share of the
 backlog, and a lone job waits for its own process's next turn (up to one slot per process away).
@@ -29,15 +29,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from workers import errors
-from workers.client import CallResult
-
-if TYPE_CHECKING:
-    from workers.dispatcher import Call
+from workers.bitrix.client import CallResult
+from workers.delivery.calls import Call, MergeRule
+from workers.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +60,9 @@ _TRANSPORT: dict[str, type[errors.TransportError]] = {
 
 def encode_outcome(outcome: CallResult | BaseException) -> dict[str, Any]:
     """An outcome as JSON-safe data (the inverse of `decode_outcome`)."""
-    from workers.dispatcher import Deferred
-
     if isinstance(outcome, CallResult):
         return {"result": outcome.result, "time": outcome.time}
-    if isinstance(outcome, Deferred):
+    if isinstance(outcome, errors.Deferred):
         return {"error": "Deferred", "delay": outcome.delay, "why": outcome.why}
     if isinstance(outcome, errors.RestError):
         data = {"error": type(outcome).__name__, "code": outcome.code, "description": outcome.description}
@@ -79,13 +76,11 @@ def encode_outcome(outcome: CallResult | BaseException) -> dict[str, Any]:
 
 
 def decode_outcome(data: Mapping[str, Any]) -> CallResult | BaseException:
-    from workers.dispatcher import Deferred
-
     kind = data.get("error")
     if kind is None:
         return CallResult(data.get("result"), data.get("time"))
     if kind == "Deferred":
-        return Deferred(float(data["delay"]), str(data["why"]))
+        return errors.Deferred(float(data["delay"]), str(data["why"]))
     if kind in _ERRORS:
         return _ERRORS[kind](data["code"], data.get("description", ""), data.get("status"), **data.get("extra", {}))
     cls = _TRANSPORT.get(kind, errors.TransportError)
@@ -97,7 +92,7 @@ class CallPool:
 
     Parameters:
         client: the Redis that every worker of the pool shares.
-        prefix: the key prefix (`B24Q_KEY_PREFIX`).
+        keys: the Redis key layout (`B24Q_KEY_PREFIX`).
         alive_ttl: seconds a worker's heartbeat key lives; a sender silent for longer is taken for dead.
         lost_after: seconds an owner waits to hear that a call it could not withdraw was taken.
     """
@@ -105,14 +100,14 @@ class CallPool:
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str,
+        keys: Keys,
         worker_id: str | None = None,
         alive_ttl: float = 3.0,
         lost_after: float = 15.0,
         reply_ttl: int = 120,
     ) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._keys = keys
         self.worker_id = worker_id or uuid.uuid4().hex[:16]
         self.alive_ttl = alive_ttl
         self.lost_after = lost_after
@@ -124,17 +119,6 @@ class CallPool:
         self._outbox_lock = threading.Lock()
         self._alive_cache: dict[str, tuple[float, bool]] = {}
 
-    # -- keys --------------------------------------------------------------------------------
-
-    def list_key(self, portal: str) -> str:
-        return f"{self._prefix}:calls:{{{portal}}}"
-
-    def _reply_key(self, worker: str) -> str:
-        return f"{self._prefix}:replies:{worker}"
-
-    def _alive_key(self, worker: str) -> str:
-        return f"{self._prefix}:alive:{worker}"
-
     # -- owner side --------------------------------------------------------------------------
 
     def submit(self, portal: str, call: Call) -> None:
@@ -145,14 +129,14 @@ class CallPool:
         with self._lock:
             self._pending[call.id] = call
         try:
-            self._redis.rpush(self.list_key(portal), self._entry(call))
+            self._redis.rpush(self._keys.calls(portal), self._entry(call))
         except BaseException:
             self.done(call)
             raise
 
     def withdraw(self, portal: str, call: Call) -> bool:
         """Take back a call nobody has taken yet; False if a sender has it (or the list lost it)."""
-        return bool(self._redis.lrem(self.list_key(portal), 1, self._entry(call)))
+        return bool(self._redis.lrem(self._keys.calls(portal), 1, self._entry(call)))
 
     def done(self, call: Call) -> None:
         """The owner has its outcome (or gave up): forget the call."""
@@ -167,21 +151,19 @@ class CallPool:
         cached = self._alive_cache.get(worker)
         if cached is not None and now - cached[0] < self.alive_ttl / 4:
             return cached[1]
-        alive = bool(self._redis.exists(self._alive_key(worker)))
+        alive = bool(self._redis.exists(self._keys.alive(worker)))
         self._alive_cache[worker] = (now, alive)
         return alive
 
     # -- sender side -------------------------------------------------------------------------
 
     def depth(self, portal: str) -> int:
-        return int(self._redis.llen(self.list_key(portal)))
+        return int(self._redis.llen(self._keys.calls(portal)))
 
     def take(self, portal: str, count: int) -> list[Call]:
         """Pop up to `count` calls; tell their owners who has them. Calls of a worker that died are
         dropped: the broker redelivers its jobs, so sending them would only apply them twice."""
-        from workers.dispatcher import Call
-
-        raw = self._redis.lpop(self.list_key(portal), count) if count > 0 else None
+        raw = self._redis.lpop(self._keys.calls(portal), count) if count > 0 else None
         calls: list[Call] = []
         for item in raw or ():
             data = json.loads(item)
@@ -195,8 +177,16 @@ class CallPool:
                 continue
             if data["owner"] == self.worker_id:
                 continue  # its owner here gave up on it already (and retries the job)
-            call = Call(data["method"], data["params"], solo=bool(data.get("solo")), id=data["id"], owner=data["owner"])
-            call.taker, call.relay = self.worker_id, self
+            call = Call(
+                data["method"],
+                data["params"],
+                MergeRule.from_list(data.get("merge")),
+                solo=bool(data.get("solo")),
+                id=data["id"],
+                owner=data["owner"],
+                taker=self.worker_id,
+                remote=True,
+            )
             self._queue_reply(call.owner, {"id": call.id, "taken": self.worker_id})
             calls.append(call)
         self.flush()
@@ -205,7 +195,7 @@ class CallPool:
     def put_back(self, portal: str, calls: list[Call]) -> None:
         """Return calls that did not fit in the request to the head of the list, in order."""
         if calls:
-            self._redis.lpush(self.list_key(portal), *[self._entry(c) for c in reversed(calls)])
+            self._redis.lpush(self._keys.calls(portal), *[self._entry(c) for c in reversed(calls)])
 
     def reply(self, call: Call, outcome: CallResult | BaseException) -> None:
         """Queue a taken call's outcome for its owner (sent by `flush`)."""
@@ -219,7 +209,7 @@ class CallPool:
             return
         pipe = self._redis.pipeline(transaction=False)
         for owner, items in outbox.items():
-            key = self._reply_key(owner)
+            key = self._keys.replies(owner)
             pipe.rpush(key, *items)
             pipe.expire(key, self.reply_ttl)
         pipe.execute()
@@ -232,7 +222,14 @@ class CallPool:
     def _entry(call: Call) -> str:
         # the same call always encodes to the same text: LREM finds it by value
         return json.dumps(
-            {"id": call.id, "owner": call.owner, "method": call.method, "params": call.params, "solo": call.solo},
+            {
+                "id": call.id,
+                "owner": call.owner,
+                "method": call.method,
+                "params": call.params,
+                "solo": call.solo,
+                "merge": call.merge.as_list() if call.merge is not None else None,
+            },
             separators=(",", ":"),
             sort_keys=True,
         )
@@ -244,18 +241,18 @@ class CallPool:
             return
         with self._lock:
             if self._listener is None or not self._listener.is_alive():
-                self._redis.set(self._alive_key(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+                self._redis.set(self._keys.alive(self.worker_id), "1", px=int(self.alive_ttl * 1000))
                 self._listener = threading.Thread(target=self._listen, name="b24q-callpool", daemon=True)
                 self._listener.start()
 
     def _listen(self) -> None:
-        key = self._reply_key(self.worker_id)
+        key = self._keys.replies(self.worker_id)
         beat = 0.0
         while True:
             try:
                 now = time.monotonic()
                 if now - beat >= self.alive_ttl / 6:
-                    self._redis.set(self._alive_key(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+                    self._redis.set(self._keys.alive(self.worker_id), "1", px=int(self.alive_ttl * 1000))
                     beat = now
                 first = self._redis.blpop([key], timeout=self.alive_ttl / 6)
                 if first is None:

@@ -17,6 +17,34 @@ from typing import Any
 
 import redis
 
+from workers.keys import DEFAULT_KEYS, Keys
+
+#: A dead letter keeps at most this much of an invalid payload (raw messages can be megabytes).
+MAX_STORED_PAYLOAD = 64 * 1024
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8(str(k)): _utf8(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8(v) for v in value]
+    return value
+
+
+def storable(payload: Any, limit: int = MAX_STORED_PAYLOAD) -> dict[str, Any]:
+    """A payload that Redis can store as UTF-8 JSON and that is not huge.
+
+    A raw message's strings can hold a lone surrogate (`"\\ud800"`: valid JSON, not UTF-8), which
+    would make writing its record raise; and a 5 MB payload would be stored whole.
+    """
+    clean = _utf8(payload if isinstance(payload, dict) else {"raw": payload})
+    text = json.dumps(clean, ensure_ascii=False, default=str)
+    if len(text) > limit:
+        return {"raw": text[:2000], "truncated": f"payload of {len(text)} characters cut to 2000"}
+    return dict(clean)
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -38,16 +66,10 @@ class DeadLetter:
 class DeadLetters:
     """The dead-letter store."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "b24q", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys = DEFAULT_KEYS, clock: Callable[[], float] = time.time) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._clock = clock
-
-    def _index(self) -> str:
-        return f"{self._prefix}:dead"
-
-    def _key(self, job_id: str) -> str:
-        return f"{self._prefix}:dead:{job_id}"
 
     def add(
         self,
@@ -61,14 +83,14 @@ class DeadLetters:
         attempts: int,
     ) -> DeadLetter:
         now = self._clock()
-        key = self._key(job_id)
+        key = self._keys.dead(job_id)
         first = self._client.hget(key, "first_seen")
         letter = DeadLetter(
             job_id,
             task,
             kind,
             portal,
-            payload if isinstance(payload, dict) else {"raw": payload},
+            storable(payload),
             code,
             description[:2000],
             attempts,
@@ -79,12 +101,12 @@ class DeadLetters:
         record["payload"] = json.dumps(record["payload"], ensure_ascii=False, default=str)
         pipe = self._client.pipeline()
         pipe.hset(key, mapping={k: str(v) for k, v in record.items()})
-        pipe.zadd(self._index(), {job_id: now})
+        pipe.zadd(self._keys.dead_index(), {job_id: now})
         pipe.execute()
         return letter
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self._client.hgetall(self._key(job_id))
+        raw = self._client.hgetall(self._keys.dead(job_id))
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
@@ -102,13 +124,13 @@ class DeadLetters:
         )
 
     def ids(self) -> list[str]:
-        return [i.decode() for i in self._client.zrange(self._index(), 0, -1)]
+        return [i.decode() for i in self._client.zrange(self._keys.dead_index(), 0, -1)]
 
     def iter(self, portal: str | None = None, code: str | None = None, kind: str | None = None) -> Iterator[DeadLetter]:
         for job_id in self.ids():
             letter = self.get(job_id)
             if letter is None:
-                self._client.zrem(self._index(), job_id)
+                self._client.zrem(self._keys.dead_index(), job_id)
                 continue
             if (portal and letter.portal != portal) or (code and letter.code != code) or (kind and letter.kind != kind):
                 continue
@@ -116,16 +138,16 @@ class DeadLetters:
 
     def remove(self, job_id: str) -> bool:
         pipe = self._client.pipeline()
-        pipe.delete(self._key(job_id))
-        pipe.zrem(self._index(), job_id)
+        pipe.delete(self._keys.dead(job_id))
+        pipe.zrem(self._keys.dead_index(), job_id)
         return bool(pipe.execute()[0])
 
     def count(self) -> int:
-        return int(self._client.zcard(self._index()))
+        return int(self._client.zcard(self._keys.dead_index()))
 
     def counts(self) -> dict[str, int]:
         """Dead letters per reason (error code)."""
         pipe = self._client.pipeline()
         for job_id in self.ids():
-            pipe.hget(self._key(job_id), "code")
+            pipe.hget(self._keys.dead(job_id), "code")
         return dict(Counter(c.decode() for c in pipe.execute() if c is not None))

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from workers import querystring
+from workers.bitrix import querystring
 from workers.errors import RestError, ServerError, TransportError, rest_error
 
 BATCH_LIMIT = 50

@@ -1,0 +1,77 @@
+"""The one way a job's message enters the broker: its ledger record first, then the Celery message.
+
+Every path that publishes a job goes through `publish`: first enqueues (`tasks.producer`), resumes of
+parked jobs, replays of dead letters, and the reconciler's republishing of a message the broker lost
+(`republish`, handed to `workers.broker.reconcile` by `tasks.definitions`). Messages are Celery's own
+(protocol 2, JSON kwargs, the task name of the job kind), so Flower and any Celery worker read them;
+their `argsrepr`/`kwargsrepr` headers are masked at publish time (`workers.redaction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from tasks.jobs import KINDS, JobKind
+from workers.celery import app
+from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
+from workers.runtime import Runtime
+
+#: A portal with more unfinished jobs than this goes to the bulk lane, so other portals pass it.
+FAIR_BACKLOG = 200
+
+
+def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeue_why: str = "") -> list[str]:
+    """Record the jobs in the ledger, then publish them (one Redis pipeline, one broker connection).
+
+    A portal whose backlog is deep goes to the bulk lane so other portals' jobs pass it. `requeue_why`
+    marks jobs that existed before (resumed, replayed): their records are reopened, not created.
+    """
+    backlog = {portal: rt.ledger.backlog(portal) for portal in {kwargs["portal"] for _, kwargs, _ in jobs}}
+    priorities = []
+    pipe = rt.redis.pipeline(transaction=False)
+    for k, kwargs, job_id in jobs:
+        portal = kwargs["portal"]
+        priorities.append(PRIORITY_NORMAL if backlog[portal] < FAIR_BACKLOG else PRIORITY_BULK)
+        backlog[portal] += 1
+        # the kwargs stay in the ledger until the job finishes: a message the broker loses is published
+        # again from them (workers.broker.reconcile)
+        if requeue_why:
+            rt.ledger.requeued(job_id, portal, requeue_why, pipe, payload=kwargs)
+        else:
+            rt.ledger.enqueued(job_id, k.name, portal, pipe, payload=kwargs)
+    pipe.execute()
+    published: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for (k, kwargs, job_id), priority in zip(jobs, priorities, strict=True):
+                _send(k, kwargs, job_id, priority, rt.settings.queue, producer)
+                published.append(job_id)
+    except Exception:
+        # the caller learns the enqueue failed (Redis down), so the records of jobs not published are
+        # rolled back rather than left `queued` forever; best effort, Redis may still be down
+        if not requeue_why:
+            done = set(published)
+            for _, kwargs, job_id in jobs:
+                if job_id not in done:
+                    with contextlib.suppress(Exception):
+                        rt.ledger.unpublished(job_id, kwargs["portal"])
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the reconciler watches published jobs
+            rt.ledger.mark_open(published)
+    return published
+
+
+def republish(rt: Runtime, kind: str, job_id: str, kwargs: dict[str, Any]) -> str | None:
+    """Publish a lost job's message again under its id (the reconciler's `Republish`); its task name, or
+    None for a kind this version does not know."""
+    k = KINDS.get(kind)
+    if k is None:
+        return None
+    _send(k, kwargs, job_id, PRIORITY_NORMAL, rt.settings.queue)
+    return k.task_name
+
+
+def _send(kind: JobKind, kwargs: dict[str, Any], job_id: str, priority: int, queue: str, producer: Any = None) -> None:
+    app.send_task(kind.task_name, kwargs=kwargs, task_id=job_id, priority=priority, queue=queue, producer=producer)

@@ -1,0 +1,1 @@
+"""The broker side hardened: messages that cannot become jobs, and messages the broker lost."""

@@ -1,0 +1,1 @@
+"""The delivery path: calls, lanes that pack them into batches, the pool-wide call queue, rate and operating limits."""

@@ -1,0 +1,112 @@
+"""The dispatcher: this process's lanes, one per portal, and the wait of a job for its call's outcome.
+
+Each job stays its own Celery task and is acknowledged only after its own outcome, so packing does not
+widen the window in which a crash loses work. A call for a rate-limited portal (rate at most
+`share_max_rate`) goes through the pool-wide call queue, so that any worker's lane holding a slot can
+send it; the job then watches the sender's heartbeat while it waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from workers.bitrix.client import CallResult
+from workers.delivery.callpool import CallPool
+from workers.delivery.calls import Call, MergeRule
+from workers.delivery.lane import Lane, LaneConfig, Wire
+from workers.errors import Deferred, TransportError
+
+
+class Dispatcher:
+    """All lanes of one worker process.
+
+    Parameters:
+        wire: what lanes send with (client, limiter, holds, tokens, portals, backlog).
+        config: how lanes pack (`LaneConfig`).
+        in_flight_timeout: the longest a job waits for a sent call's outcome (a guard against a bug).
+        pool: the pool-wide call lists (`workers.delivery.callpool`); used for portals whose rate is at
+            most `share_max_rate` requests/s, so that every request carries calls from any worker.
+    """
+
+    def __init__(
+        self,
+        wire: Wire,
+        config: LaneConfig | None = None,
+        in_flight_timeout: float = 300.0,
+        pool: CallPool | None = None,
+        share_max_rate: float = 0.0,
+    ) -> None:
+        self.wire = wire
+        self.config = config or LaneConfig()
+        self.in_flight_timeout = in_flight_timeout
+        self.pool = pool
+        self.share_max_rate = share_max_rate
+        self._lanes: dict[str, Lane] = {}
+        self._lock = threading.Lock()
+
+    def lane(self, portal_key: str) -> Lane:
+        with self._lock:
+            lane = self._lanes.get(portal_key)
+        if lane is None:
+            pool = None
+            if self.pool is not None and self.share_max_rate > 0:
+                portals = self.wire.portals
+                rate = portals.limits(portals(portal_key)).our_rate
+                pool = self.pool if 0 < rate <= self.share_max_rate else None
+            with self._lock:
+                lane = self._lanes.setdefault(portal_key, Lane(portal_key, self.wire, self.config, pool))
+        return lane
+
+    def run(
+        self, portal_key: str, method: str, params: Mapping[str, Any], wait: float, merge: MergeRule | None = None
+    ) -> CallResult:
+        """Send one call through its portal's lane; raise what it got, or `Deferred` after `wait` s.
+        Calls with the same `merge` key may share one command."""
+        lane = self.lane(portal_key)
+        call = Call(method, params, merge)
+        lane.submit(call)
+        try:
+            if not call.done.wait(wait) and lane.cancel(call):
+                # still queued: free the worker slot, come back when the backlog ahead has gone out
+                ahead = lane.depth()
+                portals = self.wire.portals
+                limits = portals.limits(portals(portal_key))
+                delay = (ahead / self.config.batch_max + 1) / max(limits.our_rate, 0.1)
+                raise Deferred(delay, "portal busy: waited for a slot longer than permit_wait")
+            self._await_outcome(lane, call)
+        finally:
+            lane.release(call)
+        if isinstance(call.outcome, BaseException):
+            raise call.outcome
+        assert call.outcome is not None
+        return call.outcome
+
+    def _await_outcome(self, lane: Lane, call: Call) -> None:
+        """Wait for a sent call. Locally the HTTP timeouts bound this (the bound here only guards against
+        a bug); a call another worker sends is watched: its sender's heartbeat must stay fresh."""
+        pool = lane.pool
+        if pool is None:
+            if not call.done.wait(self.in_flight_timeout):
+                raise TransportError("LANE_TIMEOUT", "no outcome for a sent call; retried as transient")
+            return
+        started = time.monotonic()
+        while not call.done.wait(0.5):
+            waited = time.monotonic() - started
+            if waited > self.in_flight_timeout:
+                raise TransportError("LANE_TIMEOUT", "no outcome for a sent call; retried as transient")
+            if call.taker is None:
+                if waited > pool.lost_after:
+                    raise TransportError("CALL_LOST", "the call left the portal's queue without a sender")
+            elif not pool.alive(call.taker):
+                raise TransportError("SENDER_LOST", "the worker sending the call stopped before its outcome")
+
+    def forget(self, portal_key: str) -> None:
+        """Drop any cached copy of the portal's record (its tokens changed)."""
+        self.wire.portals.forget(portal_key)
+
+    def lanes(self) -> dict[str, Lane]:
+        with self._lock:
+            return dict(self._lanes)

@@ -1,0 +1,401 @@
+"""A lane: one portal's queue of calls in this process, and the thread that sends them as batches.
+
+Every worker thread running a job hands its call to the portal's lane and waits for the outcome. The
+lane's sender thread reserves a slot from the pool-wide limiter, and while it waits for that slot more
+calls arrive, so each slot carries up to 50 of them in one `batch` (one unit of the portal's bucket).
+Under light load the slot is free at once and a call goes out after a few milliseconds of gathering;
+under saturation every request is a full batch. That is how a pool reaches rate x 50 jobs per second
+per portal.
+
+Whole-request trouble is handled here, once for all the calls in it: an expired token is refreshed
+(once for the pool) and the request repeated; a 503 sets the limiter to full and the calls wait for
+the next slot. Everything else is returned to each job for the pipeline to classify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from workers.bitrix.client import CallResult, RestClient
+from workers.delivery.callpool import CallPool
+from workers.delivery.calls import Call, build_commands
+from workers.delivery.operating import OperatingHolds
+from workers.delivery.ratelimit import RateLimiter
+from workers.errors import (
+    AuthLost,
+    Deferred,
+    OperationTimeLimit,
+    QueryLimitExceeded,
+    RestError,
+    TokenExpired,
+    TransportError,
+)
+from workers.events import events
+from workers.portals.limits import Limits
+from workers.portals.registry import Portal
+from workers.portals.tokens import TokenKeeper
+
+log = logging.getLogger(__name__)
+
+
+class PortalSource(Protocol):
+    """Portal records as the delivery path reads them (`workers.portals.cache.CachedPortals`)."""
+
+    def __call__(self, key: str) -> Portal: ...
+    def limits(self, portal: Portal) -> Limits: ...
+    def forget(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What a lane sends with: the REST client, the pool-wide limiter and holds, tokens, portals."""
+
+    client: RestClient
+    limiter: RateLimiter
+    holds: OperatingHolds
+    tokens: TokenKeeper
+    portals: PortalSource
+    #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming
+    backlog: Callable[[str], int] = lambda portal: 0
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    """How a lane packs.
+
+    Parameters:
+        batch_max: commands per request (Bitrix24's `batch` takes 50).
+        gather: seconds a lane waits for companions when it has fewer than `batch_max` calls.
+        gather_max: the longest it keeps gathering while calls keep arriving.
+        merge_max: most items one merged call carries (1 turns merging off).
+        max_reserve: the longest wait a lane books a slot for (keeps reservations short).
+        idle_exit: seconds without calls after which the sender thread ends.
+    """
+
+    batch_max: int = 50
+    gather: float = 0.005
+    gather_max: float = 0.25
+    merge_max: int = 50
+    max_reserve: float = 5.0
+    idle_exit: float = 30.0
+
+
+@dataclass
+class LaneStats:
+    requests: int = 0
+    batches: int = 0
+    calls: int = 0
+    refused_503: int = 0
+    refreshes: int = 0
+
+
+class Lane:
+    """One portal's queue of calls and the thread that sends them.
+
+    With a `pool` (a rate-limited portal, see `workers.delivery.callpool`), the calls of every worker
+    process wait in one Redis list and the local queue only stages what this lane has taken from it; the
+    lane runs while this process has calls of its own waiting."""
+
+    def __init__(self, portal_key: str, wire: Wire, config: LaneConfig, pool: CallPool | None = None) -> None:
+        self.key = portal_key
+        self._wire = wire
+        self._config = config
+        self.pool = pool
+        self._cond = threading.Condition()
+        self._queue: deque[Call] = deque()
+        self._own = 0  # calls of this process submitted through the pool and not yet finished
+        self._thread: threading.Thread | None = None
+        self.stats = LaneStats()
+
+    def submit(self, call: Call) -> None:
+        if self.pool is not None:
+            self.pool.submit(self.key, call)
+        with self._cond:
+            if self.pool is not None:
+                self._own += 1
+            else:
+                self._queue.append(call)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"b24q-lane-{self.key}", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def release(self, call: Call) -> None:
+        """The owner is done with a call submitted through the pool."""
+        if self.pool is not None:
+            self.pool.done(call)
+            with self._cond:
+                self._own -= 1
+
+    def cancel(self, call: Call) -> bool:
+        """Withdraw a call that has not been sent; False if it is already on the wire (or a sender of
+        the pool has it)."""
+        with self._cond:
+            if call.sent or call.done.is_set():
+                return False
+            if call in self._queue or self.pool is None:
+                call.cancelled = True
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(call)
+                return True
+        if self.pool.withdraw(self.key, call):
+            call.cancelled = True
+            return True
+        return False
+
+    def depth(self) -> int:
+        with self._cond:
+            staged = len(self._queue)
+        return staged + (self.pool.depth(self.key) if self.pool is not None else 0)
+
+    # -- sender thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self._wait_for_work(self._config.idle_exit):
+                return
+            try:
+                self._gather()  # (reads the pool's depth: Redis may fail here too)
+                self._send_round()
+            except Exception as exc:  # never let the lane die with calls in it
+                log.exception("lane %s: unexpected error", self.key)
+                self._fail_all(exc)
+            finally:
+                self._flush()
+
+    def _wait_for_work(self, idle_exit: float) -> bool:
+        """Block until there is something to send; False (the thread ends) after `idle_exit` idle s."""
+        while True:
+            with self._cond:
+                if self._queue:
+                    return True
+                if self.pool is None or self._own <= 0:
+                    if not self._cond.wait_for(lambda: bool(self._queue) or self._own > 0, timeout=idle_exit):
+                        self._thread = None
+                        return False
+                    if self._queue or self.pool is None:
+                        return True
+            # calls of ours are in the pool (or with another sender): help while the list holds any
+            try:
+                if self.pool.depth(self.key) > 0:
+                    return True
+            except Exception as exc:  # Redis trouble: the owners' own waits handle it
+                log.warning("lane %s: call pool unavailable (%s)", self.key, exc)
+                time.sleep(0.5)
+            with self._cond:
+                self._cond.wait(0.1)  # our calls are with another sender; a new one of ours wakes us at once
+
+    def _flush(self) -> None:
+        if self.pool is not None:
+            try:
+                self.pool.flush()
+            except Exception as exc:  # the owners see the sender alive but silent: their bound applies
+                log.warning("lane %s: replies not delivered (%s)", self.key, exc)
+
+    def _gather(self) -> None:
+        """Let calls that arrive together share the request: wait one window, and another while the
+        batch is still growing (a backlog arriving from the broker), up to `gather_max`. A lone call
+        under light load sees no growth and leaves after one window; a flood fills its batches from the
+        first request instead of spending the portal's burst on small ones."""
+        if self._config.gather <= 0:
+            return
+        deadline = time.monotonic() + self._config.gather_max
+        seen = self.depth()
+        # more of this portal's jobs are known to be on their way (its pool-wide backlog): keep gathering
+        # even through a quiet window, rather than spend a slot of the burst on a few calls
+        # (the backlog counts calls already here and jobs on the wire too: only a full batch more counts)
+        expecting = seen < self._config.batch_max and self._wire.backlog(self.key) >= seen + self._config.batch_max
+        while seen < self._config.batch_max:
+            time.sleep(self._config.gather)
+            depth = self.depth()
+            if (depth == seen and not expecting) or time.monotonic() >= deadline:
+                return
+            seen = depth
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            calls = list(self._queue)
+            self._queue.clear()
+        for call in calls:
+            self._settle(call, exc)
+
+    def _take(self) -> list[Call]:
+        """Up to `batch_max` commands' worth of calls; mergeable calls with the same key count as one
+        command until their merged list reaches `merge_max` items."""
+        if self.pool is None:
+            return self._take_staged()
+        with self._cond:
+            room = 2 * self._config.batch_max - len(self._queue)  # merging packs more than one call per command
+        if room > 0:
+            taken = self.pool.take(self.key, room)
+            with self._cond:
+                self._queue.extend(taken)
+        calls = self._take_staged()
+        with self._cond:
+            surplus = list(self._queue)
+            self._queue.clear()
+        try:
+            self.pool.put_back(self.key, surplus)  # others may send them before this lane's next slot
+        except Exception as exc:  # then this lane keeps them and sends them itself
+            log.warning("lane %s: could not return calls to the pool (%s)", self.key, exc)
+            with self._cond:
+                self._queue.extendleft(reversed(surplus))
+        return calls
+
+    def _take_staged(self) -> list[Call]:
+        with self._cond:
+            calls: list[Call] = []
+            commands = 0
+            groups: dict[tuple[Any, ...], int] = {}
+            while self._queue:
+                call = self._queue[0]
+                if call.cancelled:
+                    self._queue.popleft()
+                    continue
+                key = call.merge_key()
+                size = call.size()
+                joins = key is not None and key in groups and groups[key] + size <= self._config.merge_max
+                if not joins and commands >= self._config.batch_max:
+                    break
+                self._queue.popleft()
+                if joins:
+                    groups[key] += size  # type: ignore[index]
+                else:
+                    commands += 1
+                    if key is not None:
+                        groups[key] = size
+                call.sent = True
+                calls.append(call)
+            return calls
+
+    def _put_back(self, calls: list[Call]) -> None:
+        with self._cond:
+            for call in reversed(calls):
+                call.sent = False
+                self._queue.appendleft(call)
+
+    def _send_round(self) -> None:
+        portal = self._wire.portals(self.key)
+        limits = self._wire.portals.limits(portal)
+        permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
+        if not permit.granted:
+            time.sleep(min(permit.wait, self._config.max_reserve))
+            return
+        if permit.wait > 0:
+            events.limiter_wait(self.key, permit.wait)
+            time.sleep(permit.wait)
+        calls = self._take()
+        if not calls:
+            return
+        try:
+            self._send_calls(portal, limits, calls)
+        except Exception as exc:
+            # whatever went wrong, no call taken from the queue is left without an outcome
+            self._resolve([c for c in calls if not c.done.is_set()], exc)
+            raise
+
+    def _send_calls(self, portal: Portal, limits: Limits, calls: list[Call]) -> None:
+        held = self._wire.holds.held_until(self.key, {c.method for c in calls})
+        if held:
+            now = time.time()
+            for call in [c for c in calls if c.method in held]:
+                self._settle(call, Deferred(held[call.method] - now, f"{call.method} held by the operating limit"))
+            calls = [c for c in calls if c.method not in held]
+            if not calls:
+                return
+        self._send(portal, limits, calls)
+
+    def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0) -> None:
+        commands = build_commands(calls, merge=self._config.merge_max > 1)
+        method = commands[0].method if len(commands) == 1 else "batch"
+        started = time.monotonic()
+        try:
+            portal = self._wire.tokens.usable(portal)  # refreshes only when the token is about to expire
+            creds = portal.credentials()
+            self.stats.requests += 1
+            client = self._wire.client
+            if len(commands) == 1:
+                outcomes: list[CallResult | RestError] = [client.call(creds, commands[0].method, commands[0].params)]
+            else:
+                self.stats.batches += 1
+                answer = client.batch(creds, {f"j{i}": (c.method, c.params) for i, c in enumerate(commands)})
+                outcomes = [answer.results[f"j{i}"] for i in range(len(commands))]
+        except (RestError, TransportError) as exc:
+            events.rest_request(self.key, method, len(calls), exc.code, time.monotonic() - started)
+            self._whole_request_failed(portal, limits, calls, refreshed, exc)
+            return
+        events.rest_request(self.key, method, len(calls), "ok", time.monotonic() - started)
+        self.stats.calls += len(calls)
+        split: list[Call] = []
+        latest_time: dict[str, Mapping[str, Any]] = {}
+        for command, outcome in zip(commands, outcomes, strict=True):
+            if isinstance(outcome, CallResult) and outcome.time:
+                latest_time[command.method] = outcome.time  # the last answer per method says it all
+            elif isinstance(outcome, OperationTimeLimit):
+                outcome.reset_at = self._wire.holds.blocked(self.key, command.method)
+                events.operating_hold(self.key, command.method, outcome.reset_at)
+            if len(command.members) > 1 and not command.succeeded(outcome):
+                # a merged call failed: each member goes alone, so that it gets its own outcome
+                for member in command.members:
+                    member.solo = True
+                split.extend(command.members)
+                continue
+            for member in command.members:
+                self._settle(member, outcome)
+        if split:
+            self._put_back(split)
+        for method, time_block in latest_time.items():
+            until = self._wire.holds.record(self.key, method, time_block)
+            if until:
+                events.operating_hold(self.key, method, until)
+
+    def _whole_request_failed(
+        self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int, exc: RestError | TransportError
+    ) -> None:
+        """An error for the whole request: flow control and token refresh here, the rest to each job."""
+        if isinstance(exc, QueryLimitExceeded):
+            self.stats.refused_503 += 1
+            events.refused_503(self.key)
+            if limits.our_rate <= 0:  # an "unlimited" portal limits after all: do not hammer it
+                log.warning("portal %s answered QUERY_LIMIT_EXCEEDED but has no rate set; give it --rate", self.key)
+                time.sleep(1.0)
+            self._wire.limiter.set_full(self.key, limits)
+            self._put_back(calls)  # flow control: they go with the next slot
+            return
+        if isinstance(exc, TokenExpired) and portal.kind == "oauth" and refreshed < 2:
+            self.stats.refreshes += 1
+            try:
+                fresh = self._wire.tokens.refresh(self.key, portal.access_token)
+            except (RestError, TransportError) as refresh_error:
+                self._resolve(calls, refresh_error)
+                return
+            self._wire.portals.forget(self.key)
+            # the repeated request takes a slot of its own
+            permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
+            if permit.wait:
+                time.sleep(permit.wait)
+            self._send(fresh, limits, calls, refreshed + 1)
+            return
+        if isinstance(exc, TokenExpired):
+            exc = AuthLost("TOKEN_REJECTED", "the portal refused a freshly refreshed token")
+        if isinstance(exc, OperationTimeLimit):
+            exc.reset_at = self._wire.holds.blocked(self.key, calls[0].method)
+            events.operating_hold(self.key, calls[0].method, exc.reset_at)
+        self._resolve(calls, exc)
+
+    def _resolve(self, calls: list[Call], outcome: BaseException) -> None:
+        for call in calls:
+            self._settle(call, outcome)
+
+    def _settle(self, call: Call, outcome: CallResult | BaseException) -> None:
+        """Give a call its outcome; another worker's call gets it through the pool."""
+        call.resolve(outcome)
+        if call.remote and self.pool is not None:
+            self.pool.reply(call, outcome)

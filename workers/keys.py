@@ -1,0 +1,104 @@
+"""The Redis key layout: every key b24q writes, and the broker keys it reads, named in one place.
+
+Stores (`records/`, `portals/`, `delivery/`) take a `Keys` and never format a key themselves; status
+views, the CLI, the demo, benchmarks and tests ask a store, or this layout, never build one by hand.
+Per-portal keys carry the portal in a `{hash tag}` so that a Lua script touching one portal's keys
+stays on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: kombu's Redis transport: the hash of messages delivered to a worker and not yet acknowledged
+#: (scheduled retries wait there until their countdown ends), and the priority sub-queue separator.
+UNACKED = "unacked"
+PRIORITY_SEP = "\x06\x16"
+#: The broker's priority steps (kombu's Redis transport serves 0 first; celeryconfig's `priority_steps`).
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue(name: str, priority: int) -> str:
+    """The broker's Redis list of queue `name` for one priority step (kombu: `name` itself for step 0)."""
+    return f"{name}{PRIORITY_SEP}{priority}" if priority else name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """b24q's own keys under `prefix` (`B24Q_KEY_PREFIX`)."""
+
+    prefix: str = "b24q"
+
+    # records: the job ledger, dead letters, parked jobs
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def job_pattern(self) -> str:
+        """A SCAN pattern matching every job record (and its event list)."""
+        return f"{self.prefix}:job:*"
+
+    def backlog(self, portal: str) -> str:
+        return f"{self.prefix}:backlog:{{{portal}}}"
+
+    def open_jobs(self) -> str:
+        return f"{self.prefix}:open"
+
+    def dead_index(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def dead(self, job_id: str) -> str:
+        return f"{self.prefix}:dead:{job_id}"
+
+    def parked(self, portal: str) -> str:
+        return f"{self.prefix}:parked:{{{portal}}}"
+
+    # portals: records, tokens
+    def portal(self, portal: str) -> str:
+        return f"{self.prefix}:portal:{{{portal}}}"
+
+    def portal_pattern(self) -> str:
+        """A SCAN pattern matching every portal record."""
+        return f"{self.prefix}:portal:*"
+
+    def portal_index(self) -> str:
+        return f"{self.prefix}:portals"
+
+    def refresh_lock(self, portal: str) -> str:
+        return f"{self.prefix}:lock:refresh:{{{portal}}}"
+
+    def token_stats(self) -> str:
+        return f"{self.prefix}:stats:tokens"
+
+    # delivery: the limiter, operating holds, the pool-wide call queue
+    def bucket(self, portal: str) -> str:
+        return f"{self.prefix}:rl:{{{portal}}}"
+
+    def hold(self, portal: str, method: str) -> str:
+        return f"{self.prefix}:hold:{{{portal}}}:{method}"
+
+    def operating_reset(self, portal: str) -> str:
+        return f"{self.prefix}:opreset:{{{portal}}}"
+
+    def held_methods(self, portal: str) -> str:
+        """The methods that were ever held for a portal (their hold keys expire; this set names them)."""
+        return f"{self.prefix}:held:{{{portal}}}"
+
+    def calls(self, portal: str) -> str:
+        return f"{self.prefix}:calls:{{{portal}}}"
+
+    def replies(self, worker: str) -> str:
+        return f"{self.prefix}:replies:{worker}"
+
+    def alive(self, worker: str) -> str:
+        return f"{self.prefix}:alive:{worker}"
+
+    # broker: the reconciler's round
+    def reconcile_lock(self) -> str:
+        return f"{self.prefix}:lock:reconcile"
+
+
+#: The layout under the default prefix (`b24q`).
+DEFAULT_KEYS = Keys()

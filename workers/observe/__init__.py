@@ -1,0 +1,1 @@
+"""Watching the pool: Prometheus metrics and the status snapshot (`b24q status`)."""

@@ -1,0 +1,1 @@
+"""Which portals b24q delivers to: records, limits, tokens (refreshed once for the pool), encryption at rest."""

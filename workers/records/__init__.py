@@ -1,0 +1,1 @@
+"""What happened to each job: the ledger, dead letters and parked jobs."""

@@ -1,0 +1,168 @@
+"""Every way b24q keeps secrets out of what people read: logs, Flower, the CLI and status views.
+
+- `redact(text)`: secret query parameters (`client_secret=`, `refresh_token=`, ...), webhook codes in
+  `/rest/{user}/{code}/` paths and URL passwords, masked in free text. `RedactSecrets` applies it to
+  every log record (`install_redaction`). httpx logs every request's full URL at INFO, and the OAuth
+  refresh (a GET, as Bitrix24 documents it) carries client_secret and refresh_token in its query:
+  `workers.celery` turns httpx's request lines off (b24q's observer hooks report requests without URLs).
+- `argsrepr` / `kwargsrepr`: what Flower (and anything that reads task events) shows of a job's
+  arguments, a short summary: values under a key that looks secret as `***`; URLs as
+  `scheme://host/…`; strings cut at 80 characters, `MESSAGES` and any list longer than 3 items as a
+  count; the whole repr capped at 400 characters. `workers.celery` puts them in the `argsrepr` /
+  `kwargsrepr` headers of every `b24q.*` message this process publishes (first enqueues, replays,
+  resumes and retries); messages of non-Python producers keep what they send.
+- `redis_url(url)`: a Redis URL (or a `sentinel://…;sentinel://…` list) without its password.
+- `webhook_url(url)`: an incoming webhook's URL without its secret code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+
+# --- free text (logs) ----------------------------------------------------------------------------
+
+_SECRET_PARAM = re.compile(
+    r"((?:client_secret|refresh_token|access_token|auth|password|code)(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE
+)
+_WEBHOOK_PATH = re.compile(r"(/rest/\d+/)[^/\s\"'<>?]+")
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with secret query parameters, webhook codes and URL passwords masked."""
+    text = _SECRET_PARAM.sub(rf"\g<1>{MASK}", text)
+    text = _WEBHOOK_PATH.sub(rf"\g<1>{MASK}", text)
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter: the message (with its arguments) and any traceback text are redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def install_redaction(logger: logging.Logger | None = None) -> None:
+    """Add `RedactSecrets` to every handler of `logger` (the root logger by default)."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
+
+
+# --- URLs ----------------------------------------------------------------------------------------
+
+
+def redis_url(url: str) -> str:
+    """A Redis URL without its password (each part of a `sentinel://…;sentinel://…` list)."""
+    if ";" in url:
+        return ";".join(redis_url(part) for part in url.split(";"))
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def webhook_url(url: str) -> str:
+    """An incoming webhook's URL with its user and secret code masked."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/rest/…/<masked>/"
+
+
+# --- job arguments (Flower) ----------------------------------------------------------------------
+
+SECRET_KEY = re.compile(r"token|secret|passw|auth|sign|api.?key|credential|cookie|session", re.IGNORECASE)
+MAX_STRING = 80
+MAX_ITEMS = 3
+MAX_KEYS = 12
+MAX_DEPTH = 3
+MAX_REPR = 400
+
+
+def _short_url(value: str) -> str | None:
+    if "://" not in value[:12]:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
+    if not parts.scheme or not parts.hostname:
+        return None
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
+
+
+def summarise(value: Any, key: str = "", depth: int = 0) -> Any:
+    """A JSON-like summary of `value` with secrets masked and long things shortened."""
+    if key and SECRET_KEY.search(key):
+        return MASK
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        url = _short_url(value)
+        if url is not None:
+            return url
+        return value if len(value) <= MAX_STRING else value[:MAX_STRING] + "…"
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return f"<{len(value)} keys>"
+        items = list(value.items())
+        out: dict[str, Any] = {str(k): summarise(v, str(k), depth + 1) for k, v in items[:MAX_KEYS]}
+        if len(items) > MAX_KEYS:
+            out["…"] = f"{len(items) - MAX_KEYS} more keys"
+        return out
+    if isinstance(value, list | tuple):
+        if key.lower() == "messages":
+            return f"<{len(value)} message{'s' if len(value) != 1 else ''}>"
+        if len(value) > MAX_ITEMS or depth >= MAX_DEPTH:
+            return f"<{len(value)} items>"
+        return [summarise(v, key, depth + 1) for v in value]
+    return f"<{type(value).__name__}>"
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 1] + "…"
+
+
+def argsrepr(args: Any) -> str:
+    return _cap(repr(tuple(summarise(a, depth=1) for a in args) if isinstance(args, list | tuple) else MASK))
+
+
+def kwargsrepr(kwargs: Any) -> str:
+    return _cap(repr(summarise(kwargs) if isinstance(kwargs, dict) else MASK))
+
+
+TASK_PREFIX = "b24q."
+
+
+def mask_published_arguments(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    """Replace the argsrepr/kwargsrepr headers of a b24q message with masked summaries (Celery's
+    `before_task_publish` handler; other tasks' messages are left alone)."""
+    if not isinstance(headers, dict):
+        return
+    name = str(headers.get("task") or sender or "")
+    if not name.startswith(TASK_PREFIX) or "argsrepr" not in headers:
+        return  # not ours, or protocol 1 (no repr headers)
+    if isinstance(body, list | tuple) and len(body) >= 2:
+        headers["argsrepr"] = argsrepr(body[0])
+        headers["kwargsrepr"] = kwargsrepr(body[1])
+    else:
+        headers["argsrepr"] = headers["kwargsrepr"] = MASK
