@@ -31,9 +31,25 @@ class NaiveWorkers:
         env = {**stack.env, "NAIVE_RATE_LIMIT": rate_limit}
         for i in range(count):
             path = stack.dir / f"naive{i + 1}.log"
-            cmd = [sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "--pool", "threads",
-                   "-c", str(threads), "-Q", naive.QUEUE, "--loglevel=INFO", f"--hostname=naive{i + 1}@%h",
-                   "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.naive",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                str(threads),
+                "-Q",
+                naive.QUEUE,
+                "--loglevel=INFO",
+                f"--hostname=naive{i + 1}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
             with open(path, "wb") as out:
                 self.processes.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
             self.logs.append(path)

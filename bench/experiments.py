@@ -80,8 +80,17 @@ def events(on: bool, n: int = 8000) -> str:
         logs = [stack.dir / f"x{i}.log" for i in range(2)]
         try:
             for i, path in enumerate(logs):
-                cmd = [sys.executable, "-m", "celery", "-A", "bench.events_app", "worker", "--loglevel=INFO",
-                       f"--hostname=x{i}@%h", "--concurrency=64"]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.events_app",
+                    "worker",
+                    "--loglevel=INFO",
+                    f"--hostname=x{i}@%h",
+                    "--concurrency=64",
+                ]
                 env = {**stack.env, "BENCH_TASK_EVENTS": "1" if on else "0"}
                 with open(path, "wb") as out:
                     procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))

@@ -36,8 +36,9 @@ def revision() -> str:
     """The commit the core was at, and whether the working tree had changes (the numbers depend on both)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     if head.returncode != 0:
@@ -62,8 +63,9 @@ def header(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    ap.add_argument("scenarios", nargs="*", metavar="scenario",
-                    help=f"one or more of {', '.join(SCENARIOS)} (default: all)")  # fmt: skip
+    ap.add_argument(
+        "scenarios", nargs="*", metavar="scenario", help=f"one or more of {', '.join(SCENARIOS)} (default: all)"
+    )
     ap.add_argument("--quick", action="store_true", help="smaller workloads (whole suite < ~3 min)")
     ap.add_argument("--profile", action="store_true", help="profile the b24q workers (slower; for hot spots)")
     ap.add_argument("--log-dir", type=Path, default=None, help="keep the stacks' logs under this directory")
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for table in tables:
             print(f"\n{table.render()}", flush=True)
-        print(f"({name}: {time.monotonic() - start:.0f}s; other processes on this machine used "
-              f"{load.others():.2f} CPU cores on average meanwhile)", flush=True)  # fmt: skip
+        print(
+            f"({name}: {time.monotonic() - start:.0f}s; other processes on this machine used "
+            f"{load.others():.2f} CPU cores on average meanwhile)",
+            flush=True,
+        )
         if profile_dir is not None:
             for table in profiler.tables(profile_dir):
                 print(f"\n{table.render()}", flush=True)

@@ -89,10 +89,15 @@ def chaos(stack: LocalStack, portals: list[str], rng: random.Random, workers: in
         return f"Redis SIGKILLed, {down:.1f} s down"
     portal = rng.choice(portals)
     if event == "portal":
-        faults: dict[str, Any] = rng.choice([
-            {"error_500_rate": 0.2}, {"drop_rate": 0.1}, {"drop_rate": 0.1, "drop_phase": "after"},
-            {"garbage_rate": 0.15}, {"slow_rate": 0.1, "slow_seconds": FAULT["request_timeout"] + 1.0},
-        ])  # fmt: skip
+        faults: dict[str, Any] = rng.choice(
+            [
+                {"error_500_rate": 0.2},
+                {"drop_rate": 0.1},
+                {"drop_rate": 0.1, "drop_phase": "after"},
+                {"garbage_rate": 0.15},
+                {"slow_rate": 0.1, "slow_seconds": FAULT["request_timeout"] + 1.0},
+            ]
+        )
         stack.emulator.set_faults(portal, **faults)
         _later(rng.uniform(5, 15), stack, portal)
         return f"faults {faults} on {portal}"
@@ -106,8 +111,9 @@ def chaos(stack: LocalStack, portals: list[str], rng: random.Random, workers: in
 
 def _clear(stack: LocalStack, portal: str) -> None:
     try:
-        stack.emulator.set_faults(portal, error_500_rate=0, drop_rate=0, drop_phase="before", garbage_rate=0,
-                                  slow_rate=0, oauth_down=False)  # fmt: skip
+        stack.emulator.set_faults(
+            portal, error_500_rate=0, drop_rate=0, drop_phase="before", garbage_rate=0, slow_rate=0, oauth_down=False
+        )
     except Exception as exc:  # the stack may be stopping
         say(f"could not clear faults on {portal}: {exc}")
 

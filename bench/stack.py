@@ -69,9 +69,17 @@ def add_portal(
     info = stack.emulator.add_portal(domain, rate=rate, burst=burst, **portal_options())
     our_rate, our_burst = (rate, burst) if rate > 0 else (UNLIMITED_RATE, UNLIMITED_BURST)
     get_runtime().registry.add_oauth(
-        domain, info["client_endpoint"], info["access_token"], info["refresh_token"], float(info["expires"]),
-        info.get("member_id", ""), domain, None, our_rate, our_burst,
-    )  # fmt: skip
+        domain,
+        info["client_endpoint"],
+        info["access_token"],
+        info["refresh_token"],
+        float(info["expires"]),
+        info.get("member_id", ""),
+        domain,
+        None,
+        our_rate,
+        our_burst,
+    )
     if latency:
         stack.emulator.set_faults(domain, latency=latency)
     return info

@@ -22,9 +22,19 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import redis
+from prometheus_client import generate_latest
+
+from tasks import demo
 from tasks.jobs import KINDS
+from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
+from workers.celery import app
 from workers.errors import B24QError, JobRefused
+from workers.observe import metrics, status
 from workers.observe.status import text_table
+from workers.portals.crypto import generate_key
+from workers.redaction import redis_url
+from workers.runtime import get_runtime
 
 
 def _print_json(data: Any) -> None:
@@ -76,12 +86,9 @@ def _read_jobs(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from tasks.producer import enqueue, enqueue_many
 
     if args.file:
         jobs = list(_read_jobs(args.file))
-        from tasks.producer import check
-        from workers.runtime import get_runtime
 
         rt = get_runtime()
         progress = Progress(len(jobs), "validated")
@@ -130,8 +137,6 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_job_show(args: argparse.Namespace) -> int:
-    from tasks.producer import job_state
-    from workers.runtime import get_runtime
 
     rt = get_runtime()
     record = job_state(args.id, rt)
@@ -142,8 +147,13 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         print(f"no job {args.id}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json({**(record or {"id": args.id, "events": []}), "dead_letter": letter.as_dict() if letter else None,
-                     "parked": parked})  # fmt: skip
+        _print_json(
+            {
+                **(record or {"id": args.id, "events": []}),
+                "dead_letter": letter.as_dict() if letter else None,
+                "parked": parked,
+            }
+        )
         return 0
     if record is None:
         print(f"job {args.id}: its ledger record has expired (ledger_ttl); the dead letter is kept")
@@ -159,11 +169,15 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         for event in events:
             extra = {k: v for k, v in event.items() if k not in ("t", "state")}
             offset = f"+{max(0.0, float(event['t']) - created):.3f}s" if created else ""
-            print(f"    {_when(event['t'])} {offset:>10}  {event['state']:<9} "
-                  f"{json.dumps(extra, ensure_ascii=False) if extra else ''}".rstrip())  # fmt: skip
+            print(
+                f"    {_when(event['t'])} {offset:>10}  {event['state']:<9} "
+                f"{json.dumps(extra, ensure_ascii=False) if extra else ''}".rstrip()
+            )
     if letter is not None:
-        print(f"dead letter: {letter.code} after {letter.attempts} run(s); first {_when(letter.first_seen)}, "
-              f"last {_when(letter.last_seen)}")  # fmt: skip
+        print(
+            f"dead letter: {letter.code} after {letter.attempts} run(s); first {_when(letter.first_seen)}, "
+            f"last {_when(letter.last_seen)}"
+        )
         print(f"             {letter.description}")
         print(f"    payload: {json.dumps(letter.payload, ensure_ascii=False)}")
     if parked is not None:
@@ -176,12 +190,6 @@ def cmd_job_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import redis
-
-    from workers.celery import app
-    from workers.observe import status
-    from workers.redaction import redis_url
-    from workers.runtime import get_runtime
 
     rt = get_runtime()
     try:
@@ -197,19 +205,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from workers.observe import metrics
-    from workers.runtime import get_runtime
 
     registry = metrics.build_registry(runtime=get_runtime(), workers=not args.no_workers, redis=not args.no_redis)
     if args.once:
-        from prometheus_client import generate_latest
-
         sys.stdout.write(generate_latest(registry).decode())
         return 0
     directory = metrics.metrics_dir()
-    print(f"b24q metrics: http://{args.address}:{args.port}/metrics; worker counters from "
-          f"{directory if directory and not args.no_workers else '(none: set B24Q_METRICS_DIR)'}", file=sys.stderr,
-          flush=True)  # fmt: skip
+    print(
+        f"b24q metrics: http://{args.address}:{args.port}/metrics; worker counters from "
+        f"{directory if directory and not args.no_workers else '(none: set B24Q_METRICS_DIR)'}",
+        file=sys.stderr,
+        flush=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop quietly
         metrics.serve(args.port, args.address, registry)
     return 0
@@ -219,7 +226,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_add(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     reg = get_runtime().registry
     if args.webhook:
@@ -253,7 +259,6 @@ def cmd_portal_add(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_list(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     rt = get_runtime()
     portals = rt.registry.list()
@@ -279,7 +284,6 @@ def cmd_portal_list(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_remove(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     removed = get_runtime().registry.remove(args.key)
     print("removed" if removed else f"no portal {args.key}")
@@ -287,7 +291,6 @@ def cmd_portal_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_auth(args: argparse.Namespace) -> int:
-    from tasks.producer import store_tokens
 
     auth: dict[str, Any] = json.loads(args.json) if args.json else {}
     for key in ("access_token", "refresh_token", "expires", "endpoint"):
@@ -301,7 +304,6 @@ def cmd_portal_auth(args: argparse.Namespace) -> int:
 
 def cmd_portal_genkey(args: argparse.Namespace) -> int:
     """A new key for B24Q_TOKEN_KEYS (`workers.portals.crypto`)."""
-    from workers.portals.crypto import generate_key
 
     print(generate_key())
     return 0
@@ -309,7 +311,6 @@ def cmd_portal_genkey(args: argparse.Namespace) -> int:
 
 def cmd_portal_rekey(args: argparse.Namespace) -> int:
     """Re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS."""
-    from workers.runtime import get_runtime
 
     try:
         changed = get_runtime().registry.rekey()
@@ -321,8 +322,6 @@ def cmd_portal_rekey(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_resume(args: argparse.Namespace) -> int:
-    from tasks.producer import resume_parked
-    from workers.runtime import get_runtime
 
     rt = get_runtime()
     portal = rt.registry.get(args.key)
@@ -336,7 +335,6 @@ def cmd_portal_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     dead = get_runtime().dead
     letters = list(dead.iter(args.portal, args.code, args.kind))
@@ -352,7 +350,6 @@ def cmd_dead_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_show(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     letter = get_runtime().dead.get(args.id)
     if letter is None:
@@ -363,12 +360,10 @@ def cmd_dead_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_replay(args: argparse.Namespace) -> int:
-    from tasks.producer import replay
 
     if not (args.ids or args.all or args.portal or args.code or args.kind):
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
-    from workers.runtime import get_runtime
 
     ids = args.ids or [d.id for d in get_runtime().dead.iter(args.portal, args.code, args.kind)]
     done: list[str] = []
@@ -387,7 +382,6 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
-    from workers.runtime import get_runtime
 
     dead = get_runtime().dead
     if not (args.ids or args.all or args.portal or args.code or args.kind):
@@ -497,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--keep", action="store_true", help="keep everything running at the end (for Flower)")
-    p.set_defaults(func=lambda a: __import__("tasks.demo", fromlist=["run"]).run(a))
+    p.set_defaults(func=demo.run)
     return parser
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from collections import Counter
 from typing import Any
 
+from tasks.jobs import KINDS
+from tasks.producer import enqueue, enqueue_many
 from workers.errors import JobRefused
 from workers.localdev.localstack import LocalStack
+from workers.runtime import Runtime, get_runtime
 
 PORTALS = {"acme.bitrix24.test": 0.7, "globex.bitrix24.test": 0.3}
 SENDER = "smsgw.demo"
@@ -30,8 +32,9 @@ def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
         roll = rng.random()
         if roll < 0.5:
             status = rng.choice(["sent", "delivered", "delivered", "undelivered", "failed"])
-            jobs.append(("status-update", {"portal": portal, "code": SENDER, "message_id": f"sms-{i:06d}",
-                                           "status": status}))  # fmt: skip
+            jobs.append(
+                ("status-update", {"portal": portal, "code": SENDER, "message_id": f"sms-{i:06d}", "status": status})
+            )
         elif roll < 0.75:
             messages = [
                 {
@@ -40,16 +43,25 @@ def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
                     "chat": {"id": f"chan-{i % 50}"},
                 }
             ]
-            jobs.append(("delivery-confirmation", {"portal": portal, "connector": "waconnector", "line": 7,
-                                                   "messages": messages}))  # fmt: skip
+            jobs.append(
+                (
+                    "delivery-confirmation",
+                    {"portal": portal, "connector": "waconnector", "line": 7, "messages": messages},
+                )
+            )
         elif roll < 0.78:
             # a sender this app never registered: the portal refuses it, so it ends as a dead letter
             code = SENDER if rng.random() < 0.7 else "smsgw.retired"
-            jobs.append(("sender-update", {"portal": portal, "code": code,
-                                           "handler": f"https://sms.example.com/b24/{i}"}))  # fmt: skip
+            jobs.append(
+                ("sender-update", {"portal": portal, "code": code, "handler": f"https://sms.example.com/b24/{i}"})
+            )
         else:
-            jobs.append(("mark-unread", {"portal": portal, "dialog_id": rng.choice(["chat12", "sg3", "42"]),
-                                         "message_id": 9000 + i}))  # fmt: skip
+            jobs.append(
+                (
+                    "mark-unread",
+                    {"portal": portal, "dialog_id": rng.choice(["chat12", "sg3", "42"]), "message_id": 9000 + i},
+                )
+            )
     return jobs
 
 
@@ -69,7 +81,7 @@ def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) ->
             else:
                 plain += 1
         commands = plain + sum(-(-n // s.merge_max) for n in merged.values())
-        limits = stack_runtime().registry.get(portal).limits(s)
+        limits = stack_runtime().portals(portal).limits(s)
         requests = -(-commands // s.batch_max)
         worst = max(worst, (requests - limits.our_burst) / limits.our_rate)
     return max(worst, 0.0)
@@ -79,19 +91,18 @@ def _states(stack: LocalStack, ids: list[str]) -> Counter[str]:
     return Counter(s or "?" for (s,) in stack_runtime().ledger.states(ids).values())
 
 
-def stack_runtime() -> Any:
-    from workers.runtime import get_runtime
-
+def stack_runtime() -> Runtime:
     return get_runtime()
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.jobs import KINDS
-    from tasks.producer import enqueue, enqueue_many
-
     redis_url = os.environ.get("B24Q_REDIS_URL") or os.environ.get("REDIS_URL")
-    print("b24q demo: starting", "Redis at " + redis_url if redis_url else "a private Redis",
-          "+ the Bitrix24 emulator + worker processes…", flush=True)  # fmt: skip
+    print(
+        "b24q demo: starting",
+        "Redis at " + redis_url if redis_url else "a private Redis",
+        "+ the Bitrix24 emulator + worker processes…",
+        flush=True,
+    )
     with LocalStack(redis_url=redis_url, settings={"gather_ms": 20}) as stack:
         for domain in PORTALS:
             info = stack.add_portal(domain, token_ttl=3600, auto_connectors=True)
@@ -126,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
         ids = enqueue_many(jobs)
         enqueue_s = time.monotonic() - start
         kinds = {job_id: kind for job_id, (kind, _) in zip(ids, jobs, strict=True)}
-        print(f"Enqueued {len(ids)} jobs in {enqueue_s:.1f}s "
-              f"({', '.join(f'{n} {k}' for k, n in Counter(k for k, _ in jobs).most_common())})")  # fmt: skip
+        print(
+            f"Enqueued {len(ids)} jobs in {enqueue_s:.1f}s "
+            f"({', '.join(f'{n} {k}' for k, n in Counter(k for k, _ in jobs).most_common())})"
+        )
         ideal = _ideal_seconds(jobs, stack)
         print(
             f"Ideal time at the portals' limits: {ideal:.1f}s (each portal: {stack.settings.batch_max} commands per "
@@ -145,11 +158,13 @@ def run(args: argparse.Namespace) -> int:
                 expired = True
                 print("  (acme's access token just expired at the portal; watch the refresh count)")
             counters = {d: stack.emulator.state(d)["counters"] for d in PORTALS}
-            line = (f"  {elapsed:5.1f}s  applied {states['applied']:>5}  dead {states['dead']:>3}  "
-                    f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
-                    f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
-                    f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
-                    f"{sum(c['refreshes'] for c in counters.values())}")  # fmt: skip
+            line = (
+                f"  {elapsed:5.1f}s  applied {states['applied']:>5}  dead {states['dead']:>3}  "
+                f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
+                f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
+                f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
+                f"{sum(c['refreshes'] for c in counters.values())}"
+            )
             if line != last:
                 print(line, flush=True)
                 last = line
@@ -172,14 +187,21 @@ def run(args: argparse.Namespace) -> int:
         for domain in PORTALS:
             c = stack.emulator.state(domain)["counters"]
             per = c["batch_commands"] + (c["accepted"] - c["batches"])
-            print(f"  {domain:<22}{c['accepted']:>9}{per / max(c['accepted'], 1):>9.1f}{c['refused_503']:>6}"
-                  f"{c['refreshes']:>10}{c['invalid_grants']:>14}")  # fmt: skip
+            print(
+                f"  {domain:<22}{c['accepted']:>9}{per / max(c['accepted'], 1):>9.1f}{c['refused_503']:>6}"
+                f"{c['refreshes']:>10}{c['invalid_grants']:>14}"
+            )
         unfinished = sum(sum(c.values()) - c["applied"] - c["dead"] - c["parked"] for c in outcome.values())
-        print(f"\n{len(ids)} jobs finished in {elapsed:.1f}s ({len(ids) / elapsed:.0f} jobs/s), enqueueing included "
-              f"({enqueue_s:.1f}s on the same cores); "
-              + (f"the ideal at the portals' limits was {ideal:.1f}s: {ideal / elapsed:.2f} of it. " if ideal >= 1
-                 else "the portals' bursts hold this whole run, so no ideal time applies. ")
-              + f"Jobs without an outcome: {unfinished}.")  # fmt: skip
+        print(
+            f"\n{len(ids)} jobs finished in {elapsed:.1f}s ({len(ids) / elapsed:.0f} jobs/s), enqueueing included "
+            f"({enqueue_s:.1f}s on the same cores); "
+            + (
+                f"the ideal at the portals' limits was {ideal:.1f}s: {ideal / elapsed:.2f} of it. "
+                if ideal >= 1
+                else "the portals' bursts hold this whole run, so no ideal time applies. "
+            )
+            + f"Jobs without an outcome: {unfinished}."
+        )
         dead = stack_runtime().dead.counts()
         if dead:
             print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
@@ -188,8 +210,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
         print(f"Flower: celery -A workers flower --broker={stack.settings.redis_url}  (then http://localhost:5555)")
         if not args.keep:
-            print("(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "
-                  "the commands above and for Flower.)")  # fmt: skip
+            print(
+                "(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "
+                "the commands above and for Flower.)"
+            )
         if args.keep:
             print("\n--keep: the stack stays up; Ctrl-C to stop.")
             try:
@@ -198,9 +222,3 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
     return 0 if outcome and sum(c["applied"] for c in outcome.values()) > 0 else 1
-
-
-if __name__ == "__main__":
-    from tasks.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

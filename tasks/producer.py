@@ -34,8 +34,12 @@ def _kind(kind: str | JobKind) -> JobKind:
         raise JobRefused(str(kind), [("kind", f"unknown job kind; one of {', '.join(KINDS)}")]) from None
 
 
-def check(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = None,
-          portals: dict[str, Portal | None] | None = None) -> dict[str, Any]:  # fmt: skip
+def check(
+    kind: str | JobKind,
+    payload: Mapping[str, Any],
+    rt: Runtime | None = None,
+    portals: dict[str, Portal | None] | None = None,
+) -> dict[str, Any]:
     """Validate a job against its model and the portal registry; return the message kwargs.
 
     `portals` caches registry lookups across a bulk enqueue.
@@ -51,13 +55,15 @@ def check(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = 
     if portal is None:
         raise UnknownPortal(job.portal, k.name)
     if k.app_only and portal.kind == "webhook":
-        raise JobRefused(k.name, [("portal", f"{k.method} needs an OAuth application portal; "
-                                             f"{job.portal!r} is an incoming webhook")])  # fmt: skip
+        raise JobRefused(
+            k.name, [("portal", f"{k.method} needs an OAuth application portal; {job.portal!r} is an incoming webhook")]
+        )
     return job.model_dump(mode="json", exclude_none=True)
 
 
-def enqueue(kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = None,
-            job_id: str | None = None) -> str:  # fmt: skip
+def enqueue(
+    kind: str | JobKind, payload: Mapping[str, Any], rt: Runtime | None = None, job_id: str | None = None
+) -> str:
     """Validate and enqueue one job; returns its id."""
     rt = rt or get_runtime()
     k = _kind(kind)

@@ -45,11 +45,10 @@ def test_outcomes_cross_processes_with_their_types() -> None:
         if isinstance(outcome, CallResult):
             assert back == outcome
         else:
-            assert str(back) == str(outcome)
+            assert isinstance(back, BaseException) and str(back) == str(outcome)
             assert errors.classify(back) == errors.classify(outcome)
-    assert (
-        decode_outcome(encode_outcome(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", reset_at=9.0))).reset_at == 9.0
-    )  # type: ignore[union-attr]
+    held = decode_outcome(encode_outcome(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", reset_at=9.0)))
+    assert isinstance(held, errors.OperationTimeLimit) and held.reset_at == 9.0
     # anything unexpected travels as a transient transport error, never as a crash of the listener
     odd = decode_outcome(encode_outcome(KeyError("x")))
     assert isinstance(odd, errors.TransportError) and errors.classify(odd) == errors.Action.TRANSIENT

@@ -201,7 +201,9 @@ def run_deliveries(rt: Runtime, params: list[dict[str, Any]]) -> list[Any]:
 
     def one(i: int) -> None:
         try:
-            out[i] = rt.dispatcher.run("acme", DELIVERY_CONFIRMATION.method, params[i], 5, DELIVERY_CONFIRMATION.merge).result
+            out[i] = rt.dispatcher.run(
+                "acme", DELIVERY_CONFIRMATION.method, params[i], 5, DELIVERY_CONFIRMATION.merge
+            ).result
         except Exception as exc:
             out[i] = exc
 

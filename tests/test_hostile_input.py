@@ -418,23 +418,36 @@ def text(max_size: int) -> st.SearchStrategy[str]:
 
 
 HOST = st.from_regex(r"\A[a-z0-9]{1,10}\.(com|example|bitrix24\.test)\Z")
-HANDLER = st.builds(lambda scheme, host, path: f"{scheme}://{host}/{path}", st.sampled_from(["http", "https"]), HOST,
-                    st.text(string.ascii_letters + string.digits + "/-_.", max_size=40))  # fmt: skip
+HANDLER = st.builds(
+    lambda scheme, host, path: f"{scheme}://{host}/{path}",
+    st.sampled_from(["http", "https"]),
+    HOST,
+    st.text(string.ascii_letters + string.digits + "/-_.", max_size=40),
+)
 LOCALIZED = st.one_of(text(100), st.dictionaries(st.from_regex(r"\A[a-z]{2}\Z"), text(100), min_size=1, max_size=3))
 
 
 def valid_jobs() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
     """Jobs as the documented rules describe them (independently of the pydantic models)."""
-    message = st.fixed_dictionaries({
-        "im": st.fixed_dictionaries({"chat_id": POSITIVE, "message_id": POSITIVE}),
-        "message": st.fixed_dictionaries({"id": st.lists(text(50), min_size=1, max_size=3),
-                                          "date": st.integers(min_value=0, max_value=2**40)}),
-        "chat": st.fixed_dictionaries({"id": text(50)}),
-    })  # fmt: skip
-    status = st.fixed_dictionaries({"code": CODE, "message_id": text(255),
-                                    "status": st.sampled_from(["queued", "sent", "delivered", "undelivered", "failed"])})  # fmt: skip
-    delivery = st.fixed_dictionaries({"connector": CODE, "line": POSITIVE,
-                                      "messages": st.lists(message, min_size=1, max_size=5)})  # fmt: skip
+    message = st.fixed_dictionaries(
+        {
+            "im": st.fixed_dictionaries({"chat_id": POSITIVE, "message_id": POSITIVE}),
+            "message": st.fixed_dictionaries(
+                {"id": st.lists(text(50), min_size=1, max_size=3), "date": st.integers(min_value=0, max_value=2**40)}
+            ),
+            "chat": st.fixed_dictionaries({"id": text(50)}),
+        }
+    )
+    status = st.fixed_dictionaries(
+        {
+            "code": CODE,
+            "message_id": text(255),
+            "status": st.sampled_from(["queued", "sent", "delivered", "undelivered", "failed"]),
+        }
+    )
+    delivery = st.fixed_dictionaries(
+        {"connector": CODE, "line": POSITIVE, "messages": st.lists(message, min_size=1, max_size=5)}
+    )
     sender = st.fixed_dictionaries(
         {"code": CODE}, optional={"handler": HANDLER, "name": LOCALIZED, "description": LOCALIZED}
     ).filter(lambda d: len(d) > 1)
@@ -449,9 +462,16 @@ def valid_jobs() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
     )
 
 
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-                 st.sampled_from(["", " ", "0", "\x00", "\ud800", "ｓｅｎｔ", "https://localhost/h", "chat", "-1"]))  # fmt: skip
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.sampled_from(["", " ", "0", "\x00", "\ud800", "ｓｅｎｔ", "https://localhost/h", "chat", "-1"]),
+)
 
 
 @st.composite

@@ -21,8 +21,9 @@ def test_sentinel_url_names_every_sentinel_and_the_master_settings_of_the_first(
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "pool-a"
     assert pool.connection_kwargs["password"] == "s3cret" and pool.connection_kwargs["db"] == 2
     sentinels = pool.sentinel_manager.sentinels
-    assert [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-            for s in sentinels] == sentinel_nodes(URL)  # fmt: skip
+    assert [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"]) for s in sentinels
+    ] == sentinel_nodes(URL)
     assert all(s.connection_pool.connection_kwargs["password"] == "sentinel-pw" for s in sentinels)
     with pytest.raises(ValueError, match="not a sentinel URL"):
         sentinel_nodes("sentinel://a:1;redis://b:2")

@@ -76,6 +76,8 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 
 #: What a portal key may look like (tasks.jobs.PortalKey); anything else is recorded under "?".
 _PORTAL_KEY = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
+
+
 def _broker_trouble(exc: BaseException) -> bool:
     return isinstance(exc, redis.RedisError | OperationalError | ConnectionError | TimeoutError)
 
@@ -117,8 +119,16 @@ def run_job(
         log.exception("job %s: unexpected error", job_id)
         portal_key = str(kwargs.get("portal", ""))
         try:
-            rt.dead.add(job_id, kind.task_name, kind.name, portal_key if _PORTAL_KEY.match(portal_key) else "?",
-                        kwargs, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"[:2000], 0)  # fmt: skip
+            rt.dead.add(
+                job_id,
+                kind.task_name,
+                kind.name,
+                portal_key if _PORTAL_KEY.match(portal_key) else "?",
+                kwargs,
+                "INTERNAL_ERROR",
+                f"{type(exc).__name__}: {exc}"[:2000],
+                0,
+            )
             rt.ledger.finish(job_id, portal_key if _PORTAL_KEY.match(portal_key) else "?", "dead", "INTERNAL_ERROR")
         except Exception as store_error:
             if _broker_trouble(store_error):

@@ -75,8 +75,13 @@ def run(opts: Options) -> list[Table]:
         ("metric", "limit", "target", "measured", "ratio"),
     )
     t.add("cold p50 enqueue->applied (s)", "", "", fmt(percentile(lat, 50), 3), "")
-    t.add("cold p99 enqueue->applied (s)", "", fmt(TARGET_P99, 1), fmt(percentile(lat, 99), 3),
-          ratio(percentile(lat, 99), TARGET_P99))  # fmt: skip
+    t.add(
+        "cold p99 enqueue->applied (s)",
+        "",
+        fmt(TARGET_P99, 1),
+        fmt(percentile(lat, 99), 3),
+        ratio(percentile(lat, 99), TARGET_P99),
+    )
     t.add("cold max (s)", "", "", fmt(max(lat, default=float("nan")), 3), "")
     t.add("cold jobs applied / sent", "", "", f"{len(lat)} / {len(cold)}", "")
     window = f"hot jobs/s during the cold window ({w1 - w0:.0f}s)"

@@ -71,13 +71,19 @@ def run(opts: Options) -> list[Table]:
             target = fmt(TARGET_P99, 3) if q == 99 else ""
             measured = percentile(lat, q)
             vs = ratio(measured, TARGET_P99) if q == 99 else ""
-            t.add(f"{labels[portal]}: p{q} enqueue->applied (s)", fmt(floors[portal][q], 3), target,
-                  fmt(measured, 3), vs)  # fmt: skip
+            t.add(
+                f"{labels[portal]}: p{q} enqueue->applied (s)", fmt(floors[portal][q], 3), target, fmt(measured, 3), vs
+            )
         t.add("  max (s)", "", "", fmt(max(lat, default=float("nan")), 3), "")
         per = (c["batch_commands"] + c["accepted"] - c["batches"]) / max(c["accepted"], 1)
         t.add("  requests / jobs per request / 503s", "", "", f"{c['accepted']} / {per:.1f} / {c['refused_503']}", "")
-        t.add("  applied / lost / duplicates", "", "",
-              f"{len(lat)} / {count - effects.distinct} / {effects.duplicates}", "")  # fmt: skip
+        t.add(
+            "  applied / lost / duplicates",
+            "",
+            "",
+            f"{len(lat)} / {count - effects.distinct} / {effects.duplicates}",
+            "",
+        )
     t.note(f"standard floor = after the burst, the next of 2 slots/s (0..0.5 s) + {LATENCY * 1000:.0f} ms latency")
     if late > 0.05:
         t.note(f"the producer fell behind its schedule by up to {late:.2f}s")

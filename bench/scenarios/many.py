@@ -79,8 +79,12 @@ def run(opts: Options) -> list[Table]:
         ("metric", "limit", "measured", "ratio"),
     )
     t.add("steady-state ceiling, sum of rate x 50 x jobs/command (jobs/s)", fmt(ceiling), "", "")
-    t.add(f"this workload's bound: {total} / {bound_s:.1f}s for a {hot_n}-job portal (jobs/s)", fmt(bound),
-          fmt(rate), ratio(rate, bound))  # fmt: skip
+    t.add(
+        f"this workload's bound: {total} / {bound_s:.1f}s for a {hot_n}-job portal (jobs/s)",
+        fmt(bound),
+        fmt(rate),
+        ratio(rate, bound),
+    )
     t.add("seconds, enqueue start -> last job applied", fmt(bound_s), fmt(last - t0), ratio(bound_s, last - t0))
     t.add("enqueue time (s)", "", fmt(t1 - t0, 1), "")
     t.add("503s, total", "0", fmt(sum(refused.values())), "")

@@ -102,8 +102,9 @@ def run(opts: Options) -> list[Table]:
 
             # the naive baseline, end to end
             log(f"raw: naive baseline, {naive_n} jobs")
-            naive_meter = CpuMeter({**naive_workers.pids, **{k: v for k, v in stack_pids(stack).items()
-                                                              if k in ("emulator", "redis")}})  # fmt: skip
+            naive_meter = CpuMeter(
+                {**naive_workers.pids, **{k: v for k, v in stack_pids(stack).items() if k in ("emulator", "redis")}}
+            )
             cpu0, calls0 = naive_meter.sample(), redis_calls(stack)
             naive_result = baseline.run(stack, NAIVE, naive_info, mixed(NAIVE, naive_n), timeout=naive_n / 20 + 60)
             naive_cpu = per_job(CpuMeter.delta(cpu0, naive_meter.sample()), naive_n)
@@ -133,35 +134,58 @@ def run(opts: Options) -> list[Table]:
     )
     t.add("producer enqueue, no worker running (jobs/s)", "", fmt(produce, 0), "")
     t.add("b24q drain, steady 10-90% (jobs/s)", fmt(TARGET, 0), fmt(drain_steady, 0), ratio(drain_steady, TARGET))
-    t.add("b24q drain, workers ready -> last applied (jobs/s)", fmt(TARGET, 0), fmt(drain_rate, 0),
-          ratio(drain_rate, TARGET))  # fmt: skip
+    t.add(
+        "b24q drain, workers ready -> last applied (jobs/s)",
+        fmt(TARGET, 0),
+        fmt(drain_rate, 0),
+        ratio(drain_rate, TARGET),
+    )
     t.add("b24q end to end, enqueue while running (jobs/s)", fmt(TARGET, 0), fmt(e2e_rate, 0), ratio(e2e_rate, TARGET))
     t.add("  producer enqueue meanwhile (jobs/s)", "", fmt(n / (t1 - t0), 0), "")
     t.add("  steady 10-90% (jobs/s)", fmt(TARGET, 0), fmt(e2e_steady, 0), ratio(e2e_steady, TARGET))
-    t.add("jobs per request (drain / end to end)", "50",
-          f"{jobs_per_request(drain_state):.1f} / {jobs_per_request(e2e_state):.1f}", "")  # fmt: skip
+    t.add(
+        "jobs per request (drain / end to end)",
+        "50",
+        f"{jobs_per_request(drain_state):.1f} / {jobs_per_request(e2e_state):.1f}",
+        "",
+    )
     for label, cpu in (("drain", drain_cpu), ("end to end", e2e_cpu)):
         total = sum(cpu.values())
         t.add(f"CPU ms per job, {label} (workers+emulator+redis)", "", fmt(total, 2), "")
-        t.add("  workers / emulator / redis", "",
-              f"{cpu['workers']:.2f} / {cpu['emulator']:.2f} / {cpu['redis']:.2f}", "")  # fmt: skip
+        t.add(
+            "  workers / emulator / redis", "", f"{cpu['workers']:.2f} / {cpu['emulator']:.2f} / {cpu['redis']:.2f}", ""
+        )
     t.add("lost / duplicates", "0 / 0", f"{lost} / {dups}", "")
     t.add(f"naive end to end, {naive_n} jobs (jobs/s)", "", fmt(naive_result.rate, 0), "")
     t.add("  naive steady 10-90% (jobs/s)", "", fmt(naive_result.steady_rate, 0), "")
     t.add("  naive CPU ms per job (workers+emulator+redis)", "", fmt(sum(naive_cpu.values()), 2), "")
-    t.add("  naive workers / emulator / redis", "",
-          f"{naive_cpu['workers']:.2f} / {naive_cpu['emulator']:.2f} / {naive_cpu['redis']:.2f}", "")  # fmt: skip
+    t.add(
+        "  naive workers / emulator / redis",
+        "",
+        f"{naive_cpu['workers']:.2f} / {naive_cpu['emulator']:.2f} / {naive_cpu['redis']:.2f}",
+        "",
+    )
     t.add("  naive lost / 503s", "", f"{naive_result.lost} / {naive_result.refused_503}", "")
-    t.add("b24q / naive, end to end", f"{TARGET_X:.0f}x", f"{e2e_rate / naive_result.rate:.2f}x",
-          ratio(e2e_rate / naive_result.rate, TARGET_X))  # fmt: skip
-    t.add("b24q / naive, steady", f"{TARGET_X:.0f}x", f"{drain_steady / naive_result.steady_rate:.2f}x",
-          ratio(drain_steady / naive_result.steady_rate, TARGET_X))  # fmt: skip
+    t.add(
+        "b24q / naive, end to end",
+        f"{TARGET_X:.0f}x",
+        f"{e2e_rate / naive_result.rate:.2f}x",
+        ratio(e2e_rate / naive_result.rate, TARGET_X),
+    )
+    t.add(
+        "b24q / naive, steady",
+        f"{TARGET_X:.0f}x",
+        f"{drain_steady / naive_result.steady_rate:.2f}x",
+        ratio(drain_steady / naive_result.steady_rate, TARGET_X),
+    )
     cpu_x = sum(drain_cpu.values()) / sum(naive_cpu.values())
     t.add("CPU per job, b24q / naive (lower is better)", "", f"{cpu_x:.2f}x", "")
     t.note("naive: 4 workers x 8 threads, no rate_limit (the portal is unlimited), one request per job")
 
-    r = Table("raw overhead: Redis commands per job (INFO commandstats; b24q drain phase vs naive run)",
-              ("command", "b24q", "naive"))  # fmt: skip
+    r = Table(
+        "raw overhead: Redis commands per job (INFO commandstats; b24q drain phase vs naive run)",
+        ("command", "b24q", "naive"),
+    )
     r.add("all", f"{drain_calls.total() / left0:.2f}", f"{naive_calls.total() / naive_n:.2f}")
     for name, _ in (drain_calls + naive_calls).most_common(14):
         r.add(name, f"{drain_calls[name] / left0:.2f}", f"{naive_calls[name] / naive_n:.2f}")

@@ -61,8 +61,9 @@ def run(opts: Options) -> list[Table]:
             state = stack.emulator.state(PORTAL)
 
             log(f"saturation: naive baseline, {naive_n} jobs")
-            naive_result = baseline.run(stack, NAIVE_PORTAL, naive_info, mixed(NAIVE_PORTAL, naive_n),
-                                        timeout=naive_n / 2 + 60)  # fmt: skip
+            naive_result = baseline.run(
+                stack, NAIVE_PORTAL, naive_info, mixed(NAIVE_PORTAL, naive_n), timeout=naive_n / 2 + 60
+            )
         finally:
             naive_workers.stop()
 
@@ -94,16 +95,24 @@ def run(opts: Options) -> list[Table]:
     overall_limit = n / limit_s if limit_s > 0 else math.inf
 
     t = Table(f"saturation: 1 portal (rate {RATE:g}/s, burst {BURST}), {n} mixed jobs, {workers} workers x 64 threads")
-    t.add("theoretical drain time from an empty bucket (s)",
-          f"R=ceil({cmds}/50)={requests}; ({requests}-{burst_used})/{RATE:g} = {limit_s:.1f}", "", "")  # fmt: skip
+    t.add(
+        "theoretical drain time from an empty bucket (s)",
+        f"R=ceil({cmds}/50)={requests}; ({requests}-{burst_used})/{RATE:g} = {limit_s:.1f}",
+        "",
+        "",
+    )
     t.add("  same without merging (1 job = 1 command)", f"{bucket_time(n, RATE, burst_used):.1f}", "", "")
     t.add("seconds, enqueue start -> last job applied", fmt(limit_s), fmt(last - t0), ratio(limit_s, last - t0))
     t.add("jobs/s overall", fmt(overall_limit), fmt(overall), ratio(overall, overall_limit))
     t.add(f"jobs/s steady state ({window:.1f}s window)", fmt(ceiling), fmt(steady), ratio(steady, ceiling))
     t.add("requests/s steady state", fmt(RATE, 2), fmt(req_rate, 2), ratio(req_rate, RATE))
     t.add("jobs per request steady state", fmt(50 * per_cmd), fmt(per_req), ratio(per_req, 50 * per_cmd))
-    t.add(f"jobs carried by the first {reqs_burst} requests (the burst)", fmt(min(n, 50 * per_cmd * reqs_burst), 0),
-          fmt(jobs_burst), ratio(jobs_burst, min(n, 50 * per_cmd * reqs_burst)))  # fmt: skip
+    t.add(
+        f"jobs carried by the first {reqs_burst} requests (the burst)",
+        fmt(min(n, 50 * per_cmd * reqs_burst), 0),
+        fmt(jobs_burst),
+        ratio(jobs_burst, min(n, 50 * per_cmd * reqs_burst)),
+    )
     t.add("enqueue time (s)", "", fmt(t1 - t0, 2), "")
     t.add("503s received", "0", fmt(int(c["refused_503"])), "")
     t.add("duplicates (emulator count > 1)", "0", fmt(effects.duplicates), "")

@@ -117,7 +117,10 @@ def test_script_strikes_each_named_fault_once_in_order(emu: Emulator, seeded: Po
         truncated.json()
     assert _su(client, seeded).status_code == 200  # the script is spent: no rates set, no more faults
     assert emu.state(DOMAIN)["counters"]["faults"] == {
-        "error_500": 1, "garbage_html": 1, "drop": 1, "garbage_truncated": 1
-    }  # fmt: skip
+        "error_500": 1,
+        "garbage_html": 1,
+        "drop": 1,
+        "garbage_truncated": 1,
+    }
     with pytest.raises(ValueError, match="script"):
         emu.set_faults(DOMAIN, script=["meteor"])

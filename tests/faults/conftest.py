@@ -85,13 +85,29 @@ def mixed_jobs(domain: str, n: int, start: int = 0, seed: int = 1) -> list[tuple
     for i in range(start, start + n):
         roll = rng.random()
         if roll < 0.4:
-            jobs.append(("status-update", {"portal": domain, "code": SENDER, "message_id": f"sms-{i}",
-                                           "status": rng.choice(["sent", "delivered", "failed"])}))  # fmt: skip
+            jobs.append(
+                (
+                    "status-update",
+                    {
+                        "portal": domain,
+                        "code": SENDER,
+                        "message_id": f"sms-{i}",
+                        "status": rng.choice(["sent", "delivered", "failed"]),
+                    },
+                )
+            )
         elif roll < 0.65:
-            message = {"im": {"chat_id": 1000 + i % 50, "message_id": 50_000 + i},
-                       "message": {"id": [f"ext-{i}"], "date": 1_738_065_600}, "chat": {"id": f"chan-{i % 50}"}}  # fmt: skip
-            jobs.append(("delivery-confirmation", {"portal": domain, "connector": CONNECTOR, "line": LINE,
-                                                   "messages": [message]}))  # fmt: skip
+            message = {
+                "im": {"chat_id": 1000 + i % 50, "message_id": 50_000 + i},
+                "message": {"id": [f"ext-{i}"], "date": 1_738_065_600},
+                "chat": {"id": f"chan-{i % 50}"},
+            }
+            jobs.append(
+                (
+                    "delivery-confirmation",
+                    {"portal": domain, "connector": CONNECTOR, "line": LINE, "messages": [message]},
+                )
+            )
         elif roll < 0.75:
             jobs.append(
                 ("sender-update", {"portal": domain, "code": SENDER, "handler": f"https://sms.example.com/h/{i}"})

@@ -30,8 +30,9 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
     try:
         path = os.pathsep.join(p for p in (str(SKEWCLOCK), os.environ.get("PYTHONPATH", "")) if p)
         for skew in (-SKEW, SKEW):
-            stack.start_workers(1, concurrency=64, extra=QUICK,
-                                env={"PYTHONPATH": path, "B24Q_TEST_CLOCK_SKEW": str(skew)})  # fmt: skip
+            stack.start_workers(
+                1, concurrency=64, extra=QUICK, env={"PYTHONPATH": path, "B24Q_TEST_CLOCK_SKEW": str(skew)}
+            )
         for worker, skew in zip(stack.workers, (-SKEW, SKEW), strict=True):
             assert f"wall clock is skewed by {skew:+.1f} s" in worker.log_path.read_text(), worker.name
         rate, burst = 4.0, 20
@@ -54,10 +55,17 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
                 if event.get("worker"):
                     by_worker[event["worker"].split("@")[0]] = by_worker.get(event["worker"].split("@")[0], 0) + 1
         peak = {w: max_in_window(times, w) for w in (1.0, 3.0)}
-        figures.update(jobs=len(ids), applied=sum(1 for s in found.values() if s == "applied"), took_s=round(took, 1),
-                       requests=c["accepted"], refused_503=c["refused_503"], peak_requests_in_window=peak,
-                       allowed_in_window={w: burst + rate * w for w in (1.0, 3.0)}, sampled_runs_by_worker=by_worker,
-                       skews_s=[-SKEW, SKEW])  # fmt: skip
+        figures.update(
+            jobs=len(ids),
+            applied=sum(1 for s in found.values() if s == "applied"),
+            took_s=round(took, 1),
+            requests=c["accepted"],
+            refused_503=c["refused_503"],
+            peak_requests_in_window=peak,
+            allowed_in_window={w: burst + rate * w for w in (1.0, 3.0)},
+            sampled_runs_by_worker=by_worker,
+            skews_s=[-SKEW, SKEW],
+        )
         assert set(found.values()) == {"applied"}
         assert len(by_worker) == 2, by_worker  # both skewed workers sent jobs
         for window, peak_requests in peak.items():
@@ -85,8 +93,9 @@ def test_operating_holds_end_on_time_whatever_the_worker_clock(domain: str, figu
         for skew in (-SKEW, SKEW):  # one skewed worker at a time, each on a portal of its own
             portal = f"{'behind' if skew < 0 else 'ahead'}-{domain}"
             stack.add_portal(portal, op_cost=2.0, operating_limit=3.0, operating_window=window)
-            (worker,) = stack.start_workers(1, concurrency=16, extra=QUICK,
-                                            env={"PYTHONPATH": path, "B24Q_TEST_CLOCK_SKEW": str(skew)})  # fmt: skip
+            (worker,) = stack.start_workers(
+                1, concurrency=16, extra=QUICK, env={"PYTHONPATH": path, "B24Q_TEST_CLOCK_SKEW": str(skew)}
+            )
             for i in (1, 2):  # 2 + 2 s of a 3 s budget: the second call goes over and still completes
                 job = producer.enqueue_mark_unread(portal=portal, dialog_id="chat1", message_id=i)
                 assert wait_for([job], timeout=30) == {job: "applied"}  # (not drained: a killed worker's

@@ -52,8 +52,15 @@ def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures:
             if any("reconciler" in e.get("why", "") for e in (get_runtime().ledger.get(i) or {"events": []})["events"])
         )
         restored = [line for line in log.splitlines() if "Restoring" in line]
-        figures.update(result, exit_code=code, stop_took_s=round(stop_took, 1), drained_after_stop_s=round(drained_after, 1),
-                       restored_at_shutdown=restored[-1:] or [], republished_by_reconciler=recovered, broker_left=backlog)  # fmt: skip
+        figures.update(
+            result,
+            exit_code=code,
+            stop_took_s=round(stop_took, 1),
+            drained_after_stop_s=round(drained_after, 1),
+            restored_at_shutdown=restored[-1:] or [],
+            republished_by_reconciler=recovered,
+            broker_left=backlog,
+        )
         assert code == 0, log[-3000:]
         assert stop_took < 30  # soft shutdown (10 s) plus the pool's own stop
         assert result["lost"] == 0, result

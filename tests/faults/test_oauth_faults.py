@@ -48,9 +48,14 @@ def finish(
     result = outcome(jobs, ids, found, applied_counts(state))
     counters = state["counters"]
     failures = [int((get_runtime().ledger.get(i) or {}).get("failures") or 0) for i in ids]
-    result.update(max_failures_of_a_job=max(failures), refreshes=counters["refreshes"], invalid_grants=counters["invalid_grants"],
-                  oauth_faults=counters["faults"].get("oauth_down", 0), broker_left=backlog,
-                  dead_codes=sorted({d.code for d in (get_runtime().dead.get(i) for i in ids) if d}))  # fmt: skip
+    result.update(
+        max_failures_of_a_job=max(failures),
+        refreshes=counters["refreshes"],
+        invalid_grants=counters["invalid_grants"],
+        oauth_faults=counters["faults"].get("oauth_down", 0),
+        broker_left=backlog,
+        dead_codes=sorted({d.code for d in (get_runtime().dead.get(i) for i in ids) if d}),
+    )
     return result
 
 
@@ -74,8 +79,12 @@ def test_oauth_down_during_refresh_jobs_wait_and_resume(
     stack.emulator.set_faults(domain, oauth_down=False)
     up = time.monotonic()
     result = finish(stack, domain, jobs, ids, timeout=60)
-    figures.update(result, oauth_down_s=down_for, resumed_after_s=round(time.monotonic() - up, 1),
-                   max_lock_ttl_ms=max(lock_ttls, default=0))  # fmt: skip
+    figures.update(
+        result,
+        oauth_down_s=down_for,
+        resumed_after_s=round(time.monotonic() - up, 1),
+        max_lock_ttl_ms=max(lock_ttls, default=0),
+    )
     assert max(lock_ttls, default=0) <= (2 * OAUTH_TIMEOUT + 5) * 1000  # the lock always expires
     assert result["lost"] == 0 and result["dead_lettered"] == 0, result
     assert result["refreshes"] == 1 and result["invalid_grants"] == 0, result
@@ -123,8 +132,12 @@ def test_a_refresh_lock_holder_killed_mid_refresh_does_not_block_the_portal(
     lock_left = rt.redis.pttl(lock_key(domain))
     stack.start_workers(2, concurrency=32, extra=QUICK)
     result = finish(stack, domain, jobs, ids, timeout=60)
-    figures.update(result, lock_ttl_when_killed_ms=held_ttl, lock_ttl_left_after_kill_ms=lock_left,
-                   recovered_after_kill_s=round(time.monotonic() - killed, 1))  # fmt: skip
+    figures.update(
+        result,
+        lock_ttl_when_killed_ms=held_ttl,
+        lock_ttl_left_after_kill_ms=lock_left,
+        recovered_after_kill_s=round(time.monotonic() - killed, 1),
+    )
     assert 0 < held_ttl <= (2 * OAUTH_TIMEOUT + 5) * 1000
     assert result["lost"] == 0 and result["dead_lettered"] == 0, result
     assert result["refreshes"] == 1 and result["invalid_grants"] == 0, result

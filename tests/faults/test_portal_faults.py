@@ -43,8 +43,12 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
     result = outcome(jobs, ids, found, applied_counts(state))
     rt = get_runtime()
     retried = [int((rt.ledger.get(i) or {}).get("failures") or 0) for i in ids]
-    result.update(faults_injected=dict(state["counters"]["faults"]), jobs_retried=sum(1 for f in retried if f),
-                  max_failures_of_a_job=max(retried), broker_left=backlog)  # fmt: skip
+    result.update(
+        faults_injected=dict(state["counters"]["faults"]),
+        jobs_retried=sum(1 for f in retried if f),
+        max_failures_of_a_job=max(retried),
+        broker_left=backlog,
+    )
     return result, state
 
 
@@ -52,8 +56,16 @@ def test_500s_drops_and_garbage_are_retried_until_applied(
     stack: LocalStack, domain: str, figures: dict[str, Any]
 ) -> None:
     # the script makes sure every kind strikes, however the jobs are packed into requests; then the rates
-    result, _ = run(stack, domain, 600, 90, error_500_rate=0.1, drop_rate=0.05, garbage_rate=0.1,
-                    script=["error_500", "drop", "garbage_html", "garbage_truncated"])  # fmt: skip
+    result, _ = run(
+        stack,
+        domain,
+        600,
+        90,
+        error_500_rate=0.1,
+        drop_rate=0.05,
+        garbage_rate=0.1,
+        script=["error_500", "drop", "garbage_html", "garbage_truncated"],
+    )
     figures.update(result)
     assert result["lost"] == 0, result
     assert result["applied"] == 600 and result["dead_lettered"] == 0, result
@@ -69,8 +81,18 @@ def test_changes_applied_but_answered_late_or_lost_are_retried_harmlessly(
     is harmless (the same status, the same delivery mark, the same unread mark)."""
     slow, state = run(stack, f"slow-{domain}", 300, 90, slow_rate=0.3, slow_seconds=2.5, script=["slow"])
     dropped, _ = run(stack, f"drop-{domain}", 300, 90, drop_rate=0.3, drop_phase="after", script=["drop"])
-    result = {k: slow[k] + dropped[k] for k in ("jobs", "applied", "dead_lettered", "lost", "applied_twice_or_more",
-                                                 "extra_applications", "jobs_retried")}  # fmt: skip
+    result = {
+        k: slow[k] + dropped[k]
+        for k in (
+            "jobs",
+            "applied",
+            "dead_lettered",
+            "lost",
+            "applied_twice_or_more",
+            "extra_applications",
+            "jobs_retried",
+        )
+    }
     figures.update(result, faults_injected={**slow["faults_injected"], **dropped["faults_injected"]})
     assert result["lost"] == 0, (slow, dropped)
     assert result["applied"] == 600 and result["dead_lettered"] == 0, (slow, dropped)
@@ -91,9 +113,13 @@ def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
     ids = enqueue(jobs)
     found = wait_terminal(ids, timeout=60)
     letters = [rt.dead.get(i) for i in ids]
-    figures.update(jobs=len(ids), dead_lettered=sum(1 for s in found.values() if s == "dead"),
-                   codes=sorted({d.code for d in letters if d}), failures=[rt.ledger.get(i)["failures"] for i in ids])  # type: ignore[index]  # fmt: skip
+    figures.update(
+        jobs=len(ids),
+        dead_lettered=sum(1 for s in found.values() if s == "dead"),
+        codes=sorted({d.code for d in letters if d}),
+        failures=[(rt.ledger.get(i) or {}).get("failures") for i in ids],
+    )
     assert set(found.values()) == {"dead"}, found
     assert {d.code for d in letters if d} == {"INTERNAL_SERVER_ERROR"}
-    assert all(int(rt.ledger.get(i)["failures"]) == rt.settings.max_failures for i in ids)  # type: ignore[index]
+    assert all(int((rt.ledger.get(i) or {}).get("failures") or 0) == rt.settings.max_failures for i in ids)
     assert sum(applied_counts(stack.emulator.state(domain)).values()) == 0

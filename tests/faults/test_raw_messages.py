@@ -20,14 +20,25 @@ from workers.runtime import get_runtime
 pytestmark = pytest.mark.integration
 
 
-def envelope(body: bytes, task: str = "b24q.mark_unread", ctype: str = "application/json",
-             headers: dict[str, Any] | None = None) -> tuple[str, bytes]:  # fmt: skip
+def envelope(
+    body: bytes, task: str = "b24q.mark_unread", ctype: str = "application/json", headers: dict[str, Any] | None = None
+) -> tuple[str, bytes]:
     """A kombu envelope as any Celery-protocol producer would put it in the list."""
     job_id = str(uuid.uuid4())
     head = {"lang": "py", "task": task, "id": job_id, "retries": 0} if headers is None else headers
-    raw = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8", "content-type": ctype, "headers": head,
-           "properties": {"delivery_tag": str(uuid.uuid4()), "body_encoding": "base64", "priority": 0,
-                          "delivery_info": {"exchange": "", "routing_key": "b24q"}, "correlation_id": job_id}}  # fmt: skip
+    raw = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": ctype,
+        "headers": head,
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64",
+            "priority": 0,
+            "delivery_info": {"exchange": "", "routing_key": "b24q"},
+            "correlation_id": job_id,
+        },
+    }
     return job_id, json.dumps(raw).encode()
 
 

@@ -43,10 +43,16 @@ def test_redis_crash_loses_no_acknowledged_job(domain: str, figures: dict[str, A
         before = load.ids_between(float("-inf"), crash - 1.0)
         after = load.ids_between(back)
         lost_before = [i for i in before if found[i] != "applied"]
-        figures.update(result, down_s=round(down, 1), enqueued_before_crash=len(before),
-                       enqueued_after_restart=len(after), producer_errors=len(load.failures),
-                       producer_error_types=sorted({name for _, name in load.failures}),
-                       drained_after_restart_s=round(drained, 1), broker_left=backlog)  # fmt: skip
+        figures.update(
+            result,
+            down_s=round(down, 1),
+            enqueued_before_crash=len(before),
+            enqueued_after_restart=len(after),
+            producer_errors=len(load.failures),
+            producer_error_types=sorted({name for _, name in load.failures}),
+            drained_after_restart_s=round(drained, 1),
+            broker_left=backlog,
+        )
         assert before and after, "the producer did not recover by itself"
         assert lost_before == [], lost_before[:5]  # acknowledged ≥ 1 s before the crash: survived
         assert result["lost"] == 0, result

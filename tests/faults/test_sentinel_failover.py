@@ -75,11 +75,17 @@ def test_master_killed_the_pool_follows_the_sentinel_to_the_new_master(
         before = load.ids_between(float("-inf"), crash - 1.0)
         last_second = load.ids_between(crash - 1.0, crash)
         after = load.ids_between(promoted)
-        figures.update(result, failover_s=round(promoted - crash, 1), enqueued_before_crash=len(before),
-                       enqueued_after_failover=len(after), producer_errors=len(load.failures),
-                       producer_error_types=sorted({name for _, name in load.failures}),
-                       lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "dead")),
-                       drained_after_failover_s=round(drained, 1), broker_left=backlog)  # fmt: skip
+        figures.update(
+            result,
+            failover_s=round(promoted - crash, 1),
+            enqueued_before_crash=len(before),
+            enqueued_after_failover=len(after),
+            producer_errors=len(load.failures),
+            producer_error_types=sorted({name for _, name in load.failures}),
+            lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "dead")),
+            drained_after_failover_s=round(drained, 1),
+            broker_left=backlog,
+        )
         assert before and after, "the producer did not follow the failover by itself"
         assert [i for i in before if found[i] != "applied"] == []
         assert {found[i] for i in after} == {"applied"}, "the workers did not follow the failover"

@@ -63,10 +63,17 @@ def test_sigkilled_workers_lose_no_job(domain: str, figures: dict[str, Any]) -> 
             for code in ("SENDER_LOST", "CALL_LOST", "LANE_TIMEOUT")
             if code in json.dumps((rt.ledger.get(i) or {}).get("events", []))
         )
-        figures.update(result, enqueue_s=round(enqueued, 1), kills=len(kills), kill_times_s=kills,
-                       retried_after=dict(errors_seen),
-                       recovery_s=round(recovery, 1), total_s=round(time.monotonic() - started, 1),
-                       broker_left=backlog, kinds=dict(Counter(kind for kind, _ in jobs)))  # fmt: skip
+        figures.update(
+            result,
+            enqueue_s=round(enqueued, 1),
+            kills=len(kills),
+            kill_times_s=kills,
+            retried_after=dict(errors_seen),
+            recovery_s=round(recovery, 1),
+            total_s=round(time.monotonic() - started, 1),
+            broker_left=backlog,
+            kinds=dict(Counter(kind for kind, _ in jobs)),
+        )
         assert result["lost"] == 0, result
         assert result["applied"] + result["dead_lettered"] == len(ids)
         assert backlog == {"queued": 0, "unacked": 0}

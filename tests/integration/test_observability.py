@@ -122,9 +122,11 @@ def run_workload(o: Observed) -> None:
     # A: every kind applied, after one token refresh for the pool; three dead letters
     stack.emulator.expire(A)
     o.applied["status-update"] = producer.enqueue_many(
-        [("status-update", {"portal": A, "code": "smsgw", "message_id": f"m{i}", "status": "delivered"})
-         for i in range(20)]
-    )  # fmt: skip
+        [
+            ("status-update", {"portal": A, "code": "smsgw", "message_id": f"m{i}", "status": "delivered"})
+            for i in range(20)
+        ]
+    )
     o.applied["delivery-confirmation"] = [
         producer.enqueue_delivery_confirmation(portal=A, connector="myconnector", line=107, messages=[DELIVERED])
     ]
@@ -175,9 +177,23 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         flower_port, metrics_port = free_port(), free_port()
         env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
         flower_log = stack.dir / "flower.log"
-        processes.append(_spawn([sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={flower_port}",
-                                 "--address=127.0.0.1", f"--broker={stack.settings.redis_url}"], env,
-                                flower_log))  # fmt: skip
+        processes.append(
+            _spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers",
+                    "flower",
+                    f"--port={flower_port}",
+                    "--address=127.0.0.1",
+                    f"--broker={stack.settings.redis_url}",
+                ],
+                env,
+                flower_log,
+            )
+        )
         flower = httpx.Client(base_url=f"http://127.0.0.1:{flower_port}", timeout=10)
         _until_up(flower, "/healthcheck", processes[-1], flower_log)
         metrics_log = stack.dir / "metrics.log"
@@ -306,8 +322,15 @@ def test_status_shows_the_pool_on_one_screen_and_as_json(observed: Observed) -> 
     assert portals[A]["token_refreshed"] == 1 and portals[A]["token_expires"] > time.time()
     assert portals[A]["backlog"] == 0
     assert data["dead_letters"] == {"total": 3, "by_reason": {"ERROR_MESSAGE_NOT_FOUND": 3}}
-    only = json.loads(subprocess.run([*CLI, "status", "--json", "--portal", B, "--timeout", "0.2"], env=env,
-                                     capture_output=True, text=True, timeout=30).stdout)  # fmt: skip
+    only = json.loads(
+        subprocess.run(
+            [*CLI, "status", "--json", "--portal", B, "--timeout", "0.2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
     assert [p["key"] for p in only["portals"]] == [B]
 
 
@@ -331,9 +354,12 @@ def test_job_show_tells_the_whole_story(observed: Observed) -> None:
 def test_dead_replay_shows_progress(observed: Observed) -> None:
     """Last: it changes the dead letters the other tests count."""
     replay = subprocess.run(
-        [*CLI, "dead", "replay", "--code", "ERROR_MESSAGE_NOT_FOUND"], env=observed.stack.env,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [*CLI, "dead", "replay", "--code", "ERROR_MESSAGE_NOT_FOUND"],
+        env=observed.stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replay.returncode == 0, replay.stderr
     assert "replayed: 3/3" in replay.stderr and "replayed 3" in replay.stdout
     assert set(wait_for(observed.dead).values()) == {"dead"}  # the messages are still unknown

@@ -148,10 +148,25 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
         # tokens expire mid-run: one refresh, a second pair of tokens
         stack.emulator.expire(domain)
         later = producer.enqueue_many(
-            [("delivery-confirmation", {"portal": domain, "connector": "c1", "line": 1, "messages": [
-                {"im": {"chat_id": 1, "message_id": 100 + i}, "message": {"id": [f"e{i}"], "date": 1}, "chat": {"id": "x"}}]})
-             for i in range(10)]
-        )  # fmt: skip
+            [
+                (
+                    "delivery-confirmation",
+                    {
+                        "portal": domain,
+                        "connector": "c1",
+                        "line": 1,
+                        "messages": [
+                            {
+                                "im": {"chat_id": 1, "message_id": 100 + i},
+                                "message": {"id": [f"e{i}"], "date": 1},
+                                "chat": {"id": "x"},
+                            }
+                        ],
+                    },
+                )
+                for i in range(10)
+            ]
+        )
         dead = producer.enqueue_sender_update(portal=domain, code="not-registered", handler="https://sms.example.com/h")
         raw_bad = TASKS["status-update"].apply_async(kwargs={"portal": domain, "code": "smsgw", "status": "lost"})
         assert set(wait_for(later).values()) == {"applied"}
@@ -167,14 +182,31 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
         assert refreshed is not None and refreshed.access_token != info["access_token"]
 
         # the CLI's read views
-        for args in (("portal", "list"), ("portal", "list", "--json"), ("job", "show", ids[0]),
-                     ("job", "show", later[0], "--json"), ("dead", "list"), ("dead", "list", "--json"),
-                     ("dead", "show", dead), ("status",)):  # fmt: skip
+        for args in (
+            ("portal", "list"),
+            ("portal", "list", "--json"),
+            ("job", "show", ids[0]),
+            ("job", "show", later[0], "--json"),
+            ("dead", "list"),
+            ("dead", "list", "--json"),
+            ("dead", "show", dead),
+            ("status",),
+        ):
             run_cli(*args)
         # re-authorisation through the CLI: the tokens go in, none come out
         fresh = stack.emulator.admin("POST", f"portals/{domain}/tokens", {})
-        assert run_cli("portal", "auth", domain, "--access-token", fresh["access_token"],
-                       "--refresh-token", fresh["refresh_token"]).returncode == 0  # fmt: skip
+        assert (
+            run_cli(
+                "portal",
+                "auth",
+                domain,
+                "--access-token",
+                fresh["access_token"],
+                "--refresh-token",
+                fresh["refresh_token"],
+            ).returncode
+            == 0
+        )
         bad_url = run_cli("portal", "add", "evil", "--webhook", "http://evil.example.com/rest/1/" + "c0de5ecret" + "/")
         assert bad_url.returncode != 0 and "https" in bad_url.stderr
         _wait_event(events, "task-received")
@@ -273,8 +305,11 @@ def test_https_is_required_off_loopback() -> None:
     from workers.runtime import Runtime
 
     with pytest.raises(ConfigError, match="https"):
-        Runtime(Settings(oauth_url="http://oauth.example.com/oauth/token/", client_id="app",
-                         redis_url="redis://127.0.0.1:1/0"))  # fmt: skip
+        Runtime(
+            Settings(
+                oauth_url="http://oauth.example.com/oauth/token/", client_id="app", redis_url="redis://127.0.0.1:1/0"
+            )
+        )
 
 
 def test_redis_password_is_required_and_used(secure_stack: LocalStack) -> None:
@@ -300,17 +335,22 @@ def _self_signed(directory: Path) -> TlsFiles:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     cert_path, key_path = directory / "redis.crt", directory / "redis.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return TlsFiles(str(cert_path), str(key_path), str(cert_path))
 
 
@@ -322,8 +362,9 @@ def test_rediss_tls_end_to_end(tmp_path: Path) -> None:
         pytest.skip("no redis-server built with TLS on this machine")
     from workers.runtime import set_runtime
 
-    server = RedisServer(tls=_self_signed(tmp_path), password=REDIS_PASSWORD, binary=binary,
-                         directory=str(tmp_path / "redis")).start()  # fmt: skip
+    server = RedisServer(
+        tls=_self_signed(tmp_path), password=REDIS_PASSWORD, binary=binary, directory=str(tmp_path / "redis")
+    ).start()
     try:
         assert server.url.startswith("rediss://")
         with LocalStack(redis_url=server.url, settings=FAST) as stack:

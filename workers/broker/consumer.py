@@ -154,8 +154,7 @@ def harden_redis_transport() -> None:
             raise redis.exceptions.ConnectionError("this broker channel's connection was reset")
         return connparams(self, asynchronous)
 
-    kombu_redis.Channel._connparams = _connparams
-
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]  # the patch is the point
 
 
 class Consumer(CeleryConsumer):
@@ -180,8 +179,11 @@ class Consumer(CeleryConsumer):
             except connection_errors:
                 raise  # the consumer reconnects; the message stays unacked and comes back
             except Exception as exc:
-                record_raw(message, MALFORMED, f"the worker could not read this message: {type(exc).__name__}: "
-                                               f"{_text(str(exc), 300)}")  # fmt: skip
+                record_raw(
+                    message,
+                    MALFORMED,
+                    f"the worker could not read this message: {type(exc).__name__}: {_text(str(exc), 300)}",
+                )
                 message.ack_log_error(log, self.connection_errors)
                 return None
 
@@ -231,6 +233,12 @@ def record_unknown_task(sender: Any = None, name: str = "", id: str = "", messag
         payload = {"args": list(args), "kwargs": payload}
     portal = str(payload.get("portal", "?")) if isinstance(payload, dict) else "?"
     get_runtime().dead.add(
-        id or "unknown", name[:200], "unknown", portal[:255], payload, "UNKNOWN_TASK",
-        f"no task named {name[:200]!r}", 0,
-    )  # fmt: skip
+        id or "unknown",
+        name[:200],
+        "unknown",
+        portal[:255],
+        payload,
+        "UNKNOWN_TASK",
+        f"no task named {name[:200]!r}",
+        0,
+    )

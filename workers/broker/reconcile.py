@@ -35,8 +35,9 @@ Republish = Callable[[Runtime, str, str, dict[str, Any]], str | None]
 _TASK_ID = re.compile(rb'"id": ?"([^"]{1,200})"')
 
 
-def broker_job_ids(rt: Runtime, steps: tuple[int, ...] = (0, 3, 6, 9), max_scan: int = 200_000,
-                   chunk: int = 5000) -> set[str] | None:  # fmt: skip
+def broker_job_ids(
+    rt: Runtime, steps: tuple[int, ...] = (0, 3, 6, 9), max_scan: int = 200_000, chunk: int = 5000
+) -> set[str] | None:
     """Task ids of every message queued (all priority sub-queues) or unacked; None when the queue is too
     deep to scan this time (it is then read again at the next round)."""
     names = [keys.queue(rt.settings.queue, step) for step in steps]
@@ -88,16 +89,24 @@ def reconcile(rt: Runtime, republish: Republish, grace: float | None = None) -> 
         payload = rt.ledger.payload(record)
         task = republish(rt, kind, job_id, payload) if payload is not None else None
         if task is None:
-            rt.dead.add(job_id, "?", kind, portal, payload or {}, "LOST_MESSAGE",
-                        "the broker lost this job's message and the ledger has no payload to publish again",
-                        int(record.get("runs") or 0))  # fmt: skip
+            rt.dead.add(
+                job_id,
+                "?",
+                kind,
+                portal,
+                payload or {},
+                "LOST_MESSAGE",
+                "the broker lost this job's message and the ledger has no payload to publish again",
+                int(record.get("runs") or 0),
+            )
             rt.ledger.finish(job_id, portal, "dead", "LOST_MESSAGE")
             done["dead"] += 1
             continue
         rt.ledger.recovered(job_id, "the broker lost its message; published again by the reconciler")
         done["republished"] += 1
-        log.warning("reconcile: job %s (%s, portal %s) had no message in the broker; published again",
-                    job_id, kind, portal)  # fmt: skip
+        log.warning(
+            "reconcile: job %s (%s, portal %s) had no message in the broker; published again", job_id, kind, portal
+        )
     return done
 
 

@@ -35,8 +35,20 @@ class Emulator:
 
     def __init__(self, log_dir: Path, args: list[str] | None = None) -> None:
         self.log_path = log_dir / "emulator.log"
-        cmd = [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", "0",
-               "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET, *(args or [])]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret",
+            CLIENT_SECRET,
+            *(args or []),
+        ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.process.stdout is not None
@@ -97,8 +109,18 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (a restarted worker of the same name appends)
         self._log_start = self._log.tell()
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", f"--loglevel={loglevel}",
-               f"--hostname={name}@%h", f"--concurrency={concurrency}", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            f"--loglevel={loglevel}",
+            f"--hostname={name}@%h",
+            f"--concurrency={concurrency}",
+            *extra,
+        ]
         self.process = subprocess.Popen(cmd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -216,9 +238,17 @@ class LocalStack:
         """Create a portal on the emulator and register it (OAuth) under `key`."""
         info = self.emulator.add_portal(key, **options)
         get_runtime().registry.add_oauth(
-            key, info["client_endpoint"], info["access_token"], info["refresh_token"], float(info["expires"]),
-            info.get("member_id", ""), key, options.get("plan"), options.get("rate", 0.0), options.get("burst", 0),
-        )  # fmt: skip
+            key,
+            info["client_endpoint"],
+            info["access_token"],
+            info["refresh_token"],
+            float(info["expires"]),
+            info.get("member_id", ""),
+            key,
+            options.get("plan"),
+            options.get("rate", 0.0),
+            options.get("burst", 0),
+        )
         return info
 
     def add_webhook_portal(self, key: str, **options: Any) -> dict[str, Any]:

@@ -143,9 +143,20 @@ class RedisServer:
         Path(self.directory).mkdir(parents=True, exist_ok=True)
         listen = ["--port", str(self.port)]
         if self.tls is not None:
-            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert,
-                      "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
-                      "--tls-auth-clients", "no"]  # fmt: skip
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls.cert,
+                "--tls-key-file",
+                self.tls.key,
+                "--tls-ca-cert-file",
+                self.tls.ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         if self.password:
             listen += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
@@ -182,9 +193,14 @@ class RedisServer:
     def client(self) -> redis.Redis:
         if self.tls is not None:
             return redis.Redis(
-                host="127.0.0.1", port=self.port, socket_timeout=2, password=self.password,
-                ssl=True, ssl_ca_certs=self.tls.ca, ssl_cert_reqs="required",
-            )  # fmt: skip
+                host="127.0.0.1",
+                port=self.port,
+                socket_timeout=2,
+                password=self.password,
+                ssl=True,
+                ssl_ca_certs=self.tls.ca,
+                ssl_cert_reqs="required",
+            )
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, password=self.password)
 
     def kill(self) -> None:
@@ -263,8 +279,13 @@ class RedisSentinel:
         conf.write_text("\n".join(lines) + "\n")
         args = [self.binary or find_binary(), str(conf), "--sentinel"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_ready(self.process, lambda: self.master() == ("127.0.0.1", self.master_port), timeout,
-                    f"redis sentinel on port {self.port}", self._tmp.name)  # fmt: skip
+        _wait_ready(
+            self.process,
+            lambda: self.master() == ("127.0.0.1", self.master_port),
+            timeout,
+            f"redis sentinel on port {self.port}",
+            self._tmp.name,
+        )
         return self
 
     def client(self) -> redis.Redis:

@@ -78,37 +78,70 @@ class Metrics(Observer):
     def __init__(self, registry: CollectorRegistry | None = None, portal_labels: int = 200) -> None:
         self.portal = PortalLabels(portal_labels)
         r = registry
-        self.jobs = Counter("b24q_jobs", "Jobs finished, by kind and outcome (applied, dead, parked).",
-                            ["kind", "outcome"], registry=r)  # fmt: skip
-        self.runs = Counter("b24q_job_runs", "Job runs started (retries and redeliveries included).", ["kind"],
-                            registry=r)  # fmt: skip
-        self.retries = Counter("b24q_job_retries", "Retries scheduled: reason flow (limits, holds; not a failure) "
-                               "or transient (5xx, network), with the error code.", ["kind", "reason", "code"],
-                               registry=r)  # fmt: skip
-        self.latency = Histogram("b24q_job_latency_seconds", "Enqueue to applied, seconds, by kind.", ["kind"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.dead_lettered = Counter("b24q_dead_lettered", "Jobs sent to the dead letters, by kind and reason.",
-                                     ["kind", "reason"], registry=r)  # fmt: skip
-        self.parked_jobs = Counter("b24q_parked", "Jobs parked because their portal needs re-authorisation.",
-                                   ["portal"], registry=r)  # fmt: skip
-        self.requests = Counter("b24q_rest_requests", "HTTP requests to portals, by REST method (`batch` for packed "
-                                "requests) and outcome code (`ok` or the error).", ["method", "code"],
-                                registry=r)  # fmt: skip
-        self.commands = Counter("b24q_rest_commands", "Calls carried by REST requests (a batch carries up to 50).",
-                                ["method"], registry=r)  # fmt: skip
-        self.duration = Histogram("b24q_rest_request_duration_seconds", "Duration of one HTTP request to a portal.",
-                                  ["method"], buckets=REQUEST_BUCKETS, registry=r)  # fmt: skip
-        self.waits = Counter("b24q_limiter_waits", "Times a lane waited for its portal's limiter slot.", ["portal"],
-                             registry=r)  # fmt: skip
-        self.waited = Counter("b24q_limiter_wait_seconds", "Seconds lanes waited for their portal's limiter slot.",
-                              ["portal"], registry=r)  # fmt: skip
-        self.refused = Counter("b24q_query_limit_exceeded", "503 QUERY_LIMIT_EXCEEDED answers (the calls are sent "
-                               "again with the next slot).", ["portal"], registry=r)  # fmt: skip
-        self.holds = Counter("b24q_operating_holds", "Holds of a method by the operating-time limit.",
-                             ["portal", "method"], registry=r)  # fmt: skip
-        self.refreshes = Counter("b24q_token_refreshes", "OAuth refreshes by outcome (refreshed, refused = "
-                                 "re-authorisation needed, unavailable).", ["portal", "outcome"],
-                                 registry=r)  # fmt: skip
+        self.jobs = Counter(
+            "b24q_jobs", "Jobs finished, by kind and outcome (applied, dead, parked).", ["kind", "outcome"], registry=r
+        )
+        self.runs = Counter(
+            "b24q_job_runs", "Job runs started (retries and redeliveries included).", ["kind"], registry=r
+        )
+        self.retries = Counter(
+            "b24q_job_retries",
+            "Retries scheduled: reason flow (limits, holds; not a failure) "
+            "or transient (5xx, network), with the error code.",
+            ["kind", "reason", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "b24q_job_latency_seconds",
+            "Enqueue to applied, seconds, by kind.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "b24q_dead_lettered", "Jobs sent to the dead letters, by kind and reason.", ["kind", "reason"], registry=r
+        )
+        self.parked_jobs = Counter(
+            "b24q_parked", "Jobs parked because their portal needs re-authorisation.", ["portal"], registry=r
+        )
+        self.requests = Counter(
+            "b24q_rest_requests",
+            "HTTP requests to portals, by REST method (`batch` for packed "
+            "requests) and outcome code (`ok` or the error).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.commands = Counter(
+            "b24q_rest_commands", "Calls carried by REST requests (a batch carries up to 50).", ["method"], registry=r
+        )
+        self.duration = Histogram(
+            "b24q_rest_request_duration_seconds",
+            "Duration of one HTTP request to a portal.",
+            ["method"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.waits = Counter(
+            "b24q_limiter_waits", "Times a lane waited for its portal's limiter slot.", ["portal"], registry=r
+        )
+        self.waited = Counter(
+            "b24q_limiter_wait_seconds", "Seconds lanes waited for their portal's limiter slot.", ["portal"], registry=r
+        )
+        self.refused = Counter(
+            "b24q_query_limit_exceeded",
+            "503 QUERY_LIMIT_EXCEEDED answers (the calls are sent again with the next slot).",
+            ["portal"],
+            registry=r,
+        )
+        self.holds = Counter(
+            "b24q_operating_holds", "Holds of a method by the operating-time limit.", ["portal", "method"], registry=r
+        )
+        self.refreshes = Counter(
+            "b24q_token_refreshes",
+            "OAuth refreshes by outcome (refreshed, refused = re-authorisation needed, unavailable).",
+            ["portal", "outcome"],
+            registry=r,
+        )
 
     # -- Observer hooks --------------------------------------------------------------------------
 
@@ -222,19 +255,24 @@ class RedisCollector:
         if snap is not None:
             yield from self._families(snap)
         yield GaugeMetricFamily(
-            "b24q_metrics_collect_seconds", "Seconds spent reading Redis for this scrape.",
+            "b24q_metrics_collect_seconds",
+            "Seconds spent reading Redis for this scrape.",
             value=time.perf_counter() - started,
-        )  # fmt: skip
+        )
 
     def _families(self, snap: dict[str, Any]) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("b24q_queue_depth", "Messages waiting in the broker queue, by priority step.",
-                                  labels=["queue", "priority"])  # fmt: skip
+        depth = GaugeMetricFamily(
+            "b24q_queue_depth", "Messages waiting in the broker queue, by priority step.", labels=["queue", "priority"]
+        )
         for q in snap["queues"]:
             for priority, n in q["by_priority"].items():
                 depth.add_metric([q["name"], priority], n)
         yield depth
-        yield GaugeMetricFamily("b24q_queue_unacked", "Messages delivered to workers and not yet acknowledged "
-                                "(running jobs and scheduled retries).", value=snap["unacked"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "b24q_queue_unacked",
+            "Messages delivered to workers and not yet acknowledged (running jobs and scheduled retries).",
+            value=snap["unacked"],
+        )
         dead = GaugeMetricFamily("b24q_dead_letters", "Dead letters kept now, by reason.", labels=["reason"])
         for reason, n in snap["dead_letters"]["by_reason"].items():
             dead.add_metric([reason], n)
@@ -277,9 +315,11 @@ class RedisCollector:
             for label, row in per.items():
                 family.add_metric([label], row[field])
             yield family
-        family = GaugeMetricFamily("b24q_portal_token_expiry_timestamp_seconds",
-                                   "When the portal's access token expires (unix time; soonest when aggregated).",
-                                   labels=["portal"])  # fmt: skip
+        family = GaugeMetricFamily(
+            "b24q_portal_token_expiry_timestamp_seconds",
+            "When the portal's access token expires (unix time; soonest when aggregated).",
+            labels=["portal"],
+        )
         for label, ts in expiry.items():
             family.add_metric([label], ts)
         yield family

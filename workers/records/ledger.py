@@ -35,6 +35,7 @@ class Run:
     created: float
     runs: int
 
+
 _STARTED = """
 -- a worker picked the job up: running, one more run; creates the record (and counts it in the
 -- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs}.
