@@ -28,13 +28,14 @@ from prometheus_client import generate_latest
 from tasks import demo
 from tasks.jobs import KINDS
 from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
+from workers.broker.recovery import Presence
 from workers.celery import app
 from workers.errors import B24QError, JobRefused
 from workers.observe import metrics, status
 from workers.observe.status import text_table
 from workers.portals.crypto import generate_key
 from workers.redaction import redis_url
-from workers.runtime import get_runtime
+from workers.runtime import Runtime, get_runtime
 
 
 def _print_json(data: Any) -> None:
@@ -86,7 +87,6 @@ def _read_jobs(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-
     if args.file:
         jobs = list(_read_jobs(args.file))
 
@@ -136,8 +136,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-def cmd_job_show(args: argparse.Namespace) -> int:
+def _running_on(rt: Runtime, record: dict[str, Any]) -> str:
+    """Where a running job runs: `w3@host`, or `w3@host (dead since 12:01:07)` once its heartbeat is gone
+    (dead-worker recovery then puts its message back in the queue)."""
+    runs = [e.get("worker", "") for e in record["events"] if e.get("state") == "running"]
+    worker = str(runs[-1]) if runs and runs[-1] else ""
+    if not worker:
+        return "?"
+    presence = Presence(rt.redis, rt.keys, rt.settings.worker_dead_after)
+    if presence.alive(worker):
+        return worker
+    last = presence.last_beat(worker)
+    return f"{worker} (dead since {_when(last)})" if last else f"{worker} (no heartbeat)"
 
+
+def cmd_job_show(args: argparse.Namespace) -> int:
     rt = get_runtime()
     record = job_state(args.id, rt)
     letter = rt.dead.get(args.id)
@@ -160,6 +173,8 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     else:
         for key in ("id", "kind", "portal", "state", "runs", "failures", "last_error"):
             print(f"{key:>10}: {record.get(key, '')}")
+        if record.get("state") == "running":
+            print(f"{'worker':>10}: {_running_on(rt, record)}")
         print(f"{'created':>10}: {_when(record.get('created'))}")
         print(f"{'updated':>10}: {_when(record.get('updated'))}")
         created = float(record.get("created") or 0)
@@ -190,7 +205,6 @@ def cmd_job_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-
     rt = get_runtime()
     try:
         data = status.collect(rt, app, timeout=args.timeout, portals=args.portal or None)
@@ -205,7 +219,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-
     registry = metrics.build_registry(runtime=get_runtime(), workers=not args.no_workers, redis=not args.no_redis)
     if args.once:
         sys.stdout.write(generate_latest(registry).decode())
@@ -226,7 +239,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_add(args: argparse.Namespace) -> int:
-
     reg = get_runtime().registry
     if args.webhook:
         portal = reg.add_webhook(args.key, args.webhook, args.plan, args.rate or 0.0, args.burst or 0)
@@ -259,7 +271,6 @@ def cmd_portal_add(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_list(args: argparse.Namespace) -> int:
-
     rt = get_runtime()
     portals = rt.registry.list()
     if args.json:
@@ -284,14 +295,12 @@ def cmd_portal_list(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_remove(args: argparse.Namespace) -> int:
-
     removed = get_runtime().registry.remove(args.key)
     print("removed" if removed else f"no portal {args.key}")
     return 0 if removed else 1
 
 
 def cmd_portal_auth(args: argparse.Namespace) -> int:
-
     auth: dict[str, Any] = json.loads(args.json) if args.json else {}
     for key in ("access_token", "refresh_token", "expires", "endpoint"):
         value = getattr(args, key, None)
@@ -322,7 +331,6 @@ def cmd_portal_rekey(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_resume(args: argparse.Namespace) -> int:
-
     rt = get_runtime()
     portal = rt.registry.get(args.key)
     if portal is not None and portal.state == "reauth":
@@ -335,7 +343,6 @@ def cmd_portal_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
-
     dead = get_runtime().dead
     letters = list(dead.iter(args.portal, args.code, args.kind))
     if args.json:
@@ -350,7 +357,6 @@ def cmd_dead_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_show(args: argparse.Namespace) -> int:
-
     letter = get_runtime().dead.get(args.id)
     if letter is None:
         print(f"no dead letter {args.id}", file=sys.stderr)
@@ -360,7 +366,6 @@ def cmd_dead_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_replay(args: argparse.Namespace) -> int:
-
     if not (args.ids or args.all or args.portal or args.code or args.kind):
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
@@ -382,7 +387,6 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
-
     dead = get_runtime().dead
     if not (args.ids or args.all or args.portal or args.code or args.kind):
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)

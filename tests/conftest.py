@@ -4,13 +4,33 @@ a Runtime wired to it. Integration fixtures (emulator, worker processes) are in 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from workers.delivery.callpool import CallPool
 from workers.localdev.redisserver import RedisServer
 from workers.runtime import Runtime, set_runtime
 from workers.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _close_what_the_test_opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every Runtime and CallPool a test builds is closed when the test ends: their threads (the call
+    pool's listener and heartbeat) must not outlive the test, nor run against its closed Redis."""
+    opened: list[Any] = []
+    for cls in (Runtime, CallPool):
+        original = cls.__init__
+
+        def init(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
+            __original(self, *args, **kwargs)
+            opened.append(self)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    yield
+    for thing in reversed(opened):
+        thing.close()
 
 
 @pytest.fixture(scope="session")

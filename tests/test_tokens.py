@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import httpx
@@ -55,13 +56,15 @@ class FakeOAuth:
         )
 
 
-def make_keeper(rclient: redis.Redis, settings: Settings, fake: FakeOAuth) -> tuple[TokenKeeper, PortalRegistry]:
+def make_keeper(
+    rclient: redis.Redis, settings: Settings, fake: FakeOAuth, clock: Callable[[], float] = time.time
+) -> tuple[TokenKeeper, PortalRegistry]:
     registry = PortalRegistry(rclient, settings)
     registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", time.time() + 3600)
     oauth = OAuthClient(
         "https://oauth.example/oauth/token/", "app.test", "s3cr3t-client", 5.0, httpx.MockTransport(fake)
     )
-    return TokenKeeper(rclient, registry, oauth, oauth_timeout=5.0), registry
+    return TokenKeeper(rclient, registry, oauth, oauth_timeout=5.0, clock=clock), registry
 
 
 def test_sixteen_concurrent_refreshes_make_one_oauth_call(rclient: redis.Redis, settings: Settings) -> None:
@@ -125,10 +128,26 @@ def test_a_dead_holders_lock_expires(rclient: redis.Redis, settings: Settings) -
 
 def test_refresh_ahead_only_close_to_expiry(rclient: redis.Redis, settings: Settings) -> None:
     fake = FakeOAuth(delay=0)
-    keeper, registry = make_keeper(rclient, settings, fake)
+    now = [time.time()]
+    keeper, registry = make_keeper(rclient, settings, fake, clock=lambda: now[0])
     portal = registry.get("acme")
     assert portal is not None
     assert keeper.usable(portal).access_token == "A0" and fake.calls == 0
-    registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", time.time() + 30)
+    now[0] = portal.expires - 30  # within refresh_ahead (60 s) of expiry
+    assert keeper.usable(portal).access_token == "A1" and fake.calls == 1
+
+
+def test_refresh_ahead_is_at_most_half_a_short_tokens_life(rclient: redis.Redis, settings: Settings) -> None:
+    """Tokens that live 5 s with the default 60 s window: a refresh per token life, not one per call."""
+    fake = FakeOAuth(delay=0)
+    now = [time.time()]
+    keeper, registry = make_keeper(rclient, settings, fake, clock=lambda: now[0])
+    registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", now[0] + 5)
     portal = registry.get("acme")
-    assert portal is not None and keeper.usable(portal).access_token == "A1" and fake.calls == 1
+    assert portal is not None
+    for _ in range(20):  # calls over the first 2 s of the token's life: no refresh
+        assert keeper.usable(portal).access_token == "A0"
+        now[0] += 0.1
+    assert fake.calls == 0
+    now[0] = portal.expires - 2  # in the second half of its life
+    assert keeper.usable(portal).access_token == "A1" and fake.calls == 1

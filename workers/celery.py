@@ -19,11 +19,13 @@ from celery.signals import (
     task_rejected,
     task_unknown,
     worker_init,
+    worker_ready,
 )
 
 from workers import redaction
-from workers.broker import consumer
+from workers.broker import consumer, recovery
 from workers.observe import metrics
+from workers.runtime import get_runtime
 from workers.settings import Settings
 
 app = Celery("b24q")
@@ -70,3 +72,17 @@ def _redact_worker_logs(logger: Any = None, **_: Any) -> None:
 @worker_init.connect
 def _record_metrics(**_: Any) -> None:
     metrics.install_worker_safely()
+
+
+def _restore_messages(tags: list[str]) -> None:
+    """Put unacknowledged messages back in their queues, as kombu's own visibility-timeout sweep does."""
+    with app.connection_for_write() as connection:
+        qos = connection.default_channel.qos
+        for tag in tags:
+            qos.restore_by_tag(tag)
+
+
+@worker_ready.connect
+def _start_recovery(sender: Any = None, **_: Any) -> None:
+    """Heartbeat and dead-worker sweep (`workers.broker.recovery`)."""
+    recovery.start(sender, get_runtime(), _restore_messages)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 #: kombu's Redis transport: the hash of messages delivered to a worker and not yet acknowledged
 #: (scheduled retries wait there until their countdown ends), and the priority sub-queue separator.
 UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
 PRIORITY_SEP = "\x06\x16"
 #: The broker's priority steps (kombu's Redis transport serves 0 first; celeryconfig's `priority_steps`).
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -95,9 +96,24 @@ class Keys:
     def alive(self, worker: str) -> str:
         return f"{self.prefix}:alive:{worker}"
 
-    # broker: the reconciler's round
+    # broker: the reconciler's round, dead-worker recovery
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:lock:reconcile"
+
+    def recovery_lock(self) -> str:
+        return f"{self.prefix}:lock:recover"
+
+    def worker_beats(self) -> str:
+        """Every worker seen: its name → the time of its last heartbeat (Redis server clock)."""
+        return f"{self.prefix}:workers"
+
+    def worker_holds(self, worker: str) -> str:
+        """The delivery tags a live worker holds; the key lives as long as its heartbeat."""
+        return f"{self.prefix}:holds:{worker}"
+
+    def orphans(self) -> str:
+        """Unacknowledged messages no live worker holds: tag → when first seen so (Redis server clock)."""
+        return f"{self.prefix}:orphans"
 
 
 #: The layout under the default prefix (`b24q`).

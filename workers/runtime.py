@@ -79,6 +79,11 @@ class Runtime:
             share_max_rate=s.share_max_rate,
         )
 
+    def close(self) -> None:
+        """Stop this runtime's threads (the call pool's listener) and release its HTTP connections."""
+        self.calls.close()
+        self.client.close()
+
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None

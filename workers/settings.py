@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         128, ge=1, description="Threads per worker process; ≥ 50 per portal busy at once, for full batches."
     )
+    worker_heartbeat: float = Field(
+        1.0, gt=0.0, description="Seconds between a worker's heartbeats (the messages it holds, in Redis)."
+    )
+    worker_dead_after: float = Field(
+        8.0,
+        gt=0.0,
+        description="A worker silent this long is gone: its unacknowledged messages go back to the queue "
+        "(docs/reliability.md: dead-worker recovery). Must exceed worker_heartbeat a few times over.",
+    )
 
     # --- Observability ---
     metrics_dir: str = Field(

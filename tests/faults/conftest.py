@@ -25,6 +25,7 @@ from tasks import producer
 from tests.integration.conftest import FAST
 from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
+from workers.settings import Settings
 
 #: Settings of every fault stack: short backoffs, and a visibility timeout short enough that a killed
 #: worker's jobs come back within the test (kombu restores unacked messages older than it; b24q sweeps
@@ -37,6 +38,12 @@ FAULT = {
     "request_timeout": 5.0,
     "reconcile_interval": 3.0,
     "reconcile_grace": 8.0,
+}
+
+#: The defaults a production pool runs with, for the tests of redelivery itself: no shortcut there.
+PRODUCTION: dict[str, Any] = {
+    name: Settings.model_fields[name].default
+    for name in ("visibility_timeout", "worker_heartbeat", "worker_dead_after")
 }
 
 #: Where the figures of the last run go (docs/reliability.md quotes them).

@@ -117,13 +117,18 @@ class CallPool:
         self._listener: threading.Thread | None = None
         self._outbox: dict[str, list[str]] = defaultdict(list)
         self._outbox_lock = threading.Lock()
-        self._alive_cache: dict[str, tuple[float, bool]] = {}
+        self._alive_cache: dict[str, float] = {}  # worker -> when it was last seen alive (monotonic)
+        self._beat_at = float("-inf")
+        self._closed = threading.Event()
 
     # -- owner side --------------------------------------------------------------------------
 
     def submit(self, portal: str, call: Call) -> None:
-        """Put a call in the portal's list (and start listening for outcomes, once per process)."""
+        """Put a call in the portal's list (and start listening for outcomes, once per process). Our
+        heartbeat is fresh before the call is visible: a sender never takes it for a dead worker's."""
         self._ensure_listener()
+        if time.monotonic() - self._beat_at > self.alive_ttl / 3:
+            self._heartbeat()
         call.id = call.id or uuid.uuid4().hex
         call.owner = self.worker_id
         with self._lock:
@@ -144,16 +149,27 @@ class CallPool:
             self._pending.pop(call.id, None)
 
     def alive(self, worker: str) -> bool:
-        """Whether `worker`'s heartbeat is fresh (cached briefly: many calls watch one worker)."""
+        """Whether `worker`'s heartbeat is fresh. A live answer is cached briefly (many calls watch one
+        worker); a dead one never is, so a worker that has just started is seen at once."""
         if worker == self.worker_id:
             return True
         now = time.monotonic()
-        cached = self._alive_cache.get(worker)
-        if cached is not None and now - cached[0] < self.alive_ttl / 4:
-            return cached[1]
+        seen = self._alive_cache.get(worker)
+        if seen is not None and now - seen < self.alive_ttl / 4:
+            return True
         alive = bool(self._redis.exists(self._keys.alive(worker)))
-        self._alive_cache[worker] = (now, alive)
+        if alive:
+            self._alive_cache[worker] = now
+        else:
+            self._alive_cache.pop(worker, None)
         return alive
+
+    def close(self) -> None:
+        """Stop the listener (and the heartbeat with it); calls of this process are no longer answered."""
+        self._closed.set()
+        listener = self._listener
+        if listener is not None:
+            listener.join(timeout=self.alive_ttl)
 
     # -- sender side -------------------------------------------------------------------------
 
@@ -241,19 +257,21 @@ class CallPool:
             return
         with self._lock:
             if self._listener is None or not self._listener.is_alive():
-                self._redis.set(self._keys.alive(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+                self._heartbeat()
                 self._listener = threading.Thread(target=self._listen, name="b24q-callpool", daemon=True)
                 self._listener.start()
 
+    def _heartbeat(self) -> None:
+        started = time.monotonic()
+        self._redis.set(self._keys.alive(self.worker_id), "1", px=int(self.alive_ttl * 1000))
+        self._beat_at = started
+
     def _listen(self) -> None:
         key = self._keys.replies(self.worker_id)
-        beat = 0.0
-        while True:
+        while not self._closed.is_set():
             try:
-                now = time.monotonic()
-                if now - beat >= self.alive_ttl / 6:
-                    self._redis.set(self._keys.alive(self.worker_id), "1", px=int(self.alive_ttl * 1000))
-                    beat = now
+                if time.monotonic() - self._beat_at >= self.alive_ttl / 6:
+                    self._heartbeat()
                 first = self._redis.blpop([key], timeout=self.alive_ttl / 6)
                 if first is None:
                     continue
@@ -262,7 +280,7 @@ class CallPool:
                     self._deliver(json.loads(item))
             except redis.RedisError as exc:
                 log.warning("call pool listener: %s; retrying", exc)
-                time.sleep(0.5)
+                self._closed.wait(0.5)
             except Exception:  # a bad message must not stop outcomes from arriving
                 log.exception("call pool listener: unexpected error")
 

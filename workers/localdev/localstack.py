@@ -271,11 +271,13 @@ class LocalStack:
 
     def __enter__(self) -> LocalStack:
         configure(self.settings)
-        set_runtime(Runtime(self.settings))
+        self.runtime = Runtime(self.settings)
+        set_runtime(self.runtime)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.runtime.close()
         set_runtime(None)
 
 

@@ -74,10 +74,17 @@ class TokenKeeper:
         self._client.hincrby(self._keys.token_stats(), f"{portal}:{what}", 1)
 
     def usable(self, portal: Portal) -> Portal:
-        """The portal with a token that is not about to expire (refreshing only close to `expires`)."""
+        """The portal with a token that is not about to expire (refreshing only close to `expires`).
+
+        "Close" is `refresh_ahead` seconds, but never more than half the token's lifetime (from when the
+        pair was stored to `expires`): tokens that live less than the window would otherwise be refreshed
+        at every call. Bitrix24's live an hour, so the cap only matters for short-lived ones."""
         if portal.kind != "oauth" or not portal.expires:
             return portal
-        if self._clock() < portal.expires - self._refresh_ahead:
+        ahead = self._refresh_ahead
+        if portal.updated_at and portal.expires > portal.updated_at:
+            ahead = min(ahead, (portal.expires - portal.updated_at) / 2)
+        if self._clock() < portal.expires - ahead:
             return portal
         return self.refresh(portal.key, portal.access_token)
 
