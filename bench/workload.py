@@ -44,7 +44,7 @@ def job(kind: str, portal: str, i: int) -> Job:
     if kind == "sender-update":
         return kind, {"portal": portal, "code": SENDER, "handler": f"https://sms.example.com/b24/{i}"}
     if kind == "mark-unread":
-        return kind, {"portal": portal, "dialog_id": f"chat{i % 7 + 1}", "message_id": i + 1}
+        return kind, {"portal": portal, "dialog_id": f"chat{i + 1}", "message_id": i + 1}
     raise ValueError(f"unknown kind {kind!r}")
 
 

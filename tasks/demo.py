@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         last = ""
         while True:
             states = _states(stack, ids)
-            finished = states["applied"] + states["dead"] + states["parked"]
+            finished = states["applied"] + states["superseded"] + states["dead"] + states["parked"]
             elapsed = time.monotonic() - start
             if not expired and finished > len(ids) * 0.4:
                 stack.emulator.expire("acme.bitrix24.test")  # tokens expire mid-run: the pool heals itself
@@ -178,10 +178,10 @@ def run(args: argparse.Namespace) -> int:
         found = stack_runtime().ledger.states(kinds)
         for job_id, kind in kinds.items():
             outcome[kind][found[job_id][0] or "?"] += 1
-        print(f"  {'kind':<22}{'applied':>8}{'dead':>6}{'parked':>8}{'other':>7}")
+        print(f"  {'kind':<22}{'applied':>8}{'superseded':>11}{'dead':>6}{'parked':>8}{'other':>7}")
         for kind, c in outcome.items():
-            other = sum(c.values()) - c["applied"] - c["dead"] - c["parked"]
-            print(f"  {kind:<22}{c['applied']:>8}{c['dead']:>6}{c['parked']:>8}{other:>7}")
+            other = sum(c.values()) - c["applied"] - c["superseded"] - c["dead"] - c["parked"]
+            print(f"  {kind:<22}{c['applied']:>8}{c['superseded']:>11}{c['dead']:>6}{c['parked']:>8}{other:>7}")
         print("\nPer portal (as the emulator saw it):")
         print(f"  {'portal':<22}{'requests':>9}{'jobs/req':>9}{'503s':>6}{'refreshes':>10}{'invalid_grant':>14}")
         for domain in PORTALS:
@@ -191,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
                 f"  {domain:<22}{c['accepted']:>9}{per / max(c['accepted'], 1):>9.1f}{c['refused_503']:>6}"
                 f"{c['refreshes']:>10}{c['invalid_grants']:>14}"
             )
-        unfinished = sum(sum(c.values()) - c["applied"] - c["dead"] - c["parked"] for c in outcome.values())
+        unfinished = sum(
+            sum(c.values()) - c["applied"] - c["superseded"] - c["dead"] - c["parked"] for c in outcome.values()
+        )
         print(
             f"\n{len(ids)} jobs finished in {elapsed:.1f}s ({len(ids) / elapsed:.0f} jobs/s), enqueueing included "
             f"({enqueue_s:.1f}s on the same cores); "

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from workers.delivery.calls import MergeRule
+from workers.delivery.ordering import OrderRule, StateKey
 from workers.errors import JobRefused, ResultFailed
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -50,6 +51,9 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     portal: PortalKey
+    #: When the source learned this state (unix seconds, fractions allowed), e.g. a delivery report's own
+    #: timestamp: reports of one message are ordered by it instead of by enqueue order (README: Ordering).
+    at: Annotated[float, Field(ge=0.0, le=4_102_444_800.0)] | None = None
 
     def params(self) -> dict[str, Any]:
         """The REST method's parameters."""
@@ -183,6 +187,35 @@ class MarkUnread(Job):
         return {"DIALOG_ID": self.dialog_id, "MESSAGE_ID": self.message_id}
 
 
+# --- ordering: which portal state each kind sets (workers.delivery.ordering) ---------------------------
+
+#: A message's status only moves forward: queued < sent < a final status (delivered, undelivered, failed).
+STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+
+
+def _status_keys(job: Mapping[str, Any]) -> tuple[StateKey, ...]:
+    return (StateKey(f"status:{str(job['code']).lower()}:{job['message_id']}"),)
+
+
+def _status_rank(job: Mapping[str, Any]) -> int:
+    return STATUS_RANK.get(str(job.get("status")), 0)
+
+
+def _sender_keys(job: Mapping[str, Any]) -> tuple[StateKey, ...]:
+    code = str(job["code"]).lower()
+    return tuple(StateKey(f"sender:{code}:{f}", (f.upper(),)) for f in ("handler", "name", "description") if f in job)
+
+
+def _unread_keys(job: Mapping[str, Any]) -> tuple[StateKey, ...]:
+    return (StateKey(f"unread:{job['dialog_id']}"),)
+
+
+STATUS_ORDER = OrderRule(_status_keys, _status_rank)
+#: per field: an older job's name still goes out after a newer job changed only the handler
+SENDER_ORDER = OrderRule(_sender_keys)
+UNREAD_ORDER = OrderRule(_unread_keys)
+
+
 _UNION_TAG = re.compile(r"^(constrained-\w+|\w+\[.*\]|function-\w+|str|int|dict|list|\[key\])$")
 
 
@@ -207,7 +240,9 @@ class JobKind:
     """A job kind: its public name, Celery task name, REST method and model.
 
     `app_only` methods need application (OAuth) context and refuse webhook portals; `merge` says how
-    calls of this kind may share one command of a batch (None: never).
+    calls of this kind may share one command of a batch (None: never); `order` which portal state a job
+    sets, so that an older job never overwrites a newer one (None: repeats are harmless, e.g. delivery
+    confirmations).
     """
 
     name: str
@@ -216,6 +251,7 @@ class JobKind:
     model: type[Job]
     app_only: bool
     merge: MergeRule | None = None
+    order: OrderRule | None = None
 
     def validate(self, payload: Mapping[str, Any]) -> Job:
         """The job, or `JobRefused` naming each bad field and the rule it broke."""
@@ -232,7 +268,12 @@ class JobKind:
 
 
 STATUS_UPDATE = JobKind(
-    "status-update", "b24q.status_update", "messageservice.message.status.update", StatusUpdate, app_only=True
+    "status-update",
+    "b24q.status_update",
+    "messageservice.message.status.update",
+    StatusUpdate,
+    app_only=True,
+    order=STATUS_ORDER,
 )
 DELIVERY_CONFIRMATION = JobKind(
     "delivery-confirmation",
@@ -243,9 +284,16 @@ DELIVERY_CONFIRMATION = JobKind(
     merge=DELIVERY_MERGE,
 )
 SENDER_UPDATE = JobKind(
-    "sender-update", "b24q.sender_update", "messageservice.sender.update", SenderUpdate, app_only=True
+    "sender-update",
+    "b24q.sender_update",
+    "messageservice.sender.update",
+    SenderUpdate,
+    app_only=True,
+    order=SENDER_ORDER,
 )
-MARK_UNREAD = JobKind("mark-unread", "b24q.mark_unread", "im.dialog.unread", MarkUnread, app_only=False)
+MARK_UNREAD = JobKind(
+    "mark-unread", "b24q.mark_unread", "im.dialog.unread", MarkUnread, app_only=False, order=UNREAD_ORDER
+)
 
 KINDS: dict[str, JobKind] = {k.name: k for k in (STATUS_UPDATE, DELIVERY_CONFIRMATION, SENDER_UPDATE, MARK_UNREAD)}
 KINDS_BY_TASK: dict[str, JobKind] = {k.task_name: k for k in KINDS.values()}

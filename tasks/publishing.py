@@ -14,6 +14,7 @@ from typing import Any
 
 from tasks.jobs import KINDS, JobKind
 from workers.celery import app
+from workers.delivery.ordering import StateKey
 from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
 from workers.runtime import Runtime
 
@@ -25,11 +26,13 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
     """Record the jobs in the ledger, then publish them (one Redis pipeline, one broker connection).
 
     A portal whose backlog is deep goes to the bulk lane so other portals' jobs pass it. `requeue_why`
-    marks jobs that existed before (resumed, replayed): their records are reopened, not created.
+    marks jobs that existed before (resumed, replayed): their records are reopened, not created, and keep
+    their order version. New jobs get theirs in the same transaction as their records.
     """
     backlog = {portal: rt.ledger.backlog(portal) for portal in {kwargs["portal"] for _, kwargs, _ in jobs}}
     priorities = []
-    pipe = rt.redis.pipeline(transaction=False)
+    stamps: dict[str, list[tuple[str, int, float | None, tuple[StateKey, ...]]]] = {}
+    pipe = rt.redis.pipeline(transaction=True)
     for k, kwargs, job_id in jobs:
         portal = kwargs["portal"]
         priorities.append(PRIORITY_NORMAL if backlog[portal] < FAIR_BACKLOG else PRIORITY_BULK)
@@ -40,6 +43,11 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
             rt.ledger.requeued(job_id, portal, requeue_why, pipe, payload=kwargs)
         else:
             rt.ledger.enqueued(job_id, k.name, portal, pipe, payload=kwargs)
+            if k.order is not None:
+                rank = k.order.rank(kwargs) if rt.settings.status_ranks else 0
+                stamps.setdefault(portal, []).append((job_id, rank, kwargs.get("at"), k.order.keys(kwargs)))
+    for portal, stamped in stamps.items():
+        rt.ordering.stamp(portal, stamped, pipe)
     pipe.execute()
     published: list[str] = []
     try:

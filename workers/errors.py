@@ -126,6 +126,17 @@ class Deferred(B24QError):
         super().__init__(f"deferred {delay:.1f}s: {why}")
 
 
+class Superseded(B24QError):
+    """Not sent: a newer job for the same portal state was sent, or is recorded and will be
+    (`workers.delivery.ordering`). A terminal outcome, not a failure."""
+
+    action = Action.PERMANENT
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+        super().__init__(f"superseded by job {by}")
+
+
 class JobDeadLettered(B24QError):
     """Raised by a job that went to the dead letters (so Flower shows it failed, with its reason)."""
 

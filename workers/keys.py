@@ -87,6 +87,14 @@ class Keys:
         """The methods that were ever held for a portal (their hold keys expire; this set names them)."""
         return f"{self.prefix}:held:{{{portal}}}"
 
+    def order_counter(self, portal: str) -> str:
+        """A portal's sequence of recorded jobs (the producer's order)."""
+        return f"{self.prefix}:seq:{{{portal}}}"
+
+    def state(self, portal: str, key: str) -> str:
+        """One piece of a portal's state (a message's status, a sender's field): versions recorded and sent."""
+        return f"{self.prefix}:state:{{{portal}}}:{key}"
+
     def calls(self, portal: str) -> str:
         return f"{self.prefix}:calls:{{{portal}}}"
 

@@ -22,6 +22,7 @@ from celery.exceptions import Reject, TaskPredicate
 from kombu.exceptions import OperationalError
 
 from workers.delivery.calls import MergeRule
+from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.errors import (
     Action,
     Deferred,
@@ -29,6 +30,7 @@ from workers.errors import (
     JobRefused,
     OAuthUnavailable,
     OperationTimeLimit,
+    Superseded,
     classify,
 )
 from workers.events import events
@@ -56,6 +58,8 @@ class KindLike(Protocol):
     def app_only(self) -> bool: ...
     @property
     def merge(self) -> MergeRule | None: ...
+    @property
+    def order(self) -> OrderRule | None: ...
 
     def validate(self, payload: Mapping[str, Any]) -> Any: ...
 
@@ -193,9 +197,16 @@ def _run_job(
     if portal.state == "reauth":
         return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created)
 
+    order = _order(kind, job_id, portal_key, job.model_dump(mode="json", exclude_none=True), run.version, rt)
     try:
-        result = rt.dispatcher.run(portal_key, kind.method, job.params(), wait=s.permit_wait, merge=kind.merge)
+        result = rt.dispatcher.run(
+            portal_key, kind.method, job.params(), wait=s.permit_wait, merge=kind.merge, order=order
+        )
         job.check_result(result.result)
+    except Superseded as exc:  # a newer job has this portal state: nothing to send
+        rt.ledger.finish(job_id, portal_key, "superseded", by=exc.by)
+        events.job_finished(kind.name, portal_key, "superseded", latency())
+        return {"outcome": "superseded", "by": exc.by}
     except Exception as exc:
         action = classify(exc)
         code, description = _describe(exc)
@@ -237,6 +248,21 @@ def _run_job(
     rt.ledger.finish(job_id, portal_key, "applied")
     events.job_finished(kind.name, portal_key, "applied", latency())
     return {"outcome": "applied"}
+
+
+def _order(
+    kind: KindLike, job_id: str, portal: str, fields: dict[str, Any], recorded: str, rt: Runtime
+) -> Order | None:
+    """The job's place in its portal state's order: as the producer recorded it, or stamped now for a
+    message that bypassed the producer (or whose record was re-created)."""
+    if kind.order is None:
+        return None
+    keys = kind.order.keys(fields)
+    version = parse_version(recorded)
+    if version is None:
+        rank = kind.order.rank(fields) if rt.settings.status_ranks else 0
+        (version,) = rt.ordering.stamp(portal, [(job_id, rank, fields.get("at"), keys)])
+    return Order(job_id, version, keys)
 
 
 def park(

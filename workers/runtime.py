@@ -18,6 +18,7 @@ from workers.delivery.callpool import CallPool
 from workers.delivery.dispatcher import Dispatcher
 from workers.delivery.lane import LaneConfig, Wire
 from workers.delivery.operating import OperatingHolds
+from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
 from workers.keys import Keys
 from workers.portals.cache import CachedPortals
@@ -57,6 +58,7 @@ class Runtime:
         self.parking = Parking(self.redis, keys)
         self.limiter = RateLimiter(self.redis, keys)
         self.holds = OperatingHolds(self.redis, keys, s.operating_limit, s.operating_margin)
+        self.ordering = Ordering(self.redis, keys, s.ledger_ttl)
         oauth = None
         if s.client_id:
             url = check_url(s.oauth_url, s.allow_insecure_http, "B24Q_OAUTH_URL")
@@ -66,7 +68,7 @@ class Runtime:
         self.client = RestClient(transport, s.connect_timeout, s.request_timeout)
         self.calls = CallPool(self.redis, keys)
         self.dispatcher = Dispatcher(
-            Wire(self.client, self.limiter, self.holds, self.tokens, self.portals, self.ledger.backlog),
+            Wire(self.client, self.limiter, self.holds, self.tokens, self.portals, self.ordering, self.ledger.backlog),
             LaneConfig(
                 batch_max=s.batch_max,
                 gather=s.gather_ms / 1000.0,

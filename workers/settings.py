@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     max_failures: int = Field(8, ge=1, description="Transient failures (5xx, network) before a dead letter.")
     backoff_base: float = Field(1.0, description="First transient backoff in seconds (doubles, full jitter).")
     backoff_max: float = Field(60.0, description="Cap of any retry countdown, in seconds.")
+    status_ranks: bool = Field(
+        True,
+        description="Status reports rank queued < sent < delivered/undelivered/failed: a message that reached a "
+        "final status never goes back, whatever order its reports arrive in (README: Ordering).",
+    )
     job_max_age: float = Field(86400.0, description="A job older than this is dead-lettered, whatever the cause.")
     ledger_ttl: float = Field(7 * 86400.0, description="How long finished job records are kept.")
 

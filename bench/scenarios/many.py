@@ -90,7 +90,12 @@ def run(opts: Options) -> list[Table]:
     t.add("503s, total", "0", fmt(sum(refused.values())), "")
     t.add("503s, worst portal", "0", fmt(max(refused.values())), "")
     t.add("portals that saw a 503", "0", fmt(sum(v > 0 for v in refused.values())), "")
-    t.add("lost (not applied/dead at the end)", "0", fmt(sum(r.state not in ("applied", "dead") for r in recs)), "")
+    t.add(
+        "lost (not applied/dead at the end)",
+        "0",
+        fmt(sum(r.state not in ("applied", "superseded", "dead") for r in recs)),
+        "",
+    )
     t.add("duplicates", "0", fmt(sum(e.duplicates for e in effects)), "")
     t.add("jobs run more than once (deferred for a slot, retried)", "", fmt(sum(r.runs > 1 for r in recs)), "")
     t.add("applied at the portals (distinct)", fmt(total), fmt(distinct), ratio(distinct, total))

@@ -69,7 +69,7 @@ def run(opts: Options) -> list[Table]:
 
     done = [r for r in recs if r.state == "applied"]
     dead = sum(r.state == "dead" for r in recs)
-    lost = sum(r.state not in ("applied", "dead") for r in recs)
+    lost = sum(r.state not in ("applied", "superseded", "dead") for r in recs)
     last = max((r.updated for r in done), default=t1)
     offset = mono_offset()
     accepted = sorted(t + offset for t in state["accepted_times"])

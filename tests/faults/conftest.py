@@ -24,6 +24,7 @@ import pytest
 from tasks import producer
 from tests.integration.conftest import FAST
 from workers.localdev.localstack import LocalStack
+from workers.records.ledger import TERMINAL
 from workers.runtime import get_runtime
 from workers.settings import Settings
 
@@ -120,7 +121,7 @@ def mixed_jobs(domain: str, n: int, start: int = 0, seed: int = 1) -> list[tuple
                 ("sender-update", {"portal": domain, "code": SENDER, "handler": f"https://sms.example.com/h/{i}"})
             )
         else:
-            jobs.append(("mark-unread", {"portal": domain, "dialog_id": f"chat{i % 7 + 1}", "message_id": i + 1}))
+            jobs.append(("mark-unread", {"portal": domain, "dialog_id": f"chat{i + 1}", "message_id": i + 1}))
     return jobs
 
 
@@ -163,9 +164,7 @@ def states(ids: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def wait_terminal(
-    ids: Iterable[str], timeout: float, terminal: tuple[str, ...] = ("applied", "dead", "parked")
-) -> dict[str, str]:
+def wait_terminal(ids: Iterable[str], timeout: float, terminal: tuple[str, ...] = TERMINAL) -> dict[str, str]:
     """Wait (bounded) until every job is in a terminal state; returns {id: state}."""
     ids = list(ids)
     deadline = time.monotonic() + timeout
@@ -179,17 +178,20 @@ def wait_terminal(
 def outcome(
     jobs: list[tuple[str, dict[str, Any]]], ids: list[str], found: dict[str, str], counts: Counter[str]
 ) -> dict[str, Any]:
-    """The figures of a run: every job applied (at least once at the portal) or dead-lettered, or lost."""
+    """The figures of a run: every job applied (at least once at the portal), superseded by a newer job for
+    the same portal state (README: Ordering), or dead-lettered; else lost."""
     applied = [i for i in ids if found[i] == "applied"]
     dead = [i for i in ids if found[i] == "dead"]
+    superseded = [i for i in ids if found[i] == "superseded"]
     keys = {i: job_key(kind, payload) for i, (kind, payload) in zip(ids, jobs, strict=True)}
-    not_terminal = [i for i in ids if found[i] not in ("applied", "dead")]
+    not_terminal = [i for i in ids if found[i] not in ("applied", "dead", "superseded")]
     applied_but_unseen = [i for i in applied if counts[keys[i]] == 0]
     rt = get_runtime()
     return {
         "lost_records": [rt.ledger.get(i) for i in (not_terminal + applied_but_unseen)[:3]],
         "jobs": len(ids),
         "applied": len(applied),
+        "superseded": len(superseded),
         "dead_lettered": len(dead),
         "lost": len(not_terminal) + len(applied_but_unseen),
         "applied_twice_or_more": sum(1 for i in ids if counts[keys[i]] > 1),
@@ -239,7 +241,7 @@ def wait_drained(ids: list[str], timeout: float) -> tuple[dict[str, str], dict[s
         found = wait_terminal(ids, max(0.0, deadline - time.monotonic()))
         backlog = broker_backlog()
         if (
-            backlog == {"queued": 0, "unacked": 0} and all(s in ("applied", "dead", "parked") for s in found.values())
+            backlog == {"queued": 0, "unacked": 0} and all(s in TERMINAL for s in found.values())
         ) or time.monotonic() > deadline:
             return found, backlog
         time.sleep(0.5)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 def unread_jobs(portal: str, n: int) -> list[tuple[str, dict[str, Any]]]:
-    return [("mark-unread", {"portal": portal, "dialog_id": f"chat{i % 7 + 1}", "message_id": i + 1}) for i in range(n)]
+    return [("mark-unread", {"portal": portal, "dialog_id": f"chat{i + 1}", "message_id": i + 1}) for i in range(n)]
 
 
 def wait_running(ids: list[str], worker: Worker, timeout: float = 30) -> None:

@@ -56,6 +56,7 @@ def test_redis_crash_loses_no_acknowledged_job(domain: str, figures: dict[str, A
         assert before and after, "the producer did not recover by itself"
         assert lost_before == [], lost_before[:5]  # acknowledged ≥ 1 s before the crash: survived
         assert result["lost"] == 0, result
-        assert {found[i] for i in after} == {"applied"}  # the workers reconnected too
+        # the workers reconnected too (sender updates of one code may supersede each other: README, Ordering)
+        assert "applied" in {found[i] for i in after} <= {"applied", "superseded"}
     finally:
         stack.__exit__(None, None, None)

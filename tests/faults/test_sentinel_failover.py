@@ -82,14 +82,16 @@ def test_master_killed_the_pool_follows_the_sentinel_to_the_new_master(
             enqueued_after_failover=len(after),
             producer_errors=len(load.failures),
             producer_error_types=sorted({name for _, name in load.failures}),
-            lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "dead")),
+            lost_of_last_second=sum(1 for i in last_second if found[i] not in ("applied", "superseded", "dead")),
             drained_after_failover_s=round(drained, 1),
             broker_left=backlog,
         )
         assert before and after, "the producer did not follow the failover by itself"
         assert [i for i in before if found[i] != "applied"] == []
-        assert {found[i] for i in after} == {"applied"}, "the workers did not follow the failover"
-        assert result["applied"] + result["dead_lettered"] >= len(ids) - len(last_second)
+        assert "applied" in {found[i] for i in after} <= {"applied", "superseded"}, (
+            "the workers did not follow the failover"
+        )
+        assert result["applied"] + result["superseded"] + result["dead_lettered"] >= len(ids) - len(last_second)
         for worker in stack.workers:  # the sentinel URL's password stays out of the logs
             worker._log.flush()
             assert PASSWORD not in worker.log_path.read_text(errors="replace"), worker.name

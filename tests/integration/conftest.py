@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from workers.localdev.localstack import LocalStack
+from workers.records.ledger import TERMINAL
 from workers.runtime import Runtime, get_runtime
 
 #: settings every integration stack uses: short backoffs so retries finish inside a test
@@ -50,9 +51,7 @@ def domain(request: pytest.FixtureRequest) -> str:
     return f"{name}.bitrix24.test"
 
 
-def wait_for(
-    ids: Iterable[str], timeout: float = 60, states: tuple[str, ...] = ("applied", "dead", "parked")
-) -> dict[str, str]:
+def wait_for(ids: Iterable[str], timeout: float = 60, states: tuple[str, ...] = TERMINAL) -> dict[str, str]:
     """Wait until every job is in one of `states`; return {id: state}."""
     rt = get_runtime()
     ids = list(ids)

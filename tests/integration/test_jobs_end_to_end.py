@@ -144,7 +144,7 @@ def test_the_cli_enqueues_and_shows_a_job(stack: LocalStack, rt: Runtime, domain
     )
     assert refused.returncode == 2 and "dialog_id" in refused.stderr
     lines = "\n".join(
-        json.dumps({"kind": "mark-unread", "portal": domain, "dialog_id": "chat5", "message_id": i})
+        json.dumps({"kind": "mark-unread", "portal": domain, "dialog_id": f"chat{i}", "message_id": i})
         for i in range(1, 30)
     )
     bulk = subprocess.run([*cli, "enqueue", "--file", "-"], input=lines, env=env, capture_output=True, text=True)
@@ -159,7 +159,7 @@ def test_one_request_carries_jobs_of_several_workers(stack: LocalStack, rt: Runt
     hold more jobs than any one worker's threads (2 workers x 16 threads here)."""
     stack.add_portal(domain, rate=2.0, burst=2)  # scarce slots (2/s, no burst): every request waits, calls pile up
     ids = producer.enqueue_many(
-        [("mark-unread", {"portal": domain, "dialog_id": "chat1", "message_id": i}) for i in range(1, 201)]
+        [("mark-unread", {"portal": domain, "dialog_id": f"chat{i}", "message_id": i}) for i in range(1, 201)]
     )
     assert set(wait_for(ids).values()) == {"applied"}
     counters = stack.emulator.state(domain)["counters"]

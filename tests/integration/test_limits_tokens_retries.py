@@ -27,10 +27,7 @@ def stack() -> Iterator[LocalStack]:
 
 def unread_jobs(domain: str, n: int, start: int = 1) -> list[str]:
     return producer.enqueue_many(
-        [
-            ("mark-unread", {"portal": domain, "dialog_id": f"chat{i % 7 + 1}", "message_id": i})
-            for i in range(start, start + n)
-        ]
+        [("mark-unread", {"portal": domain, "dialog_id": f"chat{i}", "message_id": i}) for i in range(start, start + n)]
     )
 
 

@@ -105,7 +105,7 @@ def setup_portal(stack: LocalStack, domain: str, messages: list[str]) -> None:
 
 
 def unread(domain: str, message_id: int) -> str:
-    return producer.enqueue_mark_unread(portal=domain, dialog_id="chat1", message_id=message_id)
+    return producer.enqueue_mark_unread(portal=domain, dialog_id=f"chat{message_id}", message_id=message_id)
 
 
 def run_workload(o: Observed) -> None:

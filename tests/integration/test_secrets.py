@@ -142,7 +142,7 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
                 ("status-update", {"portal": domain, "code": "smsgw", "message_id": f"s{i}", "status": "sent"})
                 for i in range(20)
             ]
-            + [("mark-unread", {"portal": hook, "dialog_id": "chat1", "message_id": i + 1}) for i in range(10)]
+            + [("mark-unread", {"portal": hook, "dialog_id": f"chat{i + 1}", "message_id": i + 1}) for i in range(10)]
         )
         assert set(wait_for(ids).values()) == {"applied"}
         # tokens expire mid-run: one refresh, a second pair of tokens

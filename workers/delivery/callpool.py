@@ -36,6 +36,7 @@ import redis
 from workers import errors
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call, MergeRule
+from workers.delivery.ordering import Order
 from workers.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def encode_outcome(outcome: CallResult | BaseException) -> dict[str, Any]:
         return {"result": outcome.result, "time": outcome.time}
     if isinstance(outcome, errors.Deferred):
         return {"error": "Deferred", "delay": outcome.delay, "why": outcome.why}
+    if isinstance(outcome, errors.Superseded):
+        return {"error": "Superseded", "by": outcome.by}
     if isinstance(outcome, errors.RestError):
         data = {"error": type(outcome).__name__, "code": outcome.code, "description": outcome.description}
         extra = dict(outcome.extra)
@@ -81,6 +84,8 @@ def decode_outcome(data: Mapping[str, Any]) -> CallResult | BaseException:
         return CallResult(data.get("result"), data.get("time"))
     if kind == "Deferred":
         return errors.Deferred(float(data["delay"]), str(data["why"]))
+    if kind == "Superseded":
+        return errors.Superseded(str(data["by"]))
     if kind in _ERRORS:
         return _ERRORS[kind](data["code"], data.get("description", ""), data.get("status"), **data.get("extra", {}))
     cls = _TRANSPORT.get(kind, errors.TransportError)
@@ -197,6 +202,7 @@ class CallPool:
                 data["method"],
                 data["params"],
                 MergeRule.from_list(data.get("merge")),
+                Order.from_list(data.get("order")),
                 solo=bool(data.get("solo")),
                 id=data["id"],
                 owner=data["owner"],
@@ -245,6 +251,7 @@ class CallPool:
                 "params": call.params,
                 "solo": call.solo,
                 "merge": call.merge.as_list() if call.merge is not None else None,
+                "order": call.order.as_list() if call.order is not None else None,
             },
             separators=(",", ":"),
             sort_keys=True,

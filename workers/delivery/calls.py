@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.bitrix.client import CallResult
+from workers.delivery.ordering import Order
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Call:
     method: str
     params: Mapping[str, Any]
     merge: MergeRule | None = None
+    order: Order | None = None
     done: threading.Event = field(default_factory=threading.Event)
     outcome: CallResult | BaseException | None = None
     sent: bool = False

@@ -17,6 +17,7 @@ from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call, MergeRule
 from workers.delivery.lane import Lane, LaneConfig, Wire
+from workers.delivery.ordering import Order
 from workers.errors import Deferred, TransportError
 
 
@@ -61,12 +62,19 @@ class Dispatcher:
         return lane
 
     def run(
-        self, portal_key: str, method: str, params: Mapping[str, Any], wait: float, merge: MergeRule | None = None
+        self,
+        portal_key: str,
+        method: str,
+        params: Mapping[str, Any],
+        wait: float,
+        merge: MergeRule | None = None,
+        order: Order | None = None,
     ) -> CallResult:
         """Send one call through its portal's lane; raise what it got, or `Deferred` after `wait` s.
-        Calls with the same `merge` key may share one command."""
+        Calls with the same `merge` key may share one command; an `order` makes it pass the ordering
+        gate (it may end `Superseded`)."""
         lane = self.lane(portal_key)
-        call = Call(method, params, merge)
+        call = Call(method, params, merge, order)
         lane.submit(call)
         try:
             if not call.done.wait(wait) and lane.cancel(call):

@@ -27,6 +27,7 @@ from workers.bitrix.client import CallResult, RestClient
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call, build_commands
 from workers.delivery.operating import OperatingHolds
+from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
 from workers.errors import (
     AuthLost,
@@ -34,6 +35,7 @@ from workers.errors import (
     OperationTimeLimit,
     QueryLimitExceeded,
     RestError,
+    Superseded,
     TokenExpired,
     TransportError,
 )
@@ -62,6 +64,7 @@ class Wire:
     holds: OperatingHolds
     tokens: TokenKeeper
     portals: PortalSource
+    ordering: Ordering
     #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming
     backlog: Callable[[str], int] = lambda portal: 0
 
@@ -308,9 +311,23 @@ class Lane:
             for call in [c for c in calls if c.method in held]:
                 self._settle(call, Deferred(held[call.method] - now, f"{call.method} held by the operating limit"))
             calls = [c for c in calls if c.method not in held]
-            if not calls:
-                return
-        self._send(portal, limits, calls)
+        calls = self._gate(calls)
+        if calls:
+            self._send(portal, limits, calls)
+
+    def _gate(self, calls: list[Call]) -> list[Call]:
+        """Calls that still go out: one whose portal state a newer job has (or will have) ends as
+        `Superseded`; one that sets fields a newer job set goes without them (`workers.delivery.ordering`)."""
+        ordered = [c for c in calls if c.order is not None]
+        if not ordered:
+            return calls
+        verdicts = self._wire.ordering.gate(self.key, [(c.order, c.params) for c in ordered if c.order is not None])
+        for call, verdict in zip(ordered, verdicts, strict=True):
+            if verdict.params is None:
+                self._settle(call, Superseded(verdict.superseded_by))
+            else:
+                call.params = verdict.params
+        return [c for c in calls if not c.done.is_set()]
 
     def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0) -> None:
         commands = build_commands(calls, merge=self._config.merge_max > 1)

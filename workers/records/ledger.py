@@ -25,7 +25,7 @@ import redis
 
 from workers.keys import DEFAULT_KEYS, Keys
 
-TERMINAL = ("applied", "dead", "parked")
+TERMINAL = ("applied", "dead", "parked", "superseded")
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,13 @@ class Run:
 
     created: float
     runs: int
+    #: the job's order version as recorded (`workers.delivery.ordering`), "" when it has none yet
+    version: str = ""
 
 
 _STARTED = """
 -- a worker picked the job up: running, one more run; creates the record (and counts it in the
--- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs}.
+-- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs, version}.
 local first = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
 if first == 1 then
   redis.call('HSET', KEYS[1], 'id', ARGV[2])
@@ -49,7 +51,7 @@ redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'runnin
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('LTRIM', KEYS[2], -50, -1)
-return {first, redis.call('HGET', KEYS[1], 'created'), runs}
+return {first, redis.call('HGET', KEYS[1], 'created'), runs, redis.call('HGET', KEYS[1], 'ver') or ''}
 """
 
 _FINISH = """
@@ -62,7 +64,7 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -50, -1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' then
+if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' and state ~= 'superseded' then
   local n = redis.call('DECR', KEYS[3])
   if n < 0 then redis.call('SET', KEYS[3], 0) end
   return 1
@@ -144,13 +146,13 @@ class Ledger:
         """A worker picked the job up (one script call). A job no producer recorded (a non-Python
         producer's raw message) gets its record here, with `payload()` kept for the reconciler."""
         event = self._event("running", worker=worker) if worker else self._event("running")
-        first, created, runs = self._started(
+        first, created, runs, version = self._started(
             keys=[self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)],
             args=[self._clock(), job_id, kind, portal, event],
         )
         if first and payload is not None:
             self._client.hsetnx(self._key(job_id), "payload", self._payload(payload()))
-        return Run(float(created), int(runs))
+        return Run(float(created), int(runs), version.decode() if isinstance(version, bytes) else str(version))
 
     def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
         """A non-terminal step: retrying, deferred."""
