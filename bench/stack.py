@@ -100,6 +100,11 @@ class Record:
         return self.updated - self.created
 
 
+#: Jobs the pool has done with: applied, or superseded by a newer job for the same portal state (the
+#: workload's sender updates share a code; README: Ordering).
+DONE = ("applied", "superseded")
+
+
 def records(ids: Sequence[str], rt: Runtime | None = None, chunk: int = 2000) -> list[Record]:
     """Ledger records of `ids` (missing ones get state '?')."""
     rt = rt or get_runtime()

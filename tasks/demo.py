@@ -31,10 +31,16 @@ def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
         portal = rng.choices(list(PORTALS), weights=list(PORTALS.values()))[0]
         roll = rng.random()
         if roll < 0.5:
-            status = rng.choice(["sent", "delivered", "delivered", "undelivered", "failed"])
-            jobs.append(
-                ("status-update", {"portal": portal, "code": SENDER, "message_id": f"sms-{i:06d}", "status": status})
-            )
+            # a gateway's delivery reports: often "sent" first, then the final status (README: Ordering)
+            final = rng.choice(["delivered", "delivered", "undelivered", "failed"])
+            reports = ["sent", final] if rng.random() < 0.5 else [final]
+            for status in reports:
+                jobs.append(
+                    (
+                        "status-update",
+                        {"portal": portal, "code": SENDER, "message_id": f"sms-{i:06d}", "status": status},
+                    )
+                )
         elif roll < 0.75:
             messages = [
                 {

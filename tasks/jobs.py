@@ -67,7 +67,7 @@ class Job(BaseModel):
     def _text_is_clean(cls, value: Any) -> Any:
         return _no_control(value) if isinstance(value, str) else value
 
-    @field_validator("code", "message_id", "name", "description", mode="after", check_fields=False)
+    @field_validator("code", "message_id", "name", "description", "dialog_id", mode="after", check_fields=False)
     @classmethod
     def _not_empty_to_php(cls, value: Any) -> Any:
         # Bitrix24 checks required params with PHP's empty(): "0" and {} count as missing there

@@ -216,6 +216,10 @@ TABLE: list[tuple[str, Any, str, str]] = [
     ("status-update", {"portal": OAUTH, "code": "c", "message_id": "0", "status": "sent"}, "message_id", "empty"),
     ("sender-update", {"portal": OAUTH, "code": "p", "name": {}}, "name", "empty"),
     ("sender-update", {"portal": OAUTH, "code": "p", "description": "0"}, "description", "empty"),
+    ("mark-unread", {"portal": OAUTH, "dialog_id": "0", "message_id": 1}, "dialog_id", "empty"),
+    # ordering: `at` is unix seconds
+    ("mark-unread", {"portal": OAUTH, "dialog_id": "1", "message_id": 1, "at": -1}, "at", "greater than or equal"),
+    ("mark-unread", {"portal": OAUTH, "dialog_id": "1", "message_id": 1, "at": "soon"}, "at", "valid number"),
     ("sender-update", {"portal": OAUTH, "code": "p", "handler": "https://localhost/h"}, "handler", "dot"),
     ("sender-update", {"portal": OAUTH, "code": "p", "handler": "https://sms.example.com:99999/h"}, "handler", "port"),
     # mark-unread: DIALOG_IDs

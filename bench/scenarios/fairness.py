@@ -17,7 +17,7 @@ import time
 from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile, ratio
 from bench.scenarios import Options
-from bench.stack import add_portal, bench_stack, log, records, wait_backlog
+from bench.stack import DONE, add_portal, bench_stack, log, records, wait_backlog
 from bench.workload import commands, mixed
 from tasks.producer import enqueue, enqueue_many
 from workers.runtime import get_runtime
@@ -64,10 +64,10 @@ def run(opts: Options) -> list[Table]:
         hot_state = stack.emulator.state(HOT)["counters"]
         cold_state = stack.emulator.state(COLD)["counters"]
 
-    lat = [r.latency for r in cold if r.state == "applied"]
-    hot_in_window = sum(r.state == "applied" and w0 <= r.updated <= w1 for r in hot)
+    lat = [r.latency for r in cold if r.state in DONE]
+    hot_in_window = sum(r.state in DONE and w0 <= r.updated <= w1 for r in hot)
     hot_rate = hot_in_window / (w1 - w0)
-    hot_done = sum(r.state == "applied" for r in hot)
+    hot_done = sum(r.state in DONE for r in hot)
     ceiling = RATE * 50 * per_cmd
     t = Table(
         f"fairness: {HOT} with a {hot_n}-job backlog (rate {RATE:g}/s, burst 50) and {COLD} sending 1 job/s for "

@@ -16,7 +16,7 @@ import time
 from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile, ratio
 from bench.scenarios import Options
-from bench.stack import add_portal, bench_stack, log, records, wait_backlog
+from bench.stack import DONE, add_portal, bench_stack, log, records, wait_backlog
 from bench.workload import applied, mixed
 from tasks.producer import enqueue
 
@@ -64,7 +64,8 @@ def run(opts: Options) -> list[Table]:
     }
     labels = {UNLIMITED: "unlimited portal", STANDARD: "standard portal (2 req/s, burst 50)"}
     for portal, rs in recs.items():
-        lat = [r.latency for r in rs if r.state == "applied"]
+        lat = [r.latency for r in rs if r.state in DONE]
+        superseded = sum(r.state == "superseded" for r in rs)
         c = states[portal]["counters"]
         effects = applied(states[portal])
         for q in (50, 95, 99):
@@ -81,7 +82,7 @@ def run(opts: Options) -> list[Table]:
             "  applied / lost / duplicates",
             "",
             "",
-            f"{len(lat)} / {count - effects.distinct} / {effects.duplicates}",
+            f"{len(lat)} / {count - superseded - effects.distinct} / {effects.duplicates}",
             "",
         )
     t.note(f"standard floor = after the burst, the next of 2 slots/s (0..0.5 s) + {LATENCY * 1000:.0f} ms latency")

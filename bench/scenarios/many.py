@@ -16,7 +16,7 @@ import time
 from bench.profiler import start_workers
 from bench.report import Table, bucket_time, fmt, ratio
 from bench.scenarios import Options
-from bench.stack import CpuMeter, add_portal, bench_stack, log, records, stack_pids, wait_backlog
+from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, records, stack_pids, wait_backlog
 from bench.workload import Job, applied, commands, mixed
 from tasks.producer import enqueue_many
 from workers.runtime import get_runtime
@@ -64,7 +64,8 @@ def run(opts: Options) -> list[Table]:
         recs = records(ids)
         states = {d: stack.emulator.state(d) for d in sizes}
 
-    done = [r for r in recs if r.state == "applied"]
+    done = [r for r in recs if r.state in DONE]
+    superseded = sum(r.state == "superseded" for r in recs)
     last = max((r.updated for r in done), default=t1)
     rate = len(done) / (last - t0)
     refused = {d: int(s["counters"]["refused_503"]) for d, s in states.items()}
@@ -98,7 +99,10 @@ def run(opts: Options) -> list[Table]:
     )
     t.add("duplicates", "0", fmt(sum(e.duplicates for e in effects)), "")
     t.add("jobs run more than once (deferred for a slot, retried)", "", fmt(sum(r.runs > 1 for r in recs)), "")
-    t.add("applied at the portals (distinct)", fmt(total), fmt(distinct), ratio(distinct, total))
+    t.add("superseded (newer sender updates of the same code)", "", fmt(superseded), "")
+    t.add(
+        "applied at the portals (distinct)", fmt(total - superseded), fmt(distinct), ratio(distinct, total - superseded)
+    )
     hot = [d for d, n in sizes.items() if n == hot_n]
     hot_req = sum(int(states[d]["counters"]["accepted"]) for d in hot)
     per_req = hot_n * len(hot) / max(hot_req, 1)

@@ -23,6 +23,7 @@ from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile, ratio
 from bench.scenarios import Options
 from bench.stack import (
+    DONE,
     CpuMeter,
     Record,
     add_portal,
@@ -44,7 +45,7 @@ DRAIN, E2E, NAIVE = "raw.bench.test", "raw-e2e.bench.test", "naive-raw.bench.tes
 
 def steady(recs: Sequence[Record]) -> float:
     """jobs/s between the 10th and 90th percentile of the finish times."""
-    times = [r.updated for r in recs if r.state == "applied"]
+    times = [r.updated for r in recs if r.state in DONE]
     lo, hi = percentile(times, 10), percentile(times, 90)
     return 0.8 * len(times) / (hi - lo) if hi > lo else math.nan
 
@@ -84,7 +85,7 @@ def run(opts: Options) -> list[Table]:
             drain_cpu = per_job(CpuMeter.delta(cpu0, meter.sample()), left0)
             drain_calls = redis_calls(stack) - calls0
             drain_recs = records(ids)
-            drain_last = max((r.updated for r in drain_recs if r.state == "applied"), default=ready)
+            drain_last = max((r.updated for r in drain_recs if r.state in DONE), default=ready)
             drain_state = stack.emulator.state(DRAIN)
 
             # 3. end to end: enqueue while the workers run
@@ -97,7 +98,7 @@ def run(opts: Options) -> list[Table]:
             wait_backlog([E2E], timeout=n / 50 + 60)
             e2e_cpu = per_job(CpuMeter.delta(cpu0, meter.sample()), n)
             e2e_recs = records(ids)
-            e2e_last = max((r.updated for r in e2e_recs if r.state == "applied"), default=t1)
+            e2e_last = max((r.updated for r in e2e_recs if r.state in DONE), default=t1)
             e2e_state = stack.emulator.state(E2E)
 
             # the naive baseline, end to end
@@ -112,8 +113,8 @@ def run(opts: Options) -> list[Table]:
         finally:
             naive_workers.stop()
 
-    drain_done = sum(r.state == "applied" for r in drain_recs)
-    e2e_done = sum(r.state == "applied" for r in e2e_recs)
+    drain_done = sum(r.state in DONE for r in drain_recs)
+    e2e_done = sum(r.state in DONE for r in e2e_recs)
     drain_rate = left0 / (drain_last - ready) if drain_last > ready else math.nan
     drain_steady = steady(drain_recs)
     e2e_rate = e2e_done / (e2e_last - t0) if e2e_last > t0 else math.nan

@@ -20,7 +20,7 @@ from bench import baseline
 from bench.profiler import start_workers
 from bench.report import Table, bucket_time, fmt, ratio
 from bench.scenarios import Options
-from bench.stack import CpuMeter, add_portal, bench_stack, log, mono_offset, records, stack_pids, wait_backlog
+from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, mono_offset, records, stack_pids, wait_backlog
 from bench.workload import applied, commands, mixed
 from tasks.producer import enqueue_many
 from workers.runtime import get_runtime
@@ -67,7 +67,8 @@ def run(opts: Options) -> list[Table]:
         finally:
             naive_workers.stop()
 
-    done = [r for r in recs if r.state == "applied"]
+    done = [r for r in recs if r.state in DONE]
+    superseded = sum(r.state == "superseded" for r in recs)
     dead = sum(r.state == "dead" for r in recs)
     lost = sum(r.state not in ("applied", "superseded", "dead") for r in recs)
     last = max((r.updated for r in done), default=t1)
@@ -119,7 +120,13 @@ def run(opts: Options) -> list[Table]:
     t.add("lost (not applied/dead at the end)", "0", fmt(lost), "")
     t.add("dead letters", "0", fmt(dead), "")
     t.add("jobs run more than once (deferred for a slot, retried)", "", fmt(sum(r.runs > 1 for r in recs)), "")
-    t.add("applied at the portal (distinct)", fmt(n), fmt(effects.distinct), ratio(effects.distinct, n))
+    t.add("superseded (a newer sender update of the same code)", "", fmt(superseded), "")
+    t.add(
+        "applied at the portal (distinct)",
+        fmt(n - superseded),
+        fmt(effects.distinct),
+        ratio(effects.distinct, n - superseded),
+    )
     t.add("CPU ms per job (workers+emulator+redis)", "", fmt(1000 * cpu / max(len(done), 1), 2), "")
     t.note(f"{n} jobs = {cmds} commands: delivery confirmations for one connector+line merge (merge_max {merge_max})")
     if not finished:
@@ -133,8 +140,12 @@ def run(opts: Options) -> list[Table]:
     b.add("jobs", fmt(n), fmt(naive_result.jobs))
     b.add("jobs/s (applied / elapsed)", fmt(overall), fmt(naive_result.rate, 2))
     b.add("503s received", fmt(int(c["refused_503"])), fmt(naive_result.refused_503))
-    b.add("lost (not applied)", fmt(n - effects.distinct), fmt(naive_result.lost))
-    b.add("lost %", fmt(100 * (n - effects.distinct) / n, 1), fmt(100 * naive_result.lost / naive_result.jobs, 1))
+    b.add("lost (not applied)", fmt(n - superseded - effects.distinct), fmt(naive_result.lost))
+    b.add(
+        "lost %",
+        fmt(100 * (n - superseded - effects.distinct) / n, 1),
+        fmt(100 * naive_result.lost / naive_result.jobs, 1),
+    )
     b.add("duplicates", fmt(effects.duplicates), fmt(naive_result.duplicates))
     b.add("elapsed (s)", fmt(last - t0), fmt(naive_result.elapsed))
     if not naive_result.finished:

@@ -86,6 +86,7 @@ def test_changes_applied_but_answered_late_or_lost_are_retried_harmlessly(
         for k in (
             "jobs",
             "applied",
+            "superseded",
             "dead_lettered",
             "lost",
             "applied_twice_or_more",

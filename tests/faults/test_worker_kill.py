@@ -105,7 +105,7 @@ def test_a_message_taken_by_a_dying_worker_is_published_again(domain: str, figur
         whys = [e.get("why", "") for e in record["events"]]
         figures.update(result, recovered_after_s=round(recovered_after, 1), reconcile_grace_s=8, reconcile_interval_s=3)
         assert result["lost"] == 0, result
-        assert found[ids[0]] == "applied"
+        assert found[ids[0]] in ("applied", "superseded")  # (a newer sender update may take its place)
         assert result["extra_applications"] == 0
         assert any("reconciler" in why for why in whys), record["events"]
     finally:
