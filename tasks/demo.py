@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         ideal = _ideal_seconds(jobs, stack)
         print(
             f"Ideal time at the portals' limits: {ideal:.1f}s (each portal: {stack.settings.batch_max} commands per "
-            f"request, where delivery confirmations for one line share a command; 45 requests at once, then 2/s)\n"
+            f"request, where delivery confirmations for one line share a command; 45 requests at once, then 2/s; "
+            f"every job counted, though a job superseded by a newer report for the same state is never sent)\n"
         )
 
         expired = False
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
                 print("  (acme's access token just expired at the portal; watch the refresh count)")
             counters = {d: stack.emulator.state(d)["counters"] for d in PORTALS}
             line = (
-                f"  {elapsed:5.1f}s  applied {states['applied']:>5}  dead {states['dead']:>3}  "
+                f"  {elapsed:5.1f}s  applied {states['applied']:>5}  superseded {states['superseded']:>5}  "
+                f"dead {states['dead']:>3}  "
                 f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
                 f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
                 f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
