@@ -108,3 +108,29 @@ def commands(jobs: Iterable[Job], merge_max: int) -> int:
         else:
             items[(kind, *(payload[k] for k in key))] += len(payload.get("messages") or [1])
     return plain + sum(-(-n // merge_max) for n in items.values())
+
+
+#: Each message's delivery reports, in the order an SMS gateway learns them.
+REPORT_STORIES = (
+    ("queued", "sent", "delivered"),
+    ("queued", "sent", "undelivered"),
+    ("sent", "delivered"),
+    ("queued", "failed"),
+    ("queued", "sent"),
+)
+
+
+def delivery_reports(portal: str, code: str, messages: int, seed: int = 5) -> tuple[list[Job], dict[str, str]]:
+    """Status reports of `messages` SMS, interleaved across messages as a gateway receives them (each
+    message's own in order); and each message's last reported status."""
+    rng = random.Random(seed)
+    pending = {f"sms-{i}": list(rng.choice(REPORT_STORIES)) for i in range(messages)}
+    last = {m: story[-1] for m, story in pending.items()}
+    jobs: list[Job] = []
+    while pending:
+        message = rng.choice(sorted(pending))
+        status = pending[message].pop(0)
+        if not pending[message]:
+            del pending[message]
+        jobs.append(("status-update", {"portal": portal, "code": code, "message_id": message, "status": status}))
+    return jobs, last

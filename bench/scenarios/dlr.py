@@ -10,47 +10,24 @@ ended in its last reported status.
 
 from __future__ import annotations
 
-import random
 import time
-from typing import Any
 
 from bench.profiler import start_workers
 from bench.report import Table, bucket_time, fmt, ratio
 from bench.scenarios import Options
 from bench.stack import add_portal, bench_stack, log, records, wait_backlog
-from bench.workload import SENDER
+from bench.workload import SENDER, delivery_reports
 from tasks.producer import enqueue_many
 from workers.runtime import get_runtime
 
 PORTAL = "dlr.bench.test"
 RATE, BURST = 2.0, 50
-STORIES = [
-    ["queued", "sent", "delivered"],
-    ["sent", "delivered"],
-    ["queued", "sent", "undelivered"],
-    ["queued", "failed"],
-]
 TARGET = 0.7
-
-
-def stream(messages: int, seed: int = 3) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str]]:
-    """Reports interleaved across messages, each message's in its own order; and each message's last."""
-    rng = random.Random(seed)
-    pending = {f"m{i}": list(rng.choice(STORIES)) for i in range(messages)}
-    last = {m: s[-1] for m, s in pending.items()}
-    jobs: list[tuple[str, dict[str, Any]]] = []
-    while pending:
-        message = rng.choice(list(pending))
-        status = pending[message].pop(0)
-        if not pending[message]:
-            del pending[message]
-        jobs.append(("status-update", {"portal": PORTAL, "code": SENDER, "message_id": message, "status": status}))
-    return jobs, last
 
 
 def run(opts: Options) -> list[Table]:
     messages = 1500 if opts.quick else 4000
-    jobs, last = stream(messages)
+    jobs, last = delivery_reports(PORTAL, SENDER, messages)
     with bench_stack(log_dir=opts.dir_for("dlr")) as stack:
         add_portal(stack, PORTAL, rate=RATE, burst=BURST)
         start_workers(stack, 4, 64, opts.profile_dir("dlr"))

@@ -4,7 +4,6 @@ gateway learned them, through portal faults and killed workers."""
 from __future__ import annotations
 
 import itertools
-import random
 import signal
 import time
 from collections import Counter
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench.workload import delivery_reports
 from tasks import producer
 from tasks.jobs import STATUS_RANK
 from tests.faults.conftest import QUICK, SENDER, add_portal, make_fault_stack, wait_drained
@@ -19,38 +19,13 @@ from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
 
-#: each message's reports, in the order the gateway learns them
-STORIES = [
-    ["queued", "sent", "delivered"],
-    ["queued", "sent", "undelivered"],
-    ["sent", "delivered"],
-    ["queued", "failed"],
-    ["queued", "sent"],
-]
-
-
-def dlr_stream(portal: str, messages: int, seed: int = 5) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str]]:
-    """Every message's reports, interleaved across messages (each message's own order kept); and the last
-    status reported per message."""
-    rng = random.Random(seed)
-    pending = {f"sms-{i}": list(rng.choice(STORIES)) for i in range(messages)}
-    last = {m: story[-1] for m, story in pending.items()}
-    jobs: list[tuple[str, dict[str, Any]]] = []
-    while pending:
-        message = rng.choice(sorted(pending))
-        status = pending[message].pop(0)
-        if not pending[message]:
-            del pending[message]
-        jobs.append(("status-update", {"portal": portal, "code": SENDER, "message_id": message, "status": status}))
-    return jobs, last
-
 
 def test_every_message_ends_in_its_last_reported_status(domain: str, figures: dict[str, Any]) -> None:
     stack = make_fault_stack(workers=3, concurrency=32)
     try:
         add_portal(stack, domain, rate=2.0, burst=10)
         stack.emulator.set_faults(domain, error_500_rate=0.05, drop_rate=0.05, slow_rate=0.05, slow_seconds=6.0)
-        jobs, last = dlr_stream(domain, 400)
+        jobs, last = delivery_reports(domain, SENDER, 400)
         ids: list[str] = []
         kills = 0
         started = time.monotonic()
