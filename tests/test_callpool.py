@@ -154,3 +154,22 @@ def test_a_waiting_call_is_withdrawn_and_deferred(settings: Settings, rclient: r
     assert rclient.llen(Keys(settings.key_prefix).calls("acme")) == 0
     # nobody sends a withdrawn call: a sender that comes later finds nothing
     assert CallPool(rclient, Keys(settings.key_prefix), "late").take("acme", 10) == []
+
+
+def test_owner_gives_up_when_a_live_senders_heartbeat_expires(settings: Settings, rclient: redis.Redis) -> None:
+    """The sender had a real heartbeat when it took the call; it stops (its process dies), the key expires,
+    and the owner retries the job instead of waiting for an answer that will never come."""
+    owner = CallPool(rclient, Keys(settings.key_prefix), "owner-5", alive_ttl=2.0)
+    rt, lane = _watching_lane(settings, rclient, owner)
+    sender = CallPool(rclient, Keys(settings.key_prefix), "sender-5", alive_ttl=1.0)
+    sender.submit("elsewhere", Call("im.dialog.unread", {"DIALOG_ID": "chat9", "MESSAGE_ID": 1}))  # beating now
+    assert owner.alive("sender-5")
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 11})
+    owner.submit("acme", call)
+    assert [c.id for c in sender.take("acme", 10)] == [call.id]
+    sender.close()  # its heartbeat stops with it
+    started = time.monotonic()
+    with pytest.raises(errors.TransportError, match="SENDER_LOST"):
+        rt.dispatcher._await_outcome(lane, call)
+    assert time.monotonic() - started < 10
+    assert call.taker == "sender-5"

@@ -60,9 +60,9 @@ MSG = dict(DELIVERED)
 # unless the case is about the portal.
 TABLE: list[tuple[str, Any, str, str]] = [
     # not a job at all
-    ("status-update", ["not", "a", "mapping"], "(job)", ""),
-    ("status-update", "portal=acme", "(job)", ""),
-    ("status-update", None, "(job)", ""),
+    ("status-update", ["not", "a", "mapping"], "(job)", "a job is a JSON object of fields, not list"),
+    ("status-update", "portal=acme", "(job)", "a job is a JSON object of fields, not str"),
+    ("status-update", None, "(job)", "a job is a JSON object of fields, not NoneType"),
     ("no-such-kind", {"portal": OAUTH}, "kind", "unknown job kind"),
     # the portal
     ("mark-unread", {"dialog_id": "1", "message_id": 1}, "portal", "required"),

@@ -1,7 +1,8 @@
 """Every way b24q keeps secrets out of what people read: logs, Flower, the CLI and status views.
 
-- `redact(text)`: secret query parameters (`client_secret=`, `refresh_token=`, ...), webhook codes in
-  `/rest/{user}/{code}/` paths and URL passwords, masked in free text. `RedactSecrets` applies it to
+- `redact(text)`: secret query parameters (`client_secret=`, `refresh_token=`, ...), the same secrets as
+  JSON or repr fields (`"access_token": "…"`), webhook codes in `/rest/{user}/{code}/` paths and URL
+  passwords, masked in free text. `RedactSecrets` applies it to
   every log record (`install_redaction`). httpx logs every request's full URL at INFO, and the OAuth
   refresh (a GET, as Bitrix24 documents it) carries client_secret and refresh_token in its query:
   `workers.celery` turns httpx's request lines off (b24q's observer hooks report requests without URLs).
@@ -29,13 +30,21 @@ MASK = "***"
 _SECRET_PARAM = re.compile(
     r"((?:client_secret|refresh_token|access_token|auth|password|code)(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE
 )
+#: the same secrets as JSON or Python-repr fields: `"access_token": "…"`, `'refresh_token': '…'` (event payloads,
+#: OAuth answers and auth blocks that end up in an exception's text)
+_SECRET_FIELD = re.compile(
+    r"""(["'](?:client_secret|refresh_token|access_token|application_token|password|AUTH_ID|REFRESH_ID)["']"""
+    r"""\s*:\s*["'])[^"']*""",
+    re.IGNORECASE,
+)
 _WEBHOOK_PATH = re.compile(r"(/rest/\d+/)[^/\s\"'<>?]+")
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """`text` with secret query parameters, webhook codes and URL passwords masked."""
+    """`text` with secret query parameters and fields, webhook codes and URL passwords masked."""
     text = _SECRET_PARAM.sub(rf"\g<1>{MASK}", text)
+    text = _SECRET_FIELD.sub(rf"\g<1>{MASK}", text)
     text = _WEBHOOK_PATH.sub(rf"\g<1>{MASK}", text)
     return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
 

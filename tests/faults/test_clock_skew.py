@@ -44,7 +44,9 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
         found, _ = wait_drained(ids, timeout=90)
         took = time.monotonic() - started
         state = stack.emulator.state(domain)
-        times, c = state["accepted_times"], state["counters"]
+        # every request b24q *sent*, refused or not: the emulator's own bucket caps the accepted ones, so
+        # only the attempts show whether b24q's limiter kept the pool under the limit
+        times, c = sorted(state["accepted_times"] + state["refused_times"]), state["counters"]
         rt = get_runtime()
         by_worker: dict[str, int] = {}
         for job_id in ids[::10]:
@@ -67,7 +69,7 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
         assert len(by_worker) == 2, by_worker  # both skewed workers sent jobs
         for window, peak_requests in peak.items():
             assert peak_requests <= burst + rate * window + 1, (window, peak_requests)
-        assert c["refused_503"] <= max(1, c["accepted"] // 100)
+        assert c["refused_503"] * 100 <= c["accepted"]  # ≤ 1 % refused
         assert took < 60  # neither worker waited out its skew
     finally:
         stack.__exit__(None, None, None)

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures: dict[str, Any]) -> None:
-    # a visibility timeout far beyond the test: nothing may depend on redelivery after a timeout
-    stack = make_fault_stack(workers=2, concurrency=64, visibility_timeout=300)
+    # nothing may depend on redelivery: a visibility timeout far beyond the test, the reconciler off, and
+    # dead-worker recovery must find nothing to restore (the stopping worker hands its messages back)
+    stack = make_fault_stack(workers=2, concurrency=64, visibility_timeout=300, reconcile_interval=0)
     try:
         portals = [f"p{i}-{domain}" for i in range(2)]
         for portal in portals:
@@ -46,11 +47,9 @@ def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures:
         for portal in portals:
             counts.update(applied_counts(stack.emulator.state(portal)))
         result = outcome(jobs, ids, found, counts)
-        recovered = sum(
-            1
-            for i in ids
-            if any("reconciler" in e.get("why", "") for e in (get_runtime().ledger.get(i) or {"events": []})["events"])
-        )
+        whys = [e.get("why", "") for i in ids for e in (get_runtime().ledger.get(i) or {"events": []})["events"]]
+        recovered = sum("reconciler" in why for why in whys)
+        requeued = sum("went back to the queue" in why for why in whys)
         restored = [line for line in log.splitlines() if "Restoring" in line]
         figures.update(
             result,
@@ -59,11 +58,13 @@ def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures:
             drained_after_stop_s=round(drained_after, 1),
             restored_at_shutdown=restored[-1:] or [],
             republished_by_reconciler=recovered,
+            requeued_by_dead_worker_recovery=requeued,
             broker_left=backlog,
         )
         assert code == 0, log[-3000:]
         assert stop_took < 30  # soft shutdown (10 s) plus the pool's own stop
         assert result["lost"] == 0, result
         assert backlog == {"queued": 0, "unacked": 0}
+        assert recovered == 0 and requeued == 0, (recovered, requeued)  # no redelivery: the stop handed back
     finally:
         stack.__exit__(None, None, None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -151,7 +150,8 @@ def test_the_cli_enqueues_and_shows_a_job(stack: LocalStack, rt: Runtime, domain
     assert bulk.returncode == 0, bulk.stderr
     ids = bulk.stdout.split()
     assert len(ids) == 29 and set(wait_for(ids).values()) == {"applied"}
-    assert os.environ.get("B24Q_CLIENT_SECRET") is None or True
+    secret = stack.settings.client_secret.get_secret_value()
+    assert secret and secret not in bulk.stdout + bulk.stderr + refused.stdout + refused.stderr
 
 
 def test_one_request_carries_jobs_of_several_workers(stack: LocalStack, rt: Runtime, domain: str) -> None:

@@ -39,8 +39,9 @@ def test_four_workers_saturating_a_portal_stay_under_its_limit(stack: LocalStack
     assert set(wait_for(ids, timeout=120).values()) == {"applied"}
     state = stack.emulator.state(domain)
     c = state["counters"]
-    assert c["refused_503"] <= max(1, c["accepted"] // 200)  # ≤ 0.5 % refused
-    times = state["accepted_times"]
+    assert c["refused_503"] * 200 <= c["accepted"]  # ≤ 0.5 % refused
+    # every request b24q sent, refused or not (the emulator's bucket caps the accepted ones by itself)
+    times = sorted(state["accepted_times"] + state["refused_times"])
     for window in (1.0, 3.0):
         assert max_in_window(times, window) <= burst + rate * window + 1
     # every job applied exactly once (no job lost, none doubled by the packing)
