@@ -156,7 +156,10 @@ ACTIONS: dict[str, tuple[type[RestError], str]] = {
     "OPERATION_TIME_LIMIT": (OperationTimeLimit, "method held for this portal until operating_reset_at"),
     # token
     "expired_token": (TokenExpired, "one refresh for the pool, then the call is repeated at once"),
-    "invalid_token": (TokenExpired, "refreshed once like expired_token; parked if the new token fails too"),
+    "invalid_token": (
+        TokenExpired,
+        "refreshed like expired_token (twice at most); parked (TOKEN_REJECTED) if refused again",
+    ),
     # credentials lost: parked until `b24q portal auth` or `store_tokens()`
     "invalid_grant": (AuthLost, "refresh token used or expired: re-authorisation needed"),
     "invalid_client": (AuthLost, "client_id/secret wrong or app not installed"),

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     task_events: bool = Field(
         False,
         description="Send Celery task events at all times. Flower turns them on by itself every 5 s while it "
-        "runs; always-on events cost ~17% of worker CPU (docs/benchmarks.md).",
+        "runs; always-on events add a publish per job step to every worker's work.",
     )
     worker_concurrency: int = Field(
         128, ge=1, description="Threads per worker process; ≥ 50 per portal busy at once, for full batches."

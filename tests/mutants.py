@@ -1,0 +1,151 @@
+"""`make mutants`: each guarantee's test must fail when the mechanism behind it is taken out.
+
+For every mechanism the README promises, a copy of the committed tree gets one small edit that disables
+it (the mutant), and the test that guards the guarantee runs against that copy. A mutant is *killed*
+when the test fails, as it must; one that *survives* means the test would pass with the mechanism gone.
+The table it prints goes into docs/reliability.md. Not part of `make test`: each mutant starts its own
+stack, about 5 minutes in all on 2 cores.
+
+    python -m tests.mutants            # all
+    python -m tests.mutants limiter    # some, by name
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    guarantee: str
+    path: str
+    old: str
+    new: str
+    test: str
+
+
+MUTANTS = [
+    Mutant(
+        "limiter",
+        "never over a portal's limit, across the pool (GCRA in Redis)",
+        "workers/delivery/lua/gcra.lua",
+        "local allow_at = tat - (burst - 1) * interval",
+        "local allow_at = now  -- mutant: every slot at once",
+        "tests/integration/test_limits_tokens_retries.py::test_four_workers_saturating_a_portal_stay_under_its_limit",
+    ),
+    Mutant(
+        "refresh-lock",
+        "one token refresh for the whole pool",
+        "workers/portals/tokens.py",
+        "if self._client.set(lock_key, owner, nx=True, px=int(self._lock_ttl * 1000)):",
+        "if True:  # mutant: every thread refreshes",
+        "tests/test_tokens.py::test_sixteen_concurrent_refreshes_make_one_oauth_call",
+    ),
+    Mutant(
+        "reconciler",
+        "a message the broker lost is published again",
+        "workers/broker/reconcile.py",
+        "    candidates = rt.ledger.stale_open(cutoff)",
+        "    candidates: list[str] = []  # mutant",
+        "tests/faults/test_worker_kill.py::test_a_message_taken_by_a_dying_worker_is_published_again",
+    ),
+    Mutant(
+        "dead-worker-recovery",
+        "a killed worker's jobs come back in seconds",
+        "workers/broker/recovery.py",
+        "        seconds, micros = self._client.time()",
+        "        return []  # mutant\n        seconds, micros = self._client.time()",
+        "tests/faults/test_dead_workers.py::test_a_killed_workers_jobs_are_applied_within_seconds[8]",
+    ),
+    Mutant(
+        "ordering-gate",
+        "the portal ends in the state last reported",
+        "workers/delivery/ordering.py",
+        "        answers = self._gate(keys=keys, args=args)",
+        "        answers = [[''] * len(o.keys) for o, _ in calls]  # mutant: everything goes",
+        "tests/test_ordering.py::test_the_newest_job_wins_under_any_interleaving",
+    ),
+    Mutant(
+        "ordering-gate-e2e",
+        "the portal ends in the state last reported (real workers, faults, kills)",
+        "workers/delivery/ordering.py",
+        "        answers = self._gate(keys=keys, args=args)",
+        "        answers = [[''] * len(o.keys) for o, _ in calls]  # mutant: everything goes",
+        "tests/faults/test_ordering_faults.py::test_every_message_ends_in_its_last_reported_status",
+    ),
+    Mutant(
+        "sender-heartbeat",
+        "a job whose call another worker was sending is retried when that worker dies",
+        "workers/delivery/callpool.py",
+        "        alive = bool(self._redis.exists(self._keys.alive(worker)))",
+        "        alive = True  # mutant",
+        "tests/test_callpool.py::test_owner_gives_up_when_a_live_senders_heartbeat_expires",
+    ),
+    Mutant(
+        "redaction",
+        "no secret in logs",
+        "workers/redaction.py",
+        "    text = _SECRET_PARAM.sub(",
+        "    return text  # mutant\n    text = _SECRET_PARAM.sub(",
+        "tests/test_redaction.py",
+    ),
+    Mutant(
+        "redaction-e2e",
+        "no secret in logs (a full run at DEBUG)",
+        "workers/redaction.py",
+        "    text = _SECRET_PARAM.sub(",
+        "    return text  # mutant\n    text = _SECRET_PARAM.sub(",
+        "tests/integration/test_secrets.py::test_no_secret_leaks_anywhere_in_a_full_run",
+    ),
+]
+
+
+def run(mutant: Mutant) -> tuple[str, float]:
+    with tempfile.TemporaryDirectory(prefix=f"b24q-mutant-{mutant.name}-") as tmp:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        target = Path(tmp) / mutant.path
+        text = target.read_text()
+        if text.count(mutant.old) != 1:
+            return f"MUTATION NOT APPLIED ({mutant.old!r} found {text.count(mutant.old)} times)", 0.0
+        target.write_text(text.replace(mutant.old, mutant.new))
+        env = {**os.environ, "PYTHONPATH": tmp, "B24Q_FAULT_FIGURES": str(Path(tmp) / "figures.json")}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=", mutant.test],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        took = time.monotonic() - started
+        return ("killed" if done.returncode != 0 else "SURVIVED"), took
+
+
+def main(argv: list[str]) -> int:
+    chosen = [m for m in MUTANTS if not argv or m.name in argv]
+    rows = []
+    for mutant in chosen:
+        print(f"mutant {mutant.name}: {mutant.path} ...", file=sys.stderr, flush=True)
+        verdict, took = run(mutant)
+        rows.append((mutant, verdict, took))
+        print(f"  {verdict} in {took:.0f}s", file=sys.stderr, flush=True)
+    print("| guarantee | mutant (what is taken out) | guarding test | result |")
+    print("|---|---|---|---|")
+    for mutant, verdict, took in rows:
+        print(f"| {mutant.guarantee} | `{mutant.path}`: {mutant.name} | `{mutant.test}` | {verdict} ({took:.0f} s) |")
+    return 0 if all(verdict == "killed" for _, verdict, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
