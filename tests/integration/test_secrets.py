@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -28,13 +29,14 @@ import redis
 from tasks import cli, producer
 from tasks.definitions import TASKS
 from tests.integration.conftest import FAST, wait_for
+from workers.celery import app, configure
 from workers.errors import ConfigError
 from workers.localdev.localstack import CLIENT_SECRET, LocalStack
 from workers.localdev.redisserver import RedisServer, TlsFiles, tls_capable_binary
 from workers.portals.crypto import PREFIX, TokenCipher, generate_key
 from workers.portals.registry import PortalRegistry, check_url
-from workers.runtime import get_runtime
-from workers.settings import Settings
+from workers.runtime import Runtime, get_runtime, set_runtime
+from workers.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +95,6 @@ def _collect_events(stop: threading.Event, events: list[dict[str, Any]]) -> None
 
     (Events are fanned out with Redis PUBLISH: a receiver that re-subscribes in a loop misses what is
     published between two subscriptions, so it stays subscribed, and reconnects only after an error.)"""
-    from workers.celery import app
 
     while not stop.is_set():
         try:
@@ -302,7 +303,6 @@ def test_https_is_required_off_loopback() -> None:
     for url in ("ftp://acme.bitrix24.com/", "javascript:alert(1)", "acme.bitrix24.com/rest/", "https:///rest/"):
         with pytest.raises(ConfigError, match="http"):
             check_url(url, True, "x")
-    from workers.runtime import Runtime
 
     with pytest.raises(ConfigError, match="https"):
         Runtime(
@@ -360,8 +360,6 @@ def test_rediss_tls_end_to_end(tmp_path: Path) -> None:
     binary = tls_capable_binary()
     if binary is None:
         pytest.skip("no redis-server built with TLS on this machine")
-    from workers.runtime import set_runtime
-
     server = RedisServer(
         tls=_self_signed(tmp_path), password=REDIS_PASSWORD, binary=binary, directory=str(tmp_path / "redis")
     ).start()
@@ -377,6 +375,20 @@ def test_rediss_tls_end_to_end(tmp_path: Path) -> None:
         plain = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
         with pytest.raises(redis.ConnectionError):
             plain.ping()  # no plaintext listener
+        # a certificate from another CA is refused by both of b24q's Redis clients (its own and the broker's)
+        (tmp_path / "other").mkdir()
+        other_ca = _self_signed(tmp_path / "other").ca
+        assert server.tls is not None
+        wrong = server.url.replace(quote(server.tls.ca, safe=""), quote(other_ca, safe=""))
+        assert wrong != server.url
+        wrong_settings = Settings.model_validate({**FAST, "redis_url": wrong})
+        rt = Runtime(wrong_settings)
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+            rt.redis.ping()
+        configure(wrong_settings)
+        with pytest.raises(Exception, match="certificate verify failed"):
+            app.connection_for_write().ensure_connection(max_retries=0)
     finally:
+        configure(get_settings())
         set_runtime(None)
         server.close()
