@@ -19,7 +19,7 @@ PACKAGES = ("workers", "tasks", "emulator")
 LAYERS: list[grimp.Layer | str] = [
     "workers.localdev",  # a whole deployment on loopback: demo, tests, benchmarks
     "workers.celery",  # the Celery app and its signal hook-ups
-    grimp.Layer("workers.broker", "workers.observe"),  # kombu hardening and reconciler; metrics and status
+    grimp.Layer("workers.broker", "workers.observe"),  # kombu hardening, reconciler, recovery; metrics, status
     "workers.pipeline",  # one job to an outcome
     "workers.runtime",  # the one place that wires the pieces of a process
     "workers.delivery",  # calls, lanes, the pool-wide call queue, limits
