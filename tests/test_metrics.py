@@ -176,6 +176,12 @@ def seed(rt: Runtime) -> None:
     r.rpush(keys.queue(q, 9), b"m")
     r.hset(keys.UNACKED, mapping={"t1": "x", "t2": "x"})
     rt.holds.hold("acme", "im.dialog.unread", time.time() + 30)
+    for job_id in ("h1", "h2", "h3"):  # jobs that ended (the backlog is back to 0)
+        rt.ledger.enqueued(job_id, "mark-unread", "hooli")
+    rt.ledger.finish("h1", "hooli", "applied")
+    rt.ledger.finish("h2", "hooli", "superseded", by="h3")
+    rt.ledger.finish("h3", "hooli", "superseded", by="h4")
+    rt.ledger.finish("h3", "hooli", "superseded", by="h4")  # a second finish of the same job counts once
     for i in range(2):  # calls waiting for acme's next slot
         rt.calls.submit("acme", Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i + 1}))
     for _ in range(10):
@@ -230,6 +236,9 @@ def test_status_snapshot_and_render(runtime: Runtime) -> None:
     assert list(by_key["acme"]["held"]) == ["im.dialog.unread"]
     assert by_key["hooli"]["token_expires"] is None
     assert by_key["acme"]["waiting_calls"] == 2 and by_key["globex"]["waiting_calls"] == 0
+    assert by_key["hooli"]["outcomes"] == {"applied": 1, "superseded": 2}  # what the ledger saw end
+    assert by_key["acme"]["outcomes"] == {}
+    assert "1/2/0" in status.render(snap)
     assert snap["dead_letters"] == {"total": 3, "by_reason": {"ERROR_MESSAGE_NOT_FOUND": 2, "OVERLOAD_LIMIT": 1}}
     snap["workers"] = {"answered": [], "timeout": 1.0}
     text = status.render(snap)

@@ -44,6 +44,10 @@ class Keys:
     def backlog(self, portal: str) -> str:
         return f"{self.prefix}:backlog:{{{portal}}}"
 
+    def outcomes(self, portal: str) -> str:
+        """How many of a portal's jobs ended in each terminal state (applied, superseded, dead, parked)."""
+        return f"{self.prefix}:outcomes:{{{portal}}}"
+
     def open_jobs(self) -> str:
         return f"{self.prefix}:open"
 

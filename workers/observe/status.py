@@ -40,6 +40,7 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
         pipe.hlen(rt.keys.parked(key))
         pipe.get(rt.keys.bucket(key))
         pipe.llen(rt.keys.calls(key))
+        pipe.hgetall(rt.keys.outcomes(key))
     replies = iter(pipe.execute())
 
     seconds, micros = next(replies)
@@ -51,7 +52,7 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
     rows: list[dict[str, Any]] = []
     for key in names:
         fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
-        backlog, parked, tat, waiting = (next(replies) for _ in range(4))
+        backlog, parked, tat, waiting, ended = (next(replies) for _ in range(5))
         if fields["kind"] is None:  # in the index but its record is gone
             continue
         rate, burst = float(fields["rate"] or 0), int(float(fields["burst"] or 0))
@@ -76,6 +77,7 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
                 "backlog": int(backlog or 0),
                 "waiting_calls": int(waiting or 0),
                 "parked": int(parked or 0),
+                "outcomes": {k.decode(): int(v) for k, v in sorted(ended.items())},
             }
         )
     dead = rt.dead.counts()
@@ -187,6 +189,7 @@ def render(status: dict[str, Any]) -> str:
                     p["backlog"],
                     p["waiting_calls"],
                     p["parked"],
+                    "/".join(str(p["outcomes"].get(o, 0)) for o in ("applied", "superseded", "dead")),
                     p["reason"][:50],
                 ]
             )
@@ -204,6 +207,7 @@ def render(status: dict[str, Any]) -> str:
                     "backlog",
                     "waiting",
                     "parked",
+                    "applied/superseded/dead",
                     "reason",
                 ],
             )

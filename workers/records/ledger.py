@@ -55,7 +55,8 @@ return {first, redis.call('HGET', KEYS[1], 'created'), runs, redis.call('HGET', 
 """
 
 _FINISH = """
--- move a job to a terminal state; decrement its portal's backlog only on the first such move
+-- move a job to a terminal state; decrement its portal's backlog and count the outcome for the portal
+-- only on the first such move (a replayed job counts again when it ends again)
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
 redis.call('HDEL', KEYS[1], 'payload')
@@ -67,6 +68,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' and state ~= 'superseded' then
   local n = redis.call('DECR', KEYS[3])
   if n < 0 then redis.call('SET', KEYS[3], 0) end
+  redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
   return 1
 end
 return 0
@@ -174,12 +176,18 @@ class Ledger:
         return int(self._client.hincrby(self._key(job_id), "failures", 1))
 
     def finish(self, job_id: str, portal: str, state: str, error: str = "", **detail: Any) -> None:
-        """applied, dead or parked."""
+        """applied, superseded, dead or parked."""
         if error:
             self._client.hset(self._key(job_id), "last_error", error)
         event = self._event(state, error=error, **detail) if error else self._event(state, **detail)
         self._finish(
-            keys=[self._key(job_id), self._events(job_id), self._backlog(portal), self._open()],
+            keys=[
+                self._key(job_id),
+                self._events(job_id),
+                self._backlog(portal),
+                self._open(),
+                self._keys.outcomes(portal),
+            ],
             args=[state, self._clock(), event, self._ttl, job_id],
         )
 
