@@ -26,7 +26,8 @@ import redis
 from prometheus_client import generate_latest
 
 from tasks import demo
-from tasks.jobs import KINDS
+from tasks.jobs import KINDS, SENDER_ADD
+from tasks.lifecycle import Lifecycle
 from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
 from workers.broker.recovery import Presence
 from workers.celery import app
@@ -339,6 +340,37 @@ def cmd_portal_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_portal_providers(args: argparse.Namespace) -> int:
+    rt = get_runtime()
+    key = rt.registry.resolve(args.key)
+    portal = rt.registry.get(key) if key is not None else None
+    if portal is None:
+        print(f"b24q: no portal {args.key!r}", file=sys.stderr)
+        return 1
+    life = Lifecycle(rt)
+    if args.set is not None:
+        value = json.loads(args.set) if args.set.strip() else []
+        for provider in value:  # refused now, not at the next install
+            SENDER_ADD.validate({**provider, "portal": portal.key})
+        rt.registry.set_providers(portal.key, json.dumps(value, ensure_ascii=False) if value else "")
+        portal = rt.registry.get(portal.key) or portal
+    if args.register:
+        print(f"{life.register_providers(portal)} provider(s) enqueued for messageservice.sender.add")
+    _print_json({"providers": life.providers_for(portal), "pending": portal.providers_pending.split()})
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    s = get_runtime().settings
+    host = args.host or s.http_host
+    port = s.http_port if args.port is None else args.port
+    print(f"b24q serve: http://{host}:{port} (install: /b24/install, events: /b24/events)", file=sys.stderr)
+    uvicorn.run("tasks.http.app:app", host=host, port=port, workers=args.workers, log_level="info")
+    return 0
+
+
 # --- dead letters --------------------------------------------------------------------------------
 
 
@@ -470,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = portal.add_parser("resume", help="mark a portal active and resume its parked jobs")
     p.add_argument("key")
     p.set_defaults(func=cmd_portal_resume)
+    p = portal.add_parser("providers", help="the SMS providers a portal should have (re-added after app updates)")
+    p.add_argument("key")
+    p.add_argument("--set", help='JSON list [{"code", "name", "handler", "description"?}] ("" = B24Q_PROVIDERS)')
+    p.add_argument("--register", action="store_true", help="enqueue messageservice.sender.add for them now")
+    p.set_defaults(func=cmd_portal_providers)
     p = portal.add_parser("genkey", help="print a new key for B24Q_TOKEN_KEYS (tokens encrypted at rest)")
     p.set_defaults(func=cmd_portal_genkey)
     p = portal.add_parser("rekey", help="re-encrypt every portal record with the first key of B24Q_TOKEN_KEYS")
@@ -490,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = dead.add_parser("show")
     p.add_argument("id")
     p.set_defaults(func=cmd_dead_show)
+
+    p = sub.add_parser("serve", help="serve the HTTP app: the Bitrix24 application's install and event handlers")
+    p.add_argument("--host", help="address (default B24Q_HTTP_HOST)")
+    p.add_argument("--port", type=int, help="port (default B24Q_HTTP_PORT)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default: Redis, emulator, workers, jobs")
     p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")

@@ -1,7 +1,7 @@
 """The Celery tasks: one per job kind, all running the same pipeline; what a worker loads.
 
 Task names are stable (`b24q.status_update`, `b24q.delivery_confirmation`, `b24q.sender_update`,
-`b24q.mark_unread`) and take the job's fields as JSON kwargs, so any Celery-protocol client can
+`b24q.sender_add`, `b24q.mark_unread`) and take the job's fields as JSON kwargs, so any Celery-protocol client can
 produce them. Nothing secret is ever in a message: jobs name a portal, never a token.
 
 A worker also runs the lost-message reconciler (`workers.broker.reconcile`), which publishes lost jobs
@@ -39,6 +39,7 @@ TASKS: dict[str, Task] = {kind.name: _define(kind) for kind in KINDS.values()}
 status_update = TASKS["status-update"]
 delivery_confirmation = TASKS["delivery-confirmation"]
 sender_update = TASKS["sender-update"]
+sender_add = TASKS["sender-add"]
 mark_unread = TASKS["mark-unread"]
 
 

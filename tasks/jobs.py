@@ -9,7 +9,7 @@ fields plus `portal` as JSON kwargs, so any Celery-protocol client can produce j
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from pydantic import (
 from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import OrderRule, StateKey
 from workers.errors import JobRefused, ResultFailed
+from workers.runtime import Runtime
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -177,6 +178,25 @@ class SenderUpdate(Job):
         return params
 
 
+class SenderAdd(Job):
+    """`messageservice.sender.add`: register an SMS provider (bitrix24-facts.md §5.1). The application's
+    lifecycle enqueues these at install and after every update, which deletes the app's providers (§7.2)."""
+
+    code: ProviderCode
+    handler: Annotated[str, StringConstraints(max_length=2000)]
+    name: LocalizedText
+    description: LocalizedText | None = None
+    type: Literal["SMS"] = "SMS"
+
+    _handler_is_url = field_validator("handler")(SenderUpdate._handler_is_url.__func__)  # type: ignore[attr-defined]
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"CODE": self.code, "TYPE": self.type, "HANDLER": self.handler, "NAME": self.name}
+        if self.description is not None:
+            params["DESCRIPTION"] = self.description
+        return params
+
+
 class MarkUnread(Job):
     """`im.dialog.unread`: mark a dialog unread from MESSAGE_ID on, for the token's user."""
 
@@ -252,6 +272,16 @@ class JobKind:
     app_only: bool
     merge: MergeRule | None = None
     order: OrderRule | None = None
+    #: held while the portal's SMS providers are being registered again after an app update
+    waits_for_providers: bool = False
+    #: error codes that mean the portal already is in the state the job wanted
+    applied_codes: frozenset[str] = frozenset()
+    #: what else an applied job means for the portal's record
+    on_applied: Callable[[Runtime, str, Job], None] | None = None
+
+    def applied(self, rt: Runtime, portal: str, job: Job) -> None:
+        if self.on_applied is not None:
+            self.on_applied(rt, portal, job)
 
     def validate(self, payload: Mapping[str, Any]) -> Job:
         """The job, or `JobRefused` naming each bad field and the rule it broke."""
@@ -274,6 +304,7 @@ STATUS_UPDATE = JobKind(
     StatusUpdate,
     app_only=True,
     order=STATUS_ORDER,
+    waits_for_providers=True,
 )
 DELIVERY_CONFIRMATION = JobKind(
     "delivery-confirmation",
@@ -290,11 +321,29 @@ SENDER_UPDATE = JobKind(
     SenderUpdate,
     app_only=True,
     order=SENDER_ORDER,
+    waits_for_providers=True,
+)
+
+
+def _provider_ready(rt: Runtime, portal: str, job: Job) -> None:
+    rt.registry.provider_ready(portal, str(getattr(job, "code", "")))
+
+
+SENDER_ADD = JobKind(
+    "sender-add",
+    "b24q.sender_add",
+    "messageservice.sender.add",
+    SenderAdd,
+    app_only=True,
+    applied_codes=frozenset({"ERROR_SENDER_ALREADY_INSTALLED"}),
+    on_applied=_provider_ready,
 )
 MARK_UNREAD = JobKind(
     "mark-unread", "b24q.mark_unread", "im.dialog.unread", MarkUnread, app_only=False, order=UNREAD_ORDER
 )
 
-KINDS: dict[str, JobKind] = {k.name: k for k in (STATUS_UPDATE, DELIVERY_CONFIRMATION, SENDER_UPDATE, MARK_UNREAD)}
+KINDS: dict[str, JobKind] = {
+    k.name: k for k in (STATUS_UPDATE, DELIVERY_CONFIRMATION, SENDER_UPDATE, SENDER_ADD, MARK_UNREAD)
+}
 KINDS_BY_TASK: dict[str, JobKind] = {k.task_name: k for k in KINDS.values()}
 JobKind.ALL = KINDS

@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, JobKind
 from tasks.publishing import publish
-from workers.errors import JobRefused, UnknownPortal
+from workers.errors import JobRefused, PortalUninstalled, UnknownPortal
 from workers.portals.registry import Portal
 from workers.runtime import Runtime, get_runtime
 
@@ -42,7 +42,8 @@ def check(
 ) -> dict[str, Any]:
     """Validate a job against its model and the portal registry; return the message kwargs.
 
-    `portals` caches registry lookups across a bulk enqueue.
+    The portal may be named by its key, member_id or domain; the message names its key. `portals`
+    caches registry lookups across a bulk enqueue.
     """
     rt = rt or get_runtime()
     k = _kind(kind)
@@ -50,15 +51,20 @@ def check(
     if portals is None:
         portals = {}
     if job.portal not in portals:
-        portals[job.portal] = rt.registry.get(job.portal)
+        found = rt.registry.get(job.portal)
+        if found is None and (key := rt.registry.resolve(job.portal)) is not None:
+            found = rt.registry.get(key)
+        portals[job.portal] = found
     portal = portals[job.portal]
     if portal is None:
         raise UnknownPortal(job.portal, k.name)
+    if portal.state == "uninstalled":
+        raise PortalUninstalled(job.portal, k.name)
     if k.app_only and portal.kind == "webhook":
         raise JobRefused(
             k.name, [("portal", f"{k.method} needs an OAuth application portal; {job.portal!r} is an incoming webhook")]
         )
-    return job.model_dump(mode="json", exclude_none=True)
+    return {**job.model_dump(mode="json", exclude_none=True), "portal": portal.key}
 
 
 def enqueue(

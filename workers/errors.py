@@ -47,6 +47,14 @@ class UnknownPortal(JobRefused):
         self.portal = portal
 
 
+class PortalUninstalled(JobRefused):
+    """The job names a portal the application was uninstalled from (until a reinstall)."""
+
+    def __init__(self, portal: str, kind: str = "job") -> None:
+        super().__init__(kind, [("portal", f"the application is uninstalled from portal {portal!r}")])
+        self.portal = portal
+
+
 class RestError(B24QError):
     """An error the portal (or the OAuth server) answered with."""
 
@@ -98,6 +106,18 @@ class ResultFailed(RestError):
     """HTTP 200 whose result says the call did not succeed (imconnector's SUCCESS: false)."""
 
     action = Action.TRANSIENT
+
+
+class PortalMoved(RestError):
+    """A 3xx answer: the portal's domain changed (bitrix24-facts.md §7.5). `location` is where the
+    request should go now; the lane repeats it there once, as a POST, if the new host is allowed."""
+
+    action = Action.PARK
+
+    def __init__(self, location: str, status: int, method: str) -> None:
+        super().__init__("PORTAL_MOVED", f"{method}: the portal answered with a redirect", status)
+        self.location = location
+        self.method = method
 
 
 class TransportError(B24QError):
@@ -172,6 +192,8 @@ ACTIONS: dict[str, tuple[type[RestError], str]] = {
     "user_access_error": (AuthLost, "user has no access to the application"),
     "ERROR_OAUTH": (AuthLost, "OAuth error"),
     "METHOD_CONFIRM_WAITING": (AuthLost, "an administrator must confirm the method"),
+    "APP_UNINSTALLED": (RestError, "the application was uninstalled from the portal: dead letter"),
+    "PORTAL_MOVED_AWAY": (AuthLost, "a redirect to a host outside B24Q_PORTAL_HOSTS: parked, tokens not sent"),
     # transient server trouble: capped exponential backoff with jitter
     "INTERNAL_SERVER_ERROR": (ServerError, "portal error, retried with backoff"),
     "ERROR_UNEXPECTED_ANSWER": (ServerError, "portal error, retried with backoff"),
@@ -196,6 +218,8 @@ ACTIONS: dict[str, tuple[type[RestError], str]] = {
     "ERROR_SENDER_CODE_REQUIRED": (RestError, "CODE missing"),
     "ERROR_SENDER_OTHER_PARAMS_REQUIRED": (RestError, "none of HANDLER, NAME, DESCRIPTION"),
     "ERROR_SENDER_NOT_FOUND": (RestError, "sender CODE not registered by this app"),
+    "ERROR_SENDER_ALREADY_INSTALLED": (RestError, "sender CODE already registered (a sender-add job is applied)"),
+    "ERROR_SENDER_ADD_FAILURE": (RestError, "the portal failed to add the sender"),
     "ERROR_SENDER_UPDATE_FAILURE": (RestError, "the portal failed to update the sender"),
     "ERROR_WRONG_HANDLER_URL": (RestError, "HANDLER is not a valid URL"),
     "ERROR_HANDLER_URL_MATCH": (RestError, "HANDLER does not match the app's domain"),

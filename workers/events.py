@@ -47,6 +47,13 @@ class Observer:
     def parked(self, portal: str) -> None:
         """A job was parked because its portal needs re-authorisation."""
 
+    def portal_moved(self, portal: str) -> None:
+        """A portal answered with a redirect to its new domain, and requests now go there."""
+
+    def app_event(self, event: str, outcome: str) -> None:
+        """An application event arrived (ONAPPINSTALL, ...): outcome is `applied`, `ignored` or
+        `refused` (its application_token or auth did not prove it came from the portal)."""
+
 
 class _Fanout(Observer):
     def __init__(self) -> None:

@@ -71,6 +71,10 @@ class Keys:
     def portal_index(self) -> str:
         return f"{self.prefix}:portals"
 
+    def alias(self, name: str) -> str:
+        """Another name of a portal (its member_id or domain) → its registry key."""
+        return f"{self.prefix}:alias:{name.lower()}"
+
     def refresh_lock(self, portal: str) -> str:
         return f"{self.prefix}:lock:refresh:{{{portal}}}"
 

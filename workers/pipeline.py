@@ -60,7 +60,12 @@ class KindLike(Protocol):
     def merge(self) -> MergeRule | None: ...
     @property
     def order(self) -> OrderRule | None: ...
+    @property
+    def waits_for_providers(self) -> bool: ...
+    @property
+    def applied_codes(self) -> frozenset[str]: ...
 
+    def applied(self, rt: Runtime, portal: str, job: Any) -> None: ...
     def validate(self, payload: Mapping[str, Any]) -> Any: ...
 
 
@@ -155,6 +160,14 @@ def _run_job(
     if not _PORTAL_KEY.match(portal_key):
         # a raw message's `portal` names Redis keys (backlog): refused below, recorded as "?"
         portal_key = "?"
+    portal = rt.portals.get(portal_key) if portal_key != "?" else None
+    if portal is None and portal_key != "?":
+        # a raw message may name the portal by an alias (its domain or member_id): every record, lane and
+        # limit of the job is the registry key's, as if the producer had resolved it
+        canonical = rt.registry.resolve(portal_key)
+        if canonical is not None:
+            portal_key, kwargs = canonical, {**kwargs, "portal": canonical}
+            portal = rt.portals.get(portal_key)
     run = rt.ledger.started(job_id, kind.name, portal_key, worker, payload=lambda: storable(kwargs))
     events.job_started(kind.name, portal_key)
 
@@ -189,13 +202,22 @@ def _run_job(
     if age > s.job_max_age:
         dead("MAX_AGE", f"job is {age:.0f}s old; job_max_age is {s.job_max_age:.0f}s")
 
-    portal = rt.portals.get(portal_key)
     if portal is None:
         dead("UNKNOWN_PORTAL", f"portal {portal_key!r} is not in the registry")
     if kind.app_only and portal.kind == "webhook":
         dead("WRONG_AUTH_TYPE", f"{kind.method} needs application (OAuth) context; {portal_key} is a webhook")
+    if portal.state == "uninstalled":
+        dead("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
     if portal.state == "reauth":
-        return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created)
+        return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created, dead)
+    if kind.waits_for_providers and portal.providers_pending:
+        # an app update deleted the portal's SMS providers and they are being added again (tasks.lifecycle):
+        # a status for them now would fail with ERROR_MESSAGE_NOT_FOUND
+        delay = min(2.0, s.backoff_max) + random.uniform(0, 1.0)
+        why = f"waiting for SMS providers to be registered again: {portal.providers_pending}"
+        rt.ledger.note(job_id, "deferred", why, countdown=round(delay, 2))
+        events.job_retried(kind.name, portal_key, "flow", "PROVIDERS_PENDING")
+        retry(delay, Deferred(delay, why))
 
     order = _order(kind, job_id, portal_key, job.model_dump(mode="json", exclude_none=True), run.version, rt)
     try:
@@ -210,6 +232,8 @@ def _run_job(
     except Exception as exc:
         action = classify(exc)
         code, description = _describe(exc)
+        if code in kind.applied_codes:  # e.g. sender.add's "already installed": the state the job wanted
+            return _applied(kind, job_id, portal_key, job, rt, latency())
         if action is Action.FLOW:
             if isinstance(exc, Deferred):
                 delay = exc.delay
@@ -222,9 +246,9 @@ def _run_job(
             events.job_retried(kind.name, portal_key, "flow", code)
             retry(delay, exc)
         if action is Action.PARK:
-            if code not in ("REAUTH_NEEDED",):
-                rt.registry.mark_reauth(portal_key, f"{code}: {description}")
-            return park(kind, job_id, kwargs, rt, f"{code}: {description}", retry, run.created)
+            if code not in ("REAUTH_NEEDED",) and not rt.registry.mark_reauth(portal_key, f"{code}: {description}"):
+                dead("APP_UNINSTALLED", f"{code}: {description}; the application was uninstalled from the portal")
+            return park(kind, job_id, kwargs, rt, f"{code}: {description}", retry, run.created, dead)
         if isinstance(exc, OAuthUnavailable):
             # the OAuth server being down (or another worker's refresh not finishing) is the whole
             # portal's trouble, not this job's: it spends no transient budget (max_failures), or every
@@ -244,9 +268,16 @@ def _run_job(
             )
             events.job_retried(kind.name, portal_key, "transient", code)
             retry(countdown, exc)
+        if code == "APP_UNINSTALLED":
+            description = f"{description}; replay after a reinstall"
         dead(code, description)
-    rt.ledger.finish(job_id, portal_key, "applied")
-    events.job_finished(kind.name, portal_key, "applied", latency())
+    return _applied(kind, job_id, portal_key, job, rt, latency())
+
+
+def _applied(kind: KindLike, job_id: str, portal: str, job: Any, rt: Runtime, latency: float) -> dict[str, Any]:
+    kind.applied(rt, portal, job)
+    rt.ledger.finish(job_id, portal, "applied")
+    events.job_finished(kind.name, portal, "applied", latency)
     return {"outcome": "applied"}
 
 
@@ -266,12 +297,23 @@ def _order(
 
 
 def park(
-    kind: KindLike, job_id: str, kwargs: dict[str, Any], rt: Runtime, reason: str, retry: Retry, created: float
+    kind: KindLike,
+    job_id: str,
+    kwargs: dict[str, Any],
+    rt: Runtime,
+    reason: str,
+    retry: Retry,
+    created: float,
+    dead: Callable[[str, str], NoReturn],
 ) -> dict[str, Any]:
-    """Keep the job until its portal is re-authorised."""
+    """Keep the job until its portal is re-authorised (`dead` ends it if the app is uninstalled meanwhile)."""
     portal_key = str(kwargs["portal"])
     rt.parking.park(portal_key, job_id, kind.task_name, kwargs)
     portal = rt.registry.get(portal_key)
+    if portal is not None and portal.state == "uninstalled":
+        # the uninstall's sweep of parked jobs may have run before this one was parked
+        rt.parking.release(portal_key, job_id)
+        dead("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
     if portal is not None and portal.state == "active":
         # re-authorised while we were parking: do not wait for the next resume
         rt.parking.release(portal_key, job_id)

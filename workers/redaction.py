@@ -28,7 +28,8 @@ MASK = "***"
 # --- free text (logs) ----------------------------------------------------------------------------
 
 _SECRET_PARAM = re.compile(
-    r"((?:client_secret|refresh_token|access_token|auth|password|code)(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE
+    r"((?:client_secret|refresh_token|access_token|application_token|auth|password|code)(?:=|%3D))[^&\s\"'<>]+",
+    re.IGNORECASE,
 )
 #: the same secrets as JSON or Python-repr fields: `"access_token": "…"`, `'refresh_token': '…'` (event payloads,
 #: OAuth answers and auth blocks that end up in an exception's text)

@@ -152,6 +152,28 @@ class Settings(BaseSettings):
         60.0, ge=1.0, description="An open job is checked only after this many seconds without progress."
     )
 
+    # --- The application side: install and event handlers (tasks/http, README: application back end) ---
+    http_host: str = Field("127.0.0.1", description="Address `b24q serve` listens on.")
+    http_port: int = Field(8024, ge=0, le=65535, description="Port `b24q serve` listens on (0: any free port).")
+    http_public_url: str = Field(
+        "",
+        description="This app's URL as Bitrix24 reaches it (e.g. https://b24q.example.com); the event handler "
+        "bound at install is {http_public_url}/b24/events. Empty: no events are bound.",
+    )
+    http_max_body: int = Field(
+        1_048_576, ge=1024, description="Largest request body the HTTP app reads, in bytes (413 above it)."
+    )
+    portal_hosts: str = Field(
+        "*.bitrix24.*",
+        description="Comma-separated host patterns (fnmatch) a portal's client_endpoint may name when an "
+        "install registers it or a redirect moves it; add your self-hosted portals' hosts.",
+    )
+    providers: str = Field(
+        "",
+        description='SMS providers every portal should have, as JSON: [{"code", "name", "handler", '
+        '"description"?}]; registered with messageservice.sender.add at install and after every app update.',
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

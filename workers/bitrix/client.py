@@ -9,13 +9,14 @@ Secrets (access tokens, webhook codes) never appear in the text of the errors it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from workers.bitrix import querystring
-from workers.errors import RestError, ServerError, TransportError, rest_error
+from workers.errors import PortalMoved, RestError, ServerError, TransportError, rest_error
 
 BATCH_LIMIT = 50
 
@@ -34,6 +35,21 @@ class Credentials:
     @property
     def is_webhook(self) -> bool:
         return self.access_token is None
+
+    def moved(self, location: str, method: str) -> Credentials:
+        """The same credentials at the address a redirect of a call to `method` named.
+
+        The redirect repeats the request's path (`{endpoint}{method}`) under the new domain
+        (bitrix24-facts.md §7.5): the new endpoint is the location without the method; a location
+        that does not end in it keeps the old endpoint's path on the new host (what PHPSDK does).
+        """
+        new = urlsplit(location)
+        for suffix in (f"/{method}", f"/{method}.json"):
+            if new.path.endswith(suffix):
+                return replace(
+                    self, endpoint=urlunsplit((new.scheme, new.netloc, new.path[: -len(suffix) + 1], "", ""))
+                )
+        return replace(self, endpoint=urlunsplit((new.scheme, new.netloc, urlsplit(self.endpoint).path, "", "")))
 
     def __repr__(self) -> str:  # keep tokens and webhook codes out of logs and tracebacks
         return f"Credentials(endpoint=<{'webhook' if self.is_webhook else 'oauth'}>, access_token=<masked>)"
@@ -132,6 +148,9 @@ class RestClient:
             raise TransportError("TIMEOUT", f"{method}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise TransportError("NETWORK", f"{method}: {type(exc).__name__}") from None
+        if response.is_redirect and "location" in response.headers:
+            # never followed here: following turns the POST into a GET and drops the parameters (§7.5)
+            raise PortalMoved(urljoin(url, response.headers["location"]), response.status_code, method)
         return parse_answer(method, response.status_code, response.content)
 
 

@@ -33,6 +33,7 @@ from workers.errors import (
     AuthLost,
     Deferred,
     OperationTimeLimit,
+    PortalMoved,
     QueryLimitExceeded,
     RestError,
     Superseded,
@@ -53,6 +54,7 @@ class PortalSource(Protocol):
     def __call__(self, key: str) -> Portal: ...
     def limits(self, portal: Portal) -> Limits: ...
     def forget(self, key: str) -> None: ...
+    def move(self, key: str, old_endpoint: str, new_endpoint: str) -> Portal: ...
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,10 @@ class Lane:
                 call.params = verdict.params
         return [c for c in calls if not c.done.is_set()]
 
-    def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0) -> None:
+    def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0, moved: bool = False) -> None:
+        if portal.state == "uninstalled":  # the app was removed while these waited for a slot
+            self._resolve(calls, RestError("APP_UNINSTALLED", portal.reason))
+            return
         commands = build_commands(calls, merge=self._config.merge_max > 1)
         method = commands[0].method if len(commands) == 1 else "batch"
         started = time.monotonic()
@@ -346,7 +351,7 @@ class Lane:
                 outcomes = [answer.results[f"j{i}"] for i in range(len(commands))]
         except (RestError, TransportError) as exc:
             events.rest_request(self.key, method, len(calls), exc.code, time.monotonic() - started)
-            self._whole_request_failed(portal, limits, calls, refreshed, exc)
+            self._whole_request_failed(portal, limits, calls, refreshed, moved, exc)
             return
         events.rest_request(self.key, method, len(calls), "ok", time.monotonic() - started)
         self.stats.calls += len(calls)
@@ -374,9 +379,30 @@ class Lane:
                 events.operating_hold(self.key, method, until)
 
     def _whole_request_failed(
-        self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int, exc: RestError | TransportError
+        self,
+        portal: Portal,
+        limits: Limits,
+        calls: list[Call],
+        refreshed: int,
+        moved: bool,
+        exc: RestError | TransportError,
     ) -> None:
-        """An error for the whole request: flow control and token refresh here, the rest to each job."""
+        """An error for the whole request: flow control, token refresh and a domain move here, the rest
+        to each job."""
+        if isinstance(exc, PortalMoved) and not moved:
+            # the portal's domain changed (bitrix24-facts.md §7.5): store the new address and repeat the
+            # POST there once, if the new host is one a portal may have (else the tokens stay home)
+            target = portal.credentials().moved(exc.location, exc.method)
+            now = self._wire.portals.move(self.key, portal.endpoint, target.endpoint)
+            if now.endpoint != portal.endpoint:
+                events.portal_moved(self.key)
+                log.warning("portal %s moved: requests now go to its new domain", self.key)
+                permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
+                if permit.wait:
+                    time.sleep(permit.wait)
+                self._send(now, limits, calls, refreshed, moved=True)
+                return
+            exc = AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to a host outside B24Q_PORTAL_HOSTS")
         if isinstance(exc, QueryLimitExceeded):
             self.stats.refused_503 += 1
             events.refused_503(self.key)

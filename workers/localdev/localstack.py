@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,50 @@ class Worker:
         self._log.close()
 
 
+class HttpApp:
+    """The HTTP app (`uvicorn tasks.http.app:app`) as a child process, on a loopback socket bound here so that
+    its URL is known before it starts (uvicorn `--fd`: no race for the port)."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / "http.log"
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        fd = self._sock.fileno()
+        cmd = [sys.executable, "-m", "uvicorn", "tasks.http.app:app", "--fd", str(fd), "--log-level", "info"]
+        full_env = {**env, "B24Q_HTTP_PUBLIC_URL": self.url}
+        self.process = subprocess.Popen(cmd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, pass_fds=(fd,))
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the HTTP app exited; see {self.log_path}")
+            try:
+                if self.http.get("/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the HTTP app did not answer in {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._sock.close()
+        self._log.close()
+
+
 class LocalStack:
     """Redis (embedded unless `redis_url` is given), the emulator, and worker processes.
 
@@ -189,12 +234,31 @@ class LocalStack:
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "oauth_url": f"{self.emulator.url}/oauth/token/",
+            "portal_hosts": "127.0.0.1,localhost",  # the emulator's portals are paths on loopback
             **(settings or {}),
         }
         self.settings = Settings(**overrides)
         self.env = {**os.environ, **{f"B24Q_{k.upper()}": str(v) for k, v in overrides.items()}}
         self.env.pop("REDIS_URL", None)
         self.workers: list[Worker] = []
+        self.http: HttpApp | None = None
+
+    def start_http(self) -> HttpApp:
+        """Serve the HTTP app, and make it the emulator's install handler for the stack's application."""
+        if self.http is None:
+            self.http = HttpApp(self.env, self.dir)
+            self.http.wait_ready()
+            self.emulator.admin(
+                "POST", "apps", {"client_id": CLIENT_ID, "install_handler": f"{self.http.url}/b24/install"}
+            )
+        return self.http
+
+    def install_portal(self, domain: str, **options: Any) -> dict[str, Any]:
+        """Create a portal on the emulator and install the application on it, as Bitrix24 does: the
+        emulator posts ONAPPINSTALL to the HTTP app, which registers the portal by its member_id."""
+        self.start_http()
+        self.emulator.add_portal(domain, **options)
+        return dict(self.emulator.admin("POST", f"portals/{domain}/install", {}))
 
     def start_workers(
         self,
@@ -263,6 +327,8 @@ class LocalStack:
             worker.kill(signal.SIGTERM)
         for worker in self.workers:
             worker.stop(signalled=True)
+        if self.http is not None:
+            self.http.stop()
         self.emulator.stop()
         if self.redis is not None:
             self.redis.close()

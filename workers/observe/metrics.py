@@ -142,6 +142,15 @@ class Metrics(Observer):
             ["portal", "outcome"],
             registry=r,
         )
+        self.moves = Counter(
+            "b24q_portal_moves", "Redirects to a portal's new domain that b24q followed.", ["portal"], registry=r
+        )
+        self.app_events = Counter(
+            "b24q_app_events",
+            "Application events received (install, uninstall, update) by outcome; refused = forged or unproven.",
+            ["event", "outcome"],
+            registry=r,
+        )
 
     # -- Observer hooks --------------------------------------------------------------------------
 
@@ -180,6 +189,12 @@ class Metrics(Observer):
 
     def parked(self, portal: str) -> None:
         self.parked_jobs.labels(self.portal(portal)).inc()
+
+    def portal_moved(self, portal: str) -> None:
+        self.moves.labels(self.portal(portal)).inc()
+
+    def app_event(self, event: str, outcome: str) -> None:
+        self.app_events.labels(event, outcome).inc()
 
 
 # --- workers: multiprocess mode --------------------------------------------------------------------

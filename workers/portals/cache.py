@@ -49,3 +49,9 @@ class CachedPortals:
     def forget(self, key: str) -> None:
         with self._lock:
             self._cache.pop(key, None)
+
+    def move(self, key: str, old_endpoint: str, new_endpoint: str) -> Portal:
+        """Follow a domain change (`PortalRegistry.move`); the record as it is now."""
+        self._registry.move(key, old_endpoint, new_endpoint)
+        self.forget(key)
+        return self(key)

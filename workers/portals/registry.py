@@ -14,9 +14,10 @@ tokens of OAuth portals and the URL (with its secret code) of webhook portals.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -32,7 +33,12 @@ from workers.redaction import webhook_url
 from workers.settings import Settings
 
 #: Fields encrypted at rest (`endpoint` only for webhook portals: its path holds the webhook's secret code).
-SECRET_FIELDS = ("access_token", "refresh_token")
+#: `application_token` proves an event comes from Bitrix24 (bitrix24-facts.md §7.3): a secret as well.
+SECRET_FIELDS = ("access_token", "refresh_token", "application_token")
+
+#: Portal states: `active`; `reauth` (credentials lost, jobs parked); `uninstalled` (the app was removed
+#: from the portal: its jobs end as dead letters `APP_UNINSTALLED` until a reinstall).
+STATES = ("active", "reauth", "uninstalled")
 
 _REKEY = """
 -- replace a record's secret fields only if none changed since they were read (no rotation lost)
@@ -40,6 +46,33 @@ for i = 1, #ARGV, 3 do
   if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
 end
 for i = 1, #ARGV, 3 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
+return 1
+"""
+
+_SET_IF = """
+-- set fields only if ARGV[1] (a field) still holds ARGV[2] (as stored), e.g. an endpoint a redirect moved
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+_PROVIDER_READY = """
+-- a provider is registered: drop its code from the portal's pending list
+local pending = redis.call('HGET', KEYS[1], 'providers_pending')
+if not pending or pending == '' then return 0 end
+local left = {}
+for code in string.gmatch(pending, '%S+') do
+  if code ~= ARGV[1] then table.insert(left, code) end
+end
+redis.call('HSET', KEYS[1], 'providers_pending', table.concat(left, ' '))
+return #left
+"""
+
+_MARK_REAUTH = """
+-- an uninstalled portal stays uninstalled: its jobs are dead letters, not parked
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'uninstalled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'reauth', 'reason', ARGV[1])
 return 1
 """
 
@@ -72,9 +105,26 @@ def check_url(url: str, allow_insecure: bool, what: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def domain_of(endpoint: str) -> str:
+    """The portal domain an endpoint names: its host; on loopback (the emulator, where a portal is a
+    path prefix because there is no DNS) the first segment of its path."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if _is_loopback(host):
+        segments = [p for p in parts.path.split("/") if p]
+        return segments[0] if segments and segments[0] != "rest" else host
+    return host
+
+
 @dataclass(frozen=True)
 class Portal:
-    """One portal's record. `state` is `active`, or `reauth` when its credentials were lost."""
+    """One portal's record. `state` is one of `STATES`.
+
+    Set by the application's lifecycle (`tasks.lifecycle`): `application_token`, `app_version`, the plan
+    read from the license (`plan_from` = `license`; an operator's `--plan` is `operator` and stays), the
+    SMS providers the portal should have (`providers`, JSON) and those not registered yet
+    (`providers_pending`, codes separated by spaces: its status jobs wait until it is empty).
+    """
 
     key: str
     kind: Literal["oauth", "webhook"]
@@ -91,6 +141,11 @@ class Portal:
     reason: str = ""
     added_at: float = 0.0
     updated_at: float = 0.0
+    application_token: str = field(default="", repr=False)
+    app_version: str = ""
+    plan_from: str = "default"
+    providers: str = ""
+    providers_pending: str = ""
 
     def credentials(self) -> Credentials:
         if self.kind == "webhook":
@@ -105,6 +160,7 @@ class Portal:
         out = asdict(self)
         out.pop("access_token")
         out.pop("refresh_token")
+        out.pop("application_token")
         if self.kind == "webhook":
             out["endpoint"] = webhook_url(self.endpoint)
         return out
@@ -118,6 +174,9 @@ class PortalRegistry:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._rotate = client.register_script(_ROTATE)
+        self._set_if = client.register_script(_SET_IF)
+        self._mark_reauth = client.register_script(_MARK_REAUTH)
+        self._provider_ready = client.register_script(_PROVIDER_READY)
         self._rekey = client.register_script(_REKEY)
         self._cipher = TokenCipher.from_raw(settings.token_keys.get_secret_value())
 
@@ -170,6 +229,7 @@ class PortalRegistry:
                 "",
                 now,
                 now,
+                plan_from="operator" if plan else "default",
             )
         )
 
@@ -191,6 +251,7 @@ class PortalRegistry:
                 burst=burst,
                 added_at=now,
                 updated_at=now,
+                plan_from="operator" if plan else "default",
             )
         )
 
@@ -218,7 +279,35 @@ class PortalRegistry:
             reason=data.get("reason", ""),
             added_at=float(data.get("added_at") or 0),
             updated_at=float(data.get("updated_at") or 0),
+            application_token=data.get("application_token", ""),
+            app_version=data.get("app_version", ""),
+            plan_from=data.get("plan_from", "default"),
+            providers=data.get("providers", ""),
+            providers_pending=data.get("providers_pending", ""),
         )
+
+    def resolve(self, name: str) -> str | None:
+        """The registry key of the portal called `name` (its key, member_id or domain), or None."""
+        if self._client.exists(self._keys.portal(name)):
+            return name
+        key = self._client.get(self._keys.alias(name))
+        return key.decode() if key is not None else None
+
+    def set_aliases(self, key: str, *names: str) -> None:
+        """Let producers name the portal by these too (a domain, a member_id); a moved domain's old
+        name keeps pointing here until another portal takes it."""
+        pipe = self._client.pipeline()
+        for name in names:
+            if name and name != key:
+                pipe.set(self._keys.alias(name), key)
+        pipe.execute()
+
+    def aliases(self, key: str) -> list[str]:
+        portal = self.get(key)
+        if portal is None:
+            return []
+        names = [n for n in (portal.member_id, portal.domain) if n and n != key]
+        return [n for n in names if self.resolve(n) == key]
 
     def keys(self) -> list[str]:
         """Every registered portal's key, sorted."""
@@ -228,10 +317,13 @@ class PortalRegistry:
         return [p for p in (self.get(k) for k in self.keys()) if p is not None]
 
     def remove(self, key: str) -> bool:
+        aliases = self.aliases(key)
         pipe = self._client.pipeline()
+        for name in aliases:
+            pipe.delete(self._keys.alias(name))
         pipe.delete(self._keys.portal(key))
         pipe.srem(self._keys.portal_index(), key)
-        deleted, _ = pipe.execute()
+        *_, deleted, _ = pipe.execute()
         return bool(deleted)
 
     def rotate(self, key: str, old_refresh: str, access: str, refresh: str, expires: float) -> bool:
@@ -309,13 +401,139 @@ class PortalRegistry:
             state="active",
             reason="",
             member_id=str(auth.get("member_id") or current.member_id),
+            domain=str(auth.get("domain") or current.domain),
             updated_at=time.time(),
         )
         return self._save(updated)
 
-    def mark_reauth(self, key: str, reason: str) -> None:
-        self._client.hset(self._keys.portal(key), mapping={"state": "reauth", "reason": reason})
+    def offer_auth(self, key: str, auth: Mapping[str, Any]) -> bool:
+        """Take the pair an event's `auth` block carries if it is newer than the stored one (a later
+        `expires`): an event delivered late never rolls back what the refresher stored meanwhile."""
+        current = self.get(key)
+        access, refresh = str(auth.get("access_token") or ""), str(auth.get("refresh_token") or "")
+        expires = float(auth.get("expires") or 0)
+        if current is None or current.kind != "oauth" or current.state == "uninstalled":
+            return False
+        if not access or not refresh or expires <= current.expires:
+            return False
+        stored = self._client.hget(self._keys.portal(key), "refresh_token") or b""
+        return bool(
+            self._set_if(
+                keys=[self._keys.portal(key)],
+                args=[
+                    "refresh_token",
+                    stored,
+                    "access_token",
+                    self._cipher.encrypt(access),
+                    "refresh_token",
+                    self._cipher.encrypt(refresh),
+                    "expires",
+                    f"{expires:.3f}",
+                    "state",
+                    "active",
+                    "reason",
+                    "",
+                ],
+            )
+        )
+
+    def mark_reauth(self, key: str, reason: str) -> bool:
+        """Its credentials are lost (jobs park), unless the app was uninstalled meanwhile (False)."""
+        return bool(self._mark_reauth(keys=[self._keys.portal(key)], args=[reason]))
 
     def mark_active(self, key: str) -> None:
         """Clear a `reauth` state (after fixing a webhook or the app by hand)."""
         self._client.hset(self._keys.portal(key), mapping={"state": "active", "reason": ""})
+
+    def install(
+        self,
+        key: str,
+        auth: Mapping[str, Any],
+        application_token: str,
+        version: str,
+        plan: str | None,
+    ) -> Portal:
+        """Register or update the portal an application install names (bitrix24-facts.md §7.1).
+
+        Tokens go through `store_auth` (compare-free: an install is the newest word on them); the
+        plan comes from the license unless an operator set one; an `uninstalled` portal is active again.
+        """
+        portal = self.store_auth(key, auth)
+        changes: dict[str, str] = {"app_version": version, "state": "active", "reason": ""}
+        if plan is not None and portal.plan_from != "operator":
+            changes |= {"plan": plan, "plan_from": "license"}
+        if application_token:
+            changes["application_token"] = self._cipher.encrypt(application_token)
+        self._client.hset(self._keys.portal(key), mapping=changes)
+        self.set_aliases(key, portal.member_id, portal.domain)
+        stored = self.get(key)
+        assert stored is not None
+        return stored
+
+    def set_application_token(self, key: str, token: str, version: str | None = None) -> None:
+        """An update carries a new `application_token` (§7.3): later events are checked against it."""
+        mapping = {"application_token": self._cipher.encrypt(token)}
+        if version is not None:
+            mapping["app_version"] = version
+        self._client.hset(self._keys.portal(key), mapping=mapping)
+
+    def mark_uninstalled(self, key: str) -> None:
+        """The app was removed from the portal: erase its tokens (API access is already revoked, §7.2);
+        keep `application_token`, so that a repeated uninstall event still proves itself."""
+        self._client.hset(
+            self._keys.portal(key),
+            mapping={
+                "state": "uninstalled",
+                "reason": "APP_UNINSTALLED: the application was uninstalled from the portal",
+                "access_token": self._cipher.encrypt(""),
+                "refresh_token": self._cipher.encrypt(""),
+                "expires": "0",
+                "providers_pending": "",
+                "updated_at": f"{time.time():.3f}",
+            },
+        )
+
+    def host_allowed(self, url: str, current: str = "") -> bool:
+        """May a portal's endpoint name this URL's host: one of `B24Q_PORTAL_HOSTS`, or the host of
+        `current` (the address the portal already had)? Keeps tokens from following a redirect
+        anywhere, and installs from registering arbitrary hosts."""
+        host = (urlsplit(url).hostname or "").lower()
+        if not host:
+            return False
+        if current and host == (urlsplit(current).hostname or "").lower():
+            return True
+        patterns = [p.strip().lower() for p in self._settings.portal_hosts.split(",") if p.strip()]
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
+
+    def move(self, key: str, old_endpoint: str, new_endpoint: str) -> bool:
+        """Point the portal at its new address (a domain change, §7.5), unless someone already did
+        or the new host is not allowed."""
+        if not self.host_allowed(new_endpoint, old_endpoint):
+            return False
+        domain = domain_of(new_endpoint)
+        portal = self.get(key)
+        if portal is None or portal.endpoint != old_endpoint:
+            return False
+        stored = self._client.hget(self._keys.portal(key), "endpoint")
+        new = self._cipher.encrypt(new_endpoint) if portal.kind == "webhook" else new_endpoint
+        ok = bool(
+            self._set_if(
+                keys=[self._keys.portal(key)],
+                args=["endpoint", stored or b"", "endpoint", new, "domain", domain, "updated_at", f"{time.time():.3f}"],
+            )
+        )
+        if ok:
+            self.set_aliases(key, domain)
+        return ok
+
+    def set_providers(self, key: str, providers: str) -> None:
+        """The SMS providers (JSON) this portal should have, instead of `B24Q_PROVIDERS`."""
+        self._client.hset(self._keys.portal(key), "providers", providers)
+
+    def providers_pending(self, key: str, codes: Sequence[str]) -> None:
+        """These providers are being registered: the portal's status jobs wait for them."""
+        self._client.hset(self._keys.portal(key), "providers_pending", " ".join(codes))
+
+    def provider_ready(self, key: str, code: str) -> int:
+        """A provider is registered; returns how many are still pending."""
+        return int(self._provider_ready(keys=[self._keys.portal(key)], args=[code]))

@@ -1,0 +1,82 @@
+"""The ASGI app: `uvicorn tasks.http.app:app`, or `b24q serve` (settings `B24Q_HTTP_*`).
+
+FastAPI, because its routes are typed by the same pydantic models the producer validates with and it
+generates the OpenAPI document from them; uvicorn serves it. The app holds no state of its own (Redis
+holds everything), so instances scale out behind any load balancer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from tasks.http import appside
+from tasks.http.body import BodyTooLarge
+from tasks.http.problems import problem
+from workers.events import add_observer, remove_observer
+from workers.observe.metrics import Metrics
+from workers.runtime import Runtime, get_runtime
+
+
+def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
+    """The app, reading the process's `Runtime` through `runtime` (tests pass their own)."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, portal_labels=0)
+    lock = threading.Lock()
+    state: dict[str, Runtime] = {}
+
+    def rt() -> Runtime:
+        with lock:
+            if "rt" not in state:
+                state["rt"] = runtime()
+            return state["rt"]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        add_observer(metrics)
+        try:
+            yield
+        finally:
+            remove_observer(metrics)
+
+    app = FastAPI(
+        title="b24q",
+        summary="Delivers message-state updates to Bitrix24 portals: the application's back end.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
+        return problem(413, str(exc))
+
+    app.include_router(appside.router(rt))
+
+    @app.get("/healthz", tags=["operations"], summary="The process answers")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["operations"], summary="Redis answers")
+    async def readyz() -> Response:
+        try:
+            await run_in_threadpool(rt().redis.ping)
+        except (redis.RedisError, OSError):
+            return problem(503, "Redis does not answer")
+        return JSONResponse({"ok": True})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process (events, moves)")
+    def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+app = create_app()
