@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sender", action="append", default=[], help="sender CODE to pre-register (repeatable)")
     ap.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     ap.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    ap.add_argument(
+        "--app-handler",
+        default=None,
+        metavar="URL",
+        help="the app's install URL: ONAPPINSTALL goes there on POST /_emulator/portals/{domain}/install",
+    )
     ap.add_argument("--seed", default="0")
     ap.add_argument("--print-json", action="store_true", help="print the final state as JSON on exit")
     return ap
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         client_id=args.client_id,
         client_secret=args.client_secret,
         seed=args.seed,
+        app_handler=args.app_handler,
         **defaults,
     )
     stop = threading.Event()

@@ -15,8 +15,31 @@ Lets a test or a benchmark in another process set the emulator up and read back 
     POST /_emulator/portals/{domain}/expire        expire current access tokens now
     POST /_emulator/portals/{domain}/faults        {error_500_rate?, drop_rate?, ..., seed?}
     POST /_emulator/portals/{domain}/options       {rate?, burst?, op_cost?, operating_limit?, operating_window?, ...}
-    POST /_emulator/portals/{domain}/uninstall     {client_id?, oauth_error?: "NOT_INSTALLED"|"invalid_client"}
     POST /_emulator/portals/{domain}/tokens        {client_id?, client_secret?, user_id?} → PortalInfo
+
+The application lifecycle (facts §7; events are POSTed before the reply, once, no retries)::
+
+    GET  /_emulator/apps                           [{client_id, id, code, install_handler, status}]
+    POST /_emulator/apps                           {client_id?, client_secret?, install_handler?, status?}
+                                                   register or update an app → {client_id, id, code, ...}
+    POST /_emulator/portals/{domain}/install       {client_id?, version?, user_id?, language_id?, status?,
+                                                    new_application_token?: bool}
+                                                   → PortalInfo + {application_token, version, handler,
+                                                     handler_status: int|null, error?}  (ONAPPINSTALL)
+    POST /_emulator/portals/{domain}/update        {client_id?, version?, user_id?, unbind_events?: bool}
+                                                   → PortalInfo + {application_token, version, previous_version,
+                                                     senders_removed, handlers_removed, events: [...]}  (ONAPPUPDATE)
+    POST /_emulator/portals/{domain}/uninstall     {client_id?, oauth_error?: "NOT_INSTALLED"|"invalid_client",
+                                                    clean?: 0|1}
+                                                   → {ok, events: [...], handlers_removed, senders_removed}
+                                                     (ONAPPUNINSTALL)
+    POST /_emulator/portals/{domain}/move          {new_domain, stale_endpoints?: bool}
+                                                   → {domain, old_domain, member_id, client_endpoint, webhook_url,
+                                                      announced_domain}; the old domain now 302s, and its
+                                                      /state is a 404
+
+``events`` items (also kept in the portal's ``events_sent``): ``{event, handler, status: int|null, error?,
+client_id, event_handler_id?}``; never a token.
 
 Errors: 400 ``{"error": "BAD_REQUEST", ...}`` for bad input, 404 ``NOT_FOUND`` for an unknown portal or route.
 """
@@ -56,7 +79,28 @@ def handle_admin(emu: Emulator, http_method: str, path: str, query: str, body: b
         return _bad(str(exc))
 
 
+def _only(data: dict[str, Any], *allowed: str) -> dict[str, Any]:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; expected some of {list(allowed)}")
+    return data
+
+
 def _route(emu: Emulator, method: str, parts: list[str], data: dict[str, Any]) -> Reply:
+    if parts == ["apps"]:
+        if method == "GET":
+            return json_reply(200, emu.apps())
+        if method == "POST":
+            _only(data, "client_id", "client_secret", "install_handler", "status")
+            return json_reply(
+                200,
+                emu.register_app(
+                    data.get("client_id"),
+                    data.get("client_secret"),
+                    install_handler=data.get("install_handler", False),
+                    status=data.get("status"),
+                ),
+            )
     if parts == ["health"]:
         return json_reply(200, {"ok": True, "url": emu.url})
     if parts == ["state"] and method == "GET":
@@ -109,8 +153,26 @@ def _portal_route(emu: Emulator, method: str, domain: str, action: str, data: di
     if action == "options":
         return json_reply(200, emu.set_options(domain, **data))
     if action == "uninstall":
-        emu.uninstall(domain, client_id=data.get("client_id"), oauth_error=data.get("oauth_error", "NOT_INSTALLED"))
-        return json_reply(200, {"ok": True})
+        result = emu.uninstall(
+            domain,
+            client_id=data.get("client_id"),
+            oauth_error=data.get("oauth_error", "NOT_INSTALLED"),
+            clean=bool(data.get("clean", 0)),
+        )
+        return json_reply(200, result.to_dict())
+    if action == "install":
+        _only(data, "client_id", "version", "user_id", "language_id", "status", "new_application_token")
+        return json_reply(200, emu.install_app(domain, **data).to_dict())
+    if action == "update":
+        _only(data, "client_id", "version", "user_id", "unbind_events")
+        return json_reply(200, emu.update_app(domain, **data).to_dict())
+    if action == "move":
+        _only(data, "new_domain", "stale_endpoints")
+        if not isinstance(data.get("new_domain"), str):
+            return _bad("new_domain (string) is required")
+        return json_reply(
+            200, emu.move_portal(domain, data["new_domain"], stale_endpoints=bool(data.get("stale_endpoints")))
+        )
     if action == "tokens":
         info = emu.issue_tokens(
             domain,

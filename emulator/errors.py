@@ -102,6 +102,16 @@ def access_denied() -> RestError:
     return RestError(403, "ACCESS_DENIED", "Access denied!")
 
 
+def access_denied_because(reason: str) -> RestError:
+    """``AccessException(reason)``: "Access denied!" followed by the reason (``accessexception.php``)."""
+    return RestError(403, "ACCESS_DENIED", f"Access denied! {reason}")
+
+
+def wrong_auth_type_plain() -> RestError:
+    """``AuthTypeException()`` with no message, as ``event.*`` throws it for a non-OAuth caller (Src api/event.php)."""
+    return RestError(403, "WRONG_AUTH_TYPE", "Current authorization type is denied for this method")
+
+
 def wrong_auth_type() -> RestError:
     """imconnector.*: ``AuthTypeException("Application context required")``."""
     return RestError(
@@ -152,6 +162,23 @@ def message_not_found() -> RestError:
 
 def message_status_incorrect() -> RestError:
     return RestError(400, "ERROR_MESSAGE_STATUS_INCORRECT", "Message status incorrect!")
+
+
+# --- events (facts §7.2; Src api/event.php, EventTable) -------------------------------------------------------
+
+
+def event_not_found() -> RestError:
+    return RestError(400, "ERROR_EVENT_NOT_FOUND", "Event not found")
+
+
+def handler_already_binded() -> RestError:
+    """``EventTable::checkUniq`` fails the add; ``eventBind`` wraps it as ``RestException(…, ERROR_CORE)`` → 400."""
+    return RestError(400, "ERROR_CORE", "Unable to set event handler: Handler already binded")
+
+
+def argument_invalid(text: str, name: str) -> RestError:
+    """``ArgumentException(text, name)`` as rendered by ``RestException::initFromException``."""
+    return RestError(400, "ERROR_ARGUMENT", text, argument=name)
 
 
 # --- imconnector (facts §4.2; customconnectors.php) --------------------------------------------------------

@@ -13,6 +13,10 @@ Sources (see ``/work/shared/reference/bitrix24-facts.md``):
   ``Common::isDialogId`` → DIALOG_ID_EMPTY.  Acts for the calling user.
 * messageservice.sender.update: the docs only (the source snapshot predates it); order chosen: CODE → other
   params → sender lookup → HANDLER check (same ``HandlerHelper::checkCallback`` as sender.add) → NAME/DESCRIPTION.
+* event.bind / event.unbind / event.get: Src ``rest/lib/api/event.php`` and D ``api-reference/events`` (facts
+  §7.2).  OAuth only (WRONG_AUTH_TYPE otherwise); keys upper-cased; ``EVENT`` upper-cased and looked up among the
+  token's scopes plus the global one.
+* app.info: Src ``CRestProvider::appInfo`` and D ``common/system/app-info.md`` (facts §7.4).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import errors, php
-from .auth import CallContext
+from . import errors, events, php
+from .auth import WEBHOOK, CallContext
 from .state import Delivery, Message, Sender
 
 Method = Callable[[CallContext, dict[str, Any]], Any]
@@ -285,6 +289,138 @@ def dialog_unread(ctx: CallContext, params: dict[str, Any]) -> bool:
     return True
 
 
+# --- events (facts §7.2) ----------------------------------------------------------------------------------
+
+
+def _scopes(ctx: CallContext) -> list[str]:
+    return [s.strip() for s in ctx.portal.options.scope.split(",") if s.strip()]
+
+
+def _require_oauth(ctx: CallContext) -> str:
+    """``if($server->getAuthType() !== Auth::AUTH_TYPE) throw new AuthTypeException()``."""
+    if not ctx.app_context or ctx.client_id is None:
+        raise errors.wrong_auth_type_plain()
+    return ctx.client_id
+
+
+def _event_type(p: Mapping[str, Any]) -> str:
+    kind = (php.scalar_str(p.get("EVENT_TYPE")) or "").lower()
+    if kind == "":
+        return "online"
+    if kind not in ("online", "offline"):
+        raise errors.argument_invalid("Value must be one of {online|offline}", "EVENT_TYPE")
+    return kind
+
+
+def event_bind(ctx: CallContext, params: dict[str, Any]) -> bool:
+    """Order of checks as in ``eventBind``: AUTH_TYPE rights → EVENT → EVENT_TYPE → offline rights → HANDLER →
+    ``checkCallback`` → the event exists in scope → unique.  A non-admin binds for themself; offline bindings
+    (admin only) have no handler and no user."""
+    client_id = _require_oauth(ctx)
+    p = php.upper_keys(params)
+    admin = ctx.portal.options.admin
+    user = php.intval(p.get("AUTH_TYPE"))
+    if user > 0:
+        if not admin and user != ctx.user_id:
+            raise errors.access_denied_because("Event binding with AUTH_TYPE requires administrator access rights")
+    elif not admin:
+        user = ctx.user_id
+    else:
+        user = 0
+    name = (php.scalar_str(p.get("EVENT")) or "").upper()
+    if name == "":
+        raise errors.argument_null("EVENT")
+    kind = _event_type(p)
+    handler = php.scalar_str(p.get("HANDLER")) or ""
+    if kind == "offline":
+        if not admin:
+            raise errors.access_denied_because("Offline events binding requires administrator access rights")
+        handler, user = "", 0
+    elif handler == "":
+        raise errors.argument_null("HANDLER")
+    if handler:
+        check_handler_url(handler)
+    event = events.find_event(name, _scopes(ctx))
+    if event is None:
+        raise errors.event_not_found()
+    if ctx.portal.add_handler(client_id, event, handler, user) is None:
+        raise errors.handler_already_binded()
+    return True
+
+
+def event_unbind(ctx: CallContext, params: dict[str, Any]) -> dict[str, int]:
+    """``eventUnbind``: deletes the app's rows for EVENT + HANDLER (offline: the handler-less rows); an admin
+    without AUTH_TYPE removes every user's, a non-admin only their own.  ⚠️ The source compares a given AUTH_TYPE
+    with ``!==`` against an int, so a non-admin passes only with a JSON integer equal to their own id."""
+    client_id = _require_oauth(ctx)
+    p = php.upper_keys(params)
+    admin = ctx.portal.options.admin
+    name = (php.scalar_str(p.get("EVENT")) or "").upper()
+    if name == "":
+        raise errors.argument_null("EVENT")
+    kind = _event_type(p)
+    handler = php.scalar_str(p.get("HANDLER")) or ""
+    user: int | None = None
+    if kind == "offline":
+        if not admin:
+            raise errors.access_denied_because("Offline events unbinding requires administrator access rights")
+        handler = ""
+    elif handler == "":
+        raise errors.argument_null("HANDLER")
+    elif p.get("AUTH_TYPE") is not None:
+        raw = p["AUTH_TYPE"]
+        if not admin and not (isinstance(raw, int) and not isinstance(raw, bool) and raw == ctx.user_id):
+            raise errors.access_denied_because("Event unbinding with AUTH_TYPE requires administrator access rights")
+        user = php.intval(raw)
+    elif not admin:
+        user = ctx.user_id
+    rows = [
+        h
+        for h in ctx.portal.handlers_of(client_id, name)
+        if h.handler == handler and (user is None or h.user_id == user)
+    ]
+    return {"count": ctx.portal.remove_handlers(rows)}
+
+
+def event_get(ctx: CallContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``eventGet``: the app's handlers by ID; ``auth_type`` is a string, as the docs' example shows it."""
+    client_id = _require_oauth(ctx)
+    admin = ctx.portal.options.admin
+    out: list[dict[str, Any]] = []
+    for h in sorted(ctx.portal.handlers_of(client_id), key=lambda row: row.id):
+        if not admin and h.user_id != ctx.user_id:
+            continue
+        if h.offline:
+            out.append({"event": h.event, "connector_id": h.connector_id, "offline": 1})
+        else:
+            out.append({"event": h.event, "handler": h.handler, "auth_type": str(h.user_id), "offline": 0})
+    return out
+
+
+# --- app -------------------------------------------------------------------------------------------------
+
+
+def app_info(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+    """``CRestProvider::appInfo``: an app gets its installation; a webhook only SCOPE and LICENSE."""
+    license = ctx.portal.options.license_info()
+    if ctx.auth_type == WEBHOOK:
+        return {"SCOPE": _scopes(ctx), "LICENSE": license["LICENSE"]}
+    inst = ctx.portal.installations.get(ctx.client_id or "")
+    if inst is None:
+        raise errors.access_denied_app_context()
+    return {
+        "ID": inst.app_id,
+        "CODE": inst.code,
+        "VERSION": int(inst.version),
+        "STATUS": inst.status,
+        "INSTALLED": inst.installed,
+        "PAYMENT_EXPIRED": inst.payment_expired,
+        "DAYS": inst.days,
+        "LANGUAGE_ID": inst.language_id,
+        **license,
+    }
+
+
 METHODS: dict[str, Method] = {
     "messageservice.sender.add": sender_add,
     "messageservice.sender.delete": sender_delete,
@@ -293,4 +429,8 @@ METHODS: dict[str, Method] = {
     "messageservice.message.status.update": message_status_update,
     "imconnector.send.status.delivery": send_status_delivery,
     "im.dialog.unread": dialog_unread,
+    "event.bind": event_bind,
+    "event.unbind": event_unbind,
+    "event.get": event_get,
+    "app.info": app_info,
 }

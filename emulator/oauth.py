@@ -42,7 +42,11 @@ class OAuthServer:
         return self.base_url.split("://", 1)[-1]
 
     def token_payload(self, portal: Portal, access_token: str, refresh_token: str) -> dict[str, Any]:
+        """The refresh answer.  ``status`` is the installation's letter (``L`` for a local app).
+        ``client_endpoint`` names the portal's announced domain: after a move, the new one (§7.5; see
+        ``Emulator.move_portal`` for the UNCONFIRMED alternative).  Hold ``portal.lock``."""
         record = self.registry.access_tokens[access_token]
+        installation = portal.installations.get(record.client_id)
         return {
             "access_token": access_token,
             "expires": record.expires_wall,
@@ -50,8 +54,8 @@ class OAuthServer:
             "scope": portal.options.scope,
             "domain": self.host,
             "server_endpoint": f"{self.base_url}/oauth/rest/",
-            "status": "L",
-            "client_endpoint": f"{self.base_url}/{portal.domain}/rest/",
+            "status": installation.status if installation else "L",
+            "client_endpoint": f"{self.base_url}/{portal.endpoint_domain}/rest/",
             "member_id": portal.member_id,
             "user_id": record.user_id,
             "refresh_token": refresh_token,
@@ -90,9 +94,9 @@ class OAuthServer:
                 "invalid_request",
                 "Invalid request: grant_type=refresh_token, client_id, client_secret and refresh_token are required",
             )
-        known_secret = registry.apps.get(str(client_id))
+        known_secret = registry.secret_of(str(client_id))
         if known_secret is None:
-            if secret in registry.apps.values():
+            if secret in registry.secrets():
                 with registry.lock:
                     registry.oauth.wrong_client += 1
                 return _err(200, "wrong_client", "Wrong client")

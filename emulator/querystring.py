@@ -106,9 +106,14 @@ def php_array(value: Mapping[str, Any]) -> Any:
     return php_json(value)
 
 
-def build_query(params: Mapping[str, Any]) -> str:
-    """``http_build_query``: nested mappings/lists become ``a[b][0]=v``; ``None`` is skipped, bools are 1/0."""
+def build_query(params: Mapping[str, Any], *, encode_brackets: bool = False) -> str:
+    """``http_build_query``: nested mappings/lists become ``a[b][0]=v``; ``None`` is skipped, bools are 1/0.
+
+    Brackets stay literal (readable, and what most clients send) unless ``encode_brackets``: PHP's own
+    ``http_build_query`` sends ``a%5Bb%5D=v``.  Both parse to the same array.
+    """
     parts: list[str] = []
+    safe = "" if encode_brackets else "[]"
 
     def walk(prefix: str, value: Any) -> None:
         if value is None:
@@ -122,7 +127,7 @@ def build_query(params: Mapping[str, Any]) -> str:
         else:
             if isinstance(value, bool):
                 value = int(value)
-            parts.append(f"{quote_plus(prefix, safe='[]')}={quote_plus(str(value))}")
+            parts.append(f"{quote_plus(prefix, safe=safe)}={quote_plus(str(value))}")
 
     for key, val in params.items():
         walk(str(key), val)

@@ -140,7 +140,7 @@ class RestDispatcher:
     def _carries_client_secret(self, req: RestRequest) -> bool:
         """Whether a REST request carries any app's client_secret anywhere (it must only go to the OAuth
         server): counted per portal as ``client_secret_seen`` so security tests can assert it stays 0."""
-        secrets = [s for s in list(self.registry.apps.values()) if s]
+        secrets = self.registry.secrets()
         if not secrets:
             return False
         query = unquote_plus(req.query)

@@ -58,7 +58,9 @@ def test_admin_api_round_trip(emu: Emulator, client: httpx.Client) -> None:
     second = PortalInfo(**client.post(f"{base}/tokens", json={"user_id": 5}).json())
     assert second.user_id == 5
     assert call(client, second, UNREAD, {"DIALOG_ID": "1", "MESSAGE_ID": 1}).status_code == 200
-    assert client.post(f"{base}/uninstall", json={}).json() == {"ok": True}
+    # no handler bound for ONAPPUNINSTALL; the app's SMS provider goes with it (messageservice onRestAppDelete)
+    uninstalled = client.post(f"{base}/uninstall", json={}).json()
+    assert uninstalled == {"ok": True, "events": [], "handlers_removed": 0, "senders_removed": ["prov"]}
     assert call(client, second, UNREAD, {"DIALOG_ID": "1", "MESSAGE_ID": 1}).status_code == 401
 
     everything = client.get(f"{admin}/state").json()
