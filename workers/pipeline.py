@@ -206,6 +206,9 @@ def _run_job(
         dead("UNKNOWN_PORTAL", f"portal {portal_key!r} is not in the registry")
     if kind.app_only and portal.kind == "webhook":
         dead("WRONG_AUTH_TYPE", f"{kind.method} needs application (OAuth) context; {portal_key} is a webhook")
+    if portal.state == "uninstalled":  # as cached: a reinstall a moment ago may have ended it
+        rt.portals.forget(portal_key)
+        portal = rt.portals(portal_key)
     if portal.state == "uninstalled":
         dead("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
     if portal.state == "reauth":

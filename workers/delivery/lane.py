@@ -332,7 +332,10 @@ class Lane:
         return [c for c in calls if not c.done.is_set()]
 
     def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0, moved: bool = False) -> None:
-        if portal.state == "uninstalled":  # the app was removed while these waited for a slot
+        if portal.state == "uninstalled":  # the app was removed while these waited for a slot (or, as
+            self._wire.portals.forget(self.key)  # cached, a moment before a reinstall)
+            portal = self._wire.portals(self.key)
+        if portal.state == "uninstalled":
             self._resolve(calls, RestError("APP_UNINSTALLED", portal.reason))
             return
         commands = build_commands(calls, merge=self._config.merge_max > 1)

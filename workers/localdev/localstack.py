@@ -255,9 +255,11 @@ class LocalStack:
 
     def install_portal(self, domain: str, **options: Any) -> dict[str, Any]:
         """Create a portal on the emulator and install the application on it, as Bitrix24 does: the
-        emulator posts ONAPPINSTALL to the HTTP app, which registers the portal by its member_id."""
+        emulator posts ONAPPINSTALL to the HTTP app, which registers the portal by its member_id. A portal
+        the emulator has already (a reinstall) keeps its options."""
         self.start_http()
-        self.emulator.add_portal(domain, **options)
+        if domain not in self.emulator.admin("GET", "portals"):
+            self.emulator.add_portal(domain, **options)
         return dict(self.emulator.admin("POST", f"portals/{domain}/install", {}))
 
     def start_workers(
