@@ -1,7 +1,8 @@
 """`b24q demo`: the main job on the embedded default, end to end, with visible progress.
 
-Starts a private Redis (unless `B24Q_REDIS_URL`/`REDIS_URL` names one), the emulator portal, and a
-pool of worker processes; registers two OAuth portals; shows bad input refused at enqueue time;
+Starts a private Redis (unless `B24Q_REDIS_URL`/`REDIS_URL` names one), the emulator portal, the HTTP app
+and a pool of worker processes; installs the application on two portals (the emulator posts ONAPPINSTALL
+to the app, which registers them and their SMS provider); shows bad input refused at enqueue time;
 enqueues a realistic mix of all four job kinds; expires a portal's tokens mid-run so the pool heals
 itself; prints progress while the jobs run and a table of outcomes at the end.
 """
@@ -9,6 +10,7 @@ itself; prints progress while the jobs run and a table of outcomes at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import time
@@ -23,6 +25,8 @@ from workers.runtime import Runtime, get_runtime
 
 PORTALS = {"acme.bitrix24.test": 0.7, "globex.bitrix24.test": 0.3}
 SENDER = "smsgw.demo"
+#: the SMS provider every portal gets at install (B24Q_PROVIDERS), with messageservice.sender.add
+PROVIDERS = [{"code": SENDER, "name": "SMS gateway", "handler": "https://sms.example.com/b24"}]
 
 
 def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
@@ -87,7 +91,8 @@ def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) ->
             else:
                 plain += 1
         commands = plain + sum(-(-n // s.merge_max) for n in merged.values())
-        limits = stack_runtime().portals(portal).limits(s)
+        rt = stack_runtime()
+        limits = rt.portals(rt.registry.resolve(portal) or portal).limits(s)
         requests = -(-commands // s.batch_max)
         worst = max(worst, (requests - limits.our_burst) / limits.our_rate)
     return max(worst, 0.0)
@@ -109,22 +114,30 @@ def run(args: argparse.Namespace) -> int:
         "+ the Bitrix24 emulator + worker processes…",
         flush=True,
     )
-    with LocalStack(redis_url=redis_url, settings={"gather_ms": 20}) as stack:
+    with LocalStack(redis_url=redis_url, settings={"gather_ms": 20, "providers": json.dumps(PROVIDERS)}) as stack:
+        print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
+        stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
+        print(
+            f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
+            f"{stack.settings.worker_concurrency} threads each)"
+        )
+        http = stack.start_http()
+        print(f"  HTTP app ready: {http.url} (uvicorn tasks.http.app:app; install handler /b24/install)")
         for domain in PORTALS:
-            info = stack.add_portal(domain, token_ttl=3600, auto_connectors=True)
-            stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS gateway"})
+            installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True)
+            portal = stack_runtime().registry.get(installed["key"])
+            assert portal is not None
+            limits = portal.limits(stack.settings)
             stack.emulator.admin(
                 "POST",
                 f"portals/{domain}/messages",
                 {"code": SENDER, "message_ids": [f"sms-{i:06d}" for i in range(args.jobs)]},
             )
-            print(f"  portal {domain}: {info['client_endpoint']} (standard plan: 2 req/s, burst 50)")
-        print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
-        stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
-        print(
-            f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
-            f"{stack.settings.worker_concurrency} threads each)\n"
-        )
+            print(
+                f"  installed on {domain}: ONAPPINSTALL → member_id {portal.key[:12]}…, plan {portal.plan} from "
+                f"app.info ({limits.rate:g} req/s, burst {limits.burst}), SMS provider {SENDER} registered"
+            )
+        print()
 
         print("Bad input is refused at enqueue time, before it reaches the queue:")
         for kind, payload in (
@@ -188,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
             outcome[kind][found[job_id][0] or "?"] += 1
         print(f"  {'kind':<22}{'applied':>8}{'superseded':>11}{'dead':>6}{'parked':>8}{'other':>7}")
         for kind, c in outcome.items():
+            if not c:
+                continue
             other = sum(c.values()) - c["applied"] - c["superseded"] - c["dead"] - c["parked"]
             print(f"  {kind:<22}{c['applied']:>8}{c['superseded']:>11}{c['dead']:>6}{c['parked']:>8}{other:>7}")
         print("\nPer portal (as the emulator saw it):")

@@ -12,8 +12,8 @@ only if its access token works on the portal as registered. Nothing an unproven 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from tasks.jobs import KINDS_BY_TASK, SENDER_ADD
 from tasks.producer import enqueue_many, resume_parked
 from workers.bitrix.client import Credentials
-from workers.errors import ConfigError, JobRefused, RestError, TransportError
+from workers.errors import ConfigError, JobRefused, QueryLimitExceeded, RestError, ServerError, TransportError
 from workers.events import events
 from workers.portals.registry import Portal, check_url
 from workers.runtime import Runtime
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 BOUND_EVENTS = ("ONAPPUNINSTALL", "ONAPPUPDATE")
 #: How the event handler's URL is built from `B24Q_HTTP_PUBLIC_URL`.
 EVENTS_PATH = "/b24/events"
+
+
+class Unverified(Exception):
+    """The portal could not confirm or deny an event's token just now."""
 
 
 @dataclass(frozen=True)
@@ -99,14 +103,19 @@ class Lifecycle:
         event = str(form.get("event") or "").upper()
         if not event and ("AUTH_ID" in form or "auth" in form):
             event = "ONAPPINSTALL"  # the installer page's POST carries no event name
-        if event == "ONAPPINSTALL":
-            outcome = self.install(form, query or {})
-        elif event == "ONAPPUNINSTALL":
-            outcome = self.uninstall(form)
-        elif event == "ONAPPUPDATE":
-            outcome = self.update(form)
-        else:
-            outcome = self.other(event, form)
+        try:
+            if event == "ONAPPINSTALL":
+                outcome = self.install(form, query or {})
+            elif event == "ONAPPUNINSTALL":
+                outcome = self.uninstall(form)
+            elif event == "ONAPPUPDATE":
+                outcome = self.update(form)
+            else:
+                outcome = self.other(event, form)
+        except Unverified as exc:
+            outcome = Outcome(
+                "refused", detail=f"the portal could not confirm the event's token now ({exc})", status=503
+            )
         events.app_event(event or "(none)", outcome.result)
         if outcome.result == "refused":
             log.warning("event %s refused: %s", event or "(none)", outcome.detail)
@@ -120,17 +129,34 @@ class Lifecycle:
                 return self.rt.registry.get(key)
         return None
 
-    def _app_info(self, endpoint: str, access_token: str) -> dict[str, Any] | None:
+    def _app_info(self, endpoint: str, access_token: str, portal: Portal | None = None) -> dict[str, Any] | None:
         """`app.info` with this token on this portal; None if the portal does not accept the token.
 
-        One direct request, outside the pool's limiter: it happens once per install or update.
+        Sent at once: Bitrix24 calls slow handlers less often and never repeats an event (§7.1), and one
+        request fits the burst margin b24q's limiter leaves. Only if the portal answers 503 does it wait
+        for a slot of the pool-wide limiter like any request. Raises `Unverified` when the portal could not
+        say (over its limit even so, down, unreachable).
         """
-        try:
-            result = self.rt.client.call(Credentials(endpoint, access_token), "app.info", {}).result
-        except (RestError, TransportError) as exc:
-            log.warning("app.info refused the event's token: %s", exc.code)
-            return None
-        return dict(result) if isinstance(result, Mapping) else {}
+        creds = Credentials(endpoint, access_token)
+        for attempt in range(3):
+            if attempt and portal is not None:
+                limits = portal.limits(self.rt.settings)
+                time.sleep(self.rt.limiter.reserve(portal.key, limits, max_wait=10.0).wait)
+            try:
+                result = self.rt.client.call(creds, "app.info", {}).result
+            except QueryLimitExceeded:
+                if portal is not None:
+                    self.rt.limiter.set_full(portal.key, portal.limits(self.rt.settings))
+                else:
+                    time.sleep(0.5 * (attempt + 1))
+                continue
+            except (ServerError, TransportError) as exc:
+                raise Unverified(exc.code) from None
+            except RestError as exc:
+                log.warning("app.info refused the event's token: %s", exc.code)
+                return None
+            return dict(result) if isinstance(result, Mapping) else {}
+        raise Unverified("QUERY_LIMIT_EXCEEDED")
 
     # -- the events ----------------------------------------------------------------------------------------
 
@@ -160,7 +186,7 @@ class Lifecycle:
             # the portal answering the token need not be the one member_id names: moving a registered
             # portal to another host takes its application_token (or removing it by hand first)
             return Outcome("refused", detail="a registered portal moved to another host without its token", status=409)
-        info = self._app_info(endpoint, access)
+        info = self._app_info(endpoint, access, existing)
         if info is None:
             return Outcome("refused", detail="the portal did not accept the install's token (app.info)", status=401)
         key = existing.key if existing is not None else member_id
@@ -202,7 +228,7 @@ class Lifecycle:
             return Outcome("ignored", detail="no such portal")
         token = str(auth.get("application_token") or "")
         if not _same(token, portal.application_token) and (
-            not auth.get("access_token") or self._app_info(portal.endpoint, str(auth["access_token"])) is None
+            not auth.get("access_token") or self._app_info(portal.endpoint, str(auth["access_token"]), portal) is None
         ):
             return Outcome("refused", portal.key, "application_token does not match and the token was refused", 401)
         data = form.get("data") if isinstance(form.get("data"), Mapping) else {}
@@ -275,13 +301,7 @@ class Lifecycle:
 
     def providers_for(self, portal: Portal) -> list[dict[str, Any]]:
         """The SMS providers the portal should have: its own list, else `B24Q_PROVIDERS`."""
-        raw = portal.providers or self.rt.settings.providers
-        if not raw.strip():
-            return []
-        value = json.loads(raw)
-        if not isinstance(value, list):
-            raise ConfigError("providers must be a JSON list of {code, name, handler, description?}")
-        return [dict(p) for p in value]
+        return portal.provider_list(self.rt.settings)
 
     def register_providers(self, portal: Portal) -> int:
         """Enqueue `messageservice.sender.add` for each provider (through the limiter and batch path like

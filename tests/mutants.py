@@ -106,6 +106,30 @@ MUTANTS = [
         "    return text  # mutant\n    text = _SECRET_PARAM.sub(",
         "tests/integration/test_secrets.py::test_no_secret_leaks_anywhere_in_a_full_run",
     ),
+    Mutant(
+        "application-token",
+        "an event is acted on only with the portal's application_token",
+        "tasks/lifecycle.py",
+        "    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())",
+        "    return True  # mutant",
+        "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing",
+    ),
+    Mutant(
+        "providers-hold",
+        "status jobs wait while an app update's deleted SMS providers are added again",
+        "tasks/jobs.py",
+        "    order=STATUS_ORDER,\n    waits_for_providers=True,",
+        "    order=STATUS_ORDER,\n    waits_for_providers=False,",
+        "tests/integration/test_application.py::test_an_update_brings_the_providers_back_before_status_jobs_go",
+    ),
+    Mutant(
+        "redirect-hosts",
+        "tokens never follow a redirect off B24Q_PORTAL_HOSTS",
+        "workers/portals/registry.py",
+        "        if not self.host_allowed(new_endpoint, old_endpoint):\n            return False",
+        "        pass  # mutant",
+        "tests/test_portal_lifecycle.py::test_a_move_is_stored_once_and_never_off_the_allowed_hosts",
+    ),
 ]
 
 

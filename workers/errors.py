@@ -39,11 +39,26 @@ class JobRefused(B24QError, ValueError):
         super().__init__(f"{kind} job refused: {detail}" if kind != "job" else f"job refused: {detail}")
 
 
+class JobsRefused(JobRefused):
+    """A bulk enqueue refused whole (nothing enqueued): `refusals` holds (index, refusal) for every bad job,
+    and `errors` names their fields as `[index].field`."""
+
+    def __init__(self, refusals: list[tuple[int, JobRefused]]) -> None:
+        self.refusals = refusals
+        kinds = {refusal.kind for _, refusal in refusals}
+        super().__init__(
+            kinds.pop() if len(kinds) == 1 else "job",
+            [(f"[{index}].{field}", msg) for index, refusal in refusals for field, msg in refusal.errors],
+        )
+
+
 class UnknownPortal(JobRefused):
     """The job names a portal that is not in the registry."""
 
     def __init__(self, portal: str, kind: str = "job") -> None:
-        super().__init__(kind, [("portal", f"unknown portal {portal!r}; add it with `b24q portal add`")])
+        super().__init__(
+            kind, [("portal", f"unknown portal {portal!r}; install the app on it, or add it with `b24q portal add`")]
+        )
         self.portal = portal
 
 

@@ -8,6 +8,7 @@ stays on one Redis Cluster slot.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 #: kombu's Redis transport: the hash of messages delivered to a worker and not yet acknowledged
@@ -130,6 +131,15 @@ class Keys:
     def orphans(self) -> str:
         """Unacknowledged messages no live worker holds: tag → when first seen so (Redis server clock)."""
         return f"{self.prefix}:orphans"
+
+    # the HTTP intake: request buckets and idempotency keys, per API key (its digest's prefix, never the key)
+    def api_bucket(self, key_id: str) -> str:
+        return f"{self.prefix}:rl-api:{key_id}"
+
+    def idempotency(self, key_id: str, idempotency_key: str) -> str:
+        """What a POST with this `Idempotency-Key` got; the client's key is hashed (any length, any bytes)."""
+        digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.prefix}:idem:{key_id}:{digest}"
 
 
 #: The layout under the default prefix (`b24q`).

@@ -83,6 +83,9 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return str(code), str(description)
 
 
+#: What a status or sender job gets while its provider is missing (an app update deletes them, §7.2).
+_PROVIDER_GONE = ("ERROR_MESSAGE_NOT_FOUND", "ERROR_SENDER_NOT_FOUND")
+
 #: What a portal key may look like (tasks.jobs.PortalKey); anything else is recorded under "?".
 _PORTAL_KEY = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
 
@@ -213,14 +216,18 @@ def _run_job(
         dead("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
     if portal.state == "reauth":
         return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created, dead)
-    if kind.waits_for_providers and portal.providers_pending:
+
+    def wait_for_providers(pending: str) -> NoReturn:
         # an app update deleted the portal's SMS providers and they are being added again (tasks.lifecycle):
-        # a status for them now would fail with ERROR_MESSAGE_NOT_FOUND
+        # a status for them now fails with ERROR_MESSAGE_NOT_FOUND, so the job waits (not a failure)
         delay = min(2.0, s.backoff_max) + random.uniform(0, 1.0)
-        why = f"waiting for SMS providers to be registered again: {portal.providers_pending}"
+        why = f"waiting for SMS providers to be registered again: {pending}"
         rt.ledger.note(job_id, "deferred", why, countdown=round(delay, 2))
         events.job_retried(kind.name, portal_key, "flow", "PROVIDERS_PENDING")
         retry(delay, Deferred(delay, why))
+
+    if kind.waits_for_providers and portal.providers_pending:
+        wait_for_providers(portal.providers_pending)
 
     order = _order(kind, job_id, portal_key, job.model_dump(mode="json", exclude_none=True), run.version, rt)
     try:
@@ -237,6 +244,19 @@ def _run_job(
         code, description = _describe(exc)
         if code in kind.applied_codes:  # e.g. sender.add's "already installed": the state the job wanted
             return _applied(kind, job_id, portal_key, job, rt, latency())
+        if kind.waits_for_providers and code in _PROVIDER_GONE:
+            # sent before the update's event arrived (in a lane, or a moment earlier): wait like the others
+            fresh = rt.registry.get(portal_key)
+            if fresh is not None and fresh.providers_pending:
+                wait_for_providers(fresh.providers_pending)
+            managed = {str(p.get("code", "")).lower() for p in fresh.provider_list(s)} if fresh else set()
+            if str(kwargs.get("code", "")).lower() in managed and rt.ledger.failure(job_id) <= 3:
+                # b24q registers this provider: the update that deleted it may not have told us yet (its
+                # event comes after the deletion), so a few short retries before the dead letter
+                countdown = backoff(1, s.backoff_base, s.backoff_max)
+                rt.ledger.note(job_id, "retrying", f"{code}: {description}", countdown=round(countdown, 2))
+                events.job_retried(kind.name, portal_key, "transient", code)
+                retry(countdown, exc)
         if action is Action.FLOW:
             if isinstance(exc, Deferred):
                 delay = exc.delay

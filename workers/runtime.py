@@ -25,6 +25,7 @@ from workers.portals.cache import CachedPortals
 from workers.portals.registry import PortalRegistry, check_url
 from workers.portals.tokens import TokenKeeper
 from workers.records.deadletters import DeadLetters
+from workers.records.idempotency import IdempotencyKeys
 from workers.records.ledger import Ledger
 from workers.records.parking import Parking
 from workers.redisurl import connect
@@ -57,6 +58,9 @@ class Runtime:
         self.dead = DeadLetters(self.redis, keys)
         self.parking = Parking(self.redis, keys)
         self.limiter = RateLimiter(self.redis, keys)
+        # the HTTP intake's: a request bucket per API key, and what retried POSTs already got
+        self.api_limiter = RateLimiter(self.redis, keys, bucket=keys.api_bucket)
+        self.idempotency = IdempotencyKeys(self.redis, keys, s.ledger_ttl)
         self.holds = OperatingHolds(self.redis, keys, s.operating_limit, s.operating_margin)
         self.ordering = Ordering(self.redis, keys, s.ledger_ttl)
         oauth = None

@@ -9,12 +9,17 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+import re
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Bitrix24's documented leaky-bucket parameters (drain rate per second, burst threshold). Self-hosted
 #: ("box") portals have no REST rate limit unless their administrator sets one: rate 0 means unlimited.
 PLAN_LIMITS: dict[str, tuple[float, int]] = {"standard": (2.0, 50), "enterprise": (5.0, 250), "box": (0.0, 0)}
+
+#: One entry of B24Q_API_KEYS: a key's SHA-256 in hex, then optionally the portals it is limited to.
+API_KEY_ENTRY = re.compile(r"[0-9a-fA-F]{64}(:[A-Za-z0-9.\-_:]+(\|[A-Za-z0-9.\-_:]+)*)?")
 
 
 class Settings(BaseSettings):
@@ -173,6 +178,26 @@ class Settings(BaseSettings):
         description='SMS providers every portal should have, as JSON: [{"code", "name", "handler", '
         '"description"?}]; registered with messageservice.sender.add at install and after every app update.',
     )
+
+    # --- The HTTP intake: producers in any language (tasks/http/intake.py, README: producing over HTTP) ---
+    api_keys: str = Field(
+        "",
+        description="API keys of the /v1 routes, as SHA-256 digests (never the keys): comma-separated "
+        "`sha256hex[:portal1|portal2]` entries, the portals limiting what the key may post and read; several "
+        "at once for rotation. `b24q apikey new` prints a key and its entry. Empty: /v1 answers 401 to everything.",
+    )
+    http_rate: float = Field(
+        50.0, ge=0.0, description="Requests per second each API key may make to /v1 (0: unlimited); 429 above it."
+    )
+    http_burst: int = Field(100, ge=1, description="Requests an API key may make at once before http_rate applies.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_key_entries(cls, value: str) -> str:
+        for number, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), 1):
+            if not API_KEY_ENTRY.fullmatch(entry):
+                raise ValueError(f"entry {number} is not sha256hex[:portal1|portal2] (`b24q apikey new` prints one)")
+        return value
 
 
 @lru_cache(maxsize=1)

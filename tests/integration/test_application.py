@@ -50,14 +50,7 @@ def installed(stack: LocalStack, domain: str, **options: Any) -> Portal:
     """Install the app on a new emulator portal; the portal as b24q registered it, providers in place."""
     answer = stack.install_portal(domain, auto_messages=True, **options)
     assert answer["handler_status"] == 200, answer
-    registry = get_runtime().registry
-
-    def ready() -> Portal | None:
-        key = registry.resolve(domain)
-        portal = registry.get(key) if key else None
-        return portal if portal is not None and not portal.providers_pending else None
-
-    portal = until(ready, why=f"{domain} registered with its providers")
+    portal = get_runtime().registry.get(answer["key"])
     assert portal is not None
     return portal
 
@@ -157,13 +150,15 @@ def test_uninstall_dead_letters_waiting_jobs_and_a_reinstall_replays_them(stack:
 
 
 def test_an_update_brings_the_providers_back_before_status_jobs_go(stack: LocalStack, domain: str) -> None:
-    portal = installed(stack, domain)
+    portal = installed(stack, domain, rate=2, burst=5)  # a slow portal: a backlog is waiting at the update
+    ids = enqueue_many(statuses(domain, 120))
+    until(lambda: applied_statuses(stack, domain) >= 20, why="some applied before the update")
     answer = stack.emulator.admin("POST", f"portals/{domain}/update", {})
     assert answer["senders_removed"] == [PROVIDER["code"]]
     assert [e["status"] for e in answer["events"]] == [200]  # ONAPPUPDATE handled
-    ids = enqueue_many(statuses(domain, 30))  # sent while the providers may still be missing
-    assert set(wait_for(ids).values()) == {"applied"}
-    assert applied_statuses(stack, domain) == 30
+    assert set(wait_for(ids, timeout=120).values()) == {"applied"}  # none dead ERROR_MESSAGE_NOT_FOUND
+    assert applied_statuses(stack, domain) == 120
+    assert [s["code"] for s in stack.emulator.state(domain)["senders"]] == [PROVIDER["code"]]
     updated = get_runtime().registry.get(portal.key)
     assert updated is not None and updated.application_token == answer["application_token"]
     assert updated.app_version == str(answer["version"])
@@ -187,3 +182,22 @@ def test_a_domain_move_mid_run_loses_nothing(stack: LocalStack, domain: str) -> 
     assert moved is not None and moved.endpoint.endswith(f"/{new}/rest/") and moved.domain == new
     assert rt.registry.resolve(new) == portal.key  # producers may use the new name at once
     assert set(wait_for([enqueue(*statuses(new, 1, start=500)[0])]).values()) == {"applied"}
+
+
+def test_the_app_refuses_big_bodies_counts_refusals_and_logs_no_secret(stack: LocalStack, domain: str) -> None:
+    portal = installed(stack, domain)
+    assert stack.http is not None
+    big = "event=ONAPPUPDATE&pad=" + "x" * (stack.settings.http_max_body + 1)
+    answer = stack.http.http.post(
+        "/b24/events", content=big, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code == 413 and answer.json()["status"] == 413
+    forged = {"event": "ONAPPUPDATE", "auth": {"member_id": portal.key, "application_token": "z" * 32}}
+    assert post_event(stack, forged).status_code == 401
+    metrics = stack.http.http.get("/metrics").text
+    assert 'b24q_app_events_total{event="ONAPPUPDATE",outcome="refused"}' in metrics
+    assert 'b24q_app_events_total{event="ONAPPINSTALL",outcome="applied"}' in metrics
+    log = stack.http.log_path.read_text()
+    assert "POST /b24/install" in log  # the log is the app's (uvicorn's access lines)
+    for secret in (portal.access_token, portal.refresh_token, portal.application_token):
+        assert secret and secret not in log

@@ -12,6 +12,7 @@ slot carries a full `batch`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class RateLimiter:
     Parameters:
         client: a redis-py client (the one the pool shares).
         keys: the Redis key layout (`B24Q_KEY_PREFIX`).
+        bucket: a bucket's Redis key from its name; portals' buckets by default (`Keys.bucket`), the HTTP
+            intake's API keys with `Keys.api_bucket`.
 
     Examples:
         >>> limiter = RateLimiter(redis_client)               # doctest: +SKIP
@@ -44,9 +47,11 @@ class RateLimiter:
         Permit(granted=True, wait=0.0)
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys = DEFAULT_KEYS) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys = DEFAULT_KEYS, bucket: Callable[[str], str] | None = None
+    ) -> None:
         self._client = client
-        self._keys = keys
+        self._bucket = bucket or keys.bucket
         self._script = client.register_script(_SCRIPT)
 
     def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
@@ -54,7 +59,7 @@ class RateLimiter:
         if limits.our_rate <= 0:
             return Permit(True, 0.0)
         granted, wait = self._script(
-            keys=[self._keys.bucket(portal)],
+            keys=[self._bucket(portal)],
             args=["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait],
         )
         return Permit(bool(int(granted)), max(0.0, float(wait)))
@@ -67,13 +72,13 @@ class RateLimiter:
         if limits.our_rate <= 0:
             return 0.0
         _, wait = self._script(
-            keys=[self._keys.bucket(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
+            keys=[self._bucket(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
         )
         return max(0.0, float(wait))
 
     def level(self, portal: str, limits: Limits) -> float:
         """Requests the bucket holds now (0 = empty), from the stored TAT; for status views."""
-        raw = self._client.get(self._keys.bucket(portal))
+        raw = self._client.get(self._bucket(portal))
         if raw is None or limits.our_rate <= 0:
             return 0.0
         seconds, micros = self._client.time()

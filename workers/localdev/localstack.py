@@ -253,14 +253,26 @@ class LocalStack:
             )
         return self.http
 
-    def install_portal(self, domain: str, **options: Any) -> dict[str, Any]:
+    def install_portal(self, domain: str, timeout: float = 60.0, **options: Any) -> dict[str, Any]:
         """Create a portal on the emulator and install the application on it, as Bitrix24 does: the
-        emulator posts ONAPPINSTALL to the HTTP app, which registers the portal by its member_id. A portal
-        the emulator has already (a reinstall) keeps its options."""
+        emulator posts ONAPPINSTALL to the HTTP app, which registers the portal by its member_id. Returns
+        the emulator's answer once the portal is registered and its SMS providers are back (its `key` added).
+        A portal the emulator has already (a reinstall) keeps its options."""
         self.start_http()
         if domain not in self.emulator.admin("GET", "portals"):
             self.emulator.add_portal(domain, **options)
-        return dict(self.emulator.admin("POST", f"portals/{domain}/install", {}))
+        answer = dict(self.emulator.admin("POST", f"portals/{domain}/install", {}))
+        registry = get_runtime().registry
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            key = registry.resolve(domain)
+            portal = registry.get(key) if key is not None else None
+            if portal is not None and portal.state == "active" and not portal.providers_pending:
+                return {**answer, "key": portal.key}
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{domain} was not registered in {timeout}s (handler answered {answer.get('handler_status')})"
+        )
 
     def start_workers(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -154,6 +155,16 @@ class Portal:
 
     def limits(self, settings: Settings) -> Limits:
         return Limits.of(self.plan, self.rate, self.burst, settings)
+
+    def provider_list(self, settings: Settings) -> list[dict[str, Any]]:
+        """The SMS providers this portal should have: its own list, else `B24Q_PROVIDERS`."""
+        raw = self.providers or settings.providers
+        if not raw.strip():
+            return []
+        value = json.loads(raw)
+        if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+            raise ConfigError("providers must be a JSON list of {code, name, handler, description?}")
+        return [dict(p) for p in value]
 
     def public(self) -> dict[str, Any]:
         """The record without secrets, for the CLI and status views."""

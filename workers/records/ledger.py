@@ -268,9 +268,23 @@ class Ledger:
         return sum(1 for key in found if not key.endswith(b":events"))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self._client.hgetall(self._key(job_id))
-        if not raw:
-            return None
-        record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-        record["events"] = [json.loads(e) for e in self._client.lrange(self._events(job_id), 0, -1)]
-        return record
+        """The job's record with its history (`events`), or None when unknown."""
+        return self.get_many([job_id])[job_id]
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """`get` for many jobs in one round trip."""
+        ids = list(dict.fromkeys(job_ids))
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._key(job_id))
+            pipe.lrange(self._events(job_id), 0, -1)
+        replies = pipe.execute()
+        found: dict[str, dict[str, Any] | None] = {}
+        for job_id, raw, events in zip(ids, replies[::2], replies[1::2], strict=True):
+            if not raw:
+                found[job_id] = None
+                continue
+            record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+            record["events"] = [json.loads(e) for e in events]
+            found[job_id] = record
+        return found
