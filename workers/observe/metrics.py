@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from workers.events import Observer, add_observer
 from workers.observe.status import snapshot
+from workers.portals.registry import STATES
 from workers.runtime import Runtime
 from workers.settings import Settings, get_settings
 
@@ -293,7 +294,7 @@ class RedisCollector:
             dead.add_metric([reason], n)
         yield dead
 
-        states: dict[str, int] = {"active": 0, "reauth": 0}
+        states: dict[str, int] = dict.fromkeys(STATES, 0)
         for p in snap["portals"]:
             states[p["state"]] = states.get(p["state"], 0) + 1
         portals = GaugeMetricFamily("b24q_portals", "Registered portals by state.", labels=["state"])
