@@ -164,13 +164,10 @@ def _run_job(
         # a raw message's `portal` names Redis keys (backlog): refused below, recorded as "?"
         portal_key = "?"
     portal = rt.portals.get(portal_key) if portal_key != "?" else None
-    if portal is None and portal_key != "?":
+    if portal is not None and portal.key != portal_key:
         # a raw message may name the portal by an alias (its domain or member_id): every record, lane and
         # limit of the job is the registry key's, as if the producer had resolved it
-        canonical = rt.registry.resolve(portal_key)
-        if canonical is not None:
-            portal_key, kwargs = canonical, {**kwargs, "portal": canonical}
-            portal = rt.portals.get(portal_key)
+        portal_key, kwargs = portal.key, {**kwargs, "portal": portal.key}
     run = rt.ledger.started(job_id, kind.name, portal_key, worker, payload=lambda: storable(kwargs))
     events.job_started(kind.name, portal_key)
 
@@ -210,8 +207,7 @@ def _run_job(
     if kind.app_only and portal.kind == "webhook":
         dead("WRONG_AUTH_TYPE", f"{kind.method} needs application (OAuth) context; {portal_key} is a webhook")
     if portal.state == "uninstalled":  # as cached: a reinstall a moment ago may have ended it
-        rt.portals.forget(portal_key)
-        portal = rt.portals(portal_key)
+        portal = rt.portals.fresh(portal_key) or portal
     if portal.state == "uninstalled":
         dead("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
     if portal.state == "reauth":

@@ -27,15 +27,23 @@ class CachedPortals:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Portal | None:
+        """The portal `key` names (its registry key or an alias), as read at most `ttl` seconds ago."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         portal = self._registry.get(key)
+        if portal is None and (canonical := self._registry.resolve(key)) is not None:
+            portal = self._registry.get(canonical)  # `key` is an alias: its domain or member_id
         with self._lock:
             self._cache[key] = (now, portal)
         return portal
+
+    def fresh(self, key: str) -> Portal | None:
+        """The record read now, not as cached: for decisions a stale `uninstalled` must not make."""
+        self.forget(key)
+        return self.get(key)
 
     def __call__(self, key: str) -> Portal:
         portal = self.get(key)

@@ -142,6 +142,10 @@ class Ledger:
         raw = self._client.get(self._backlog(portal))
         return int(raw) if raw else 0
 
+    def read_backlog(self, portal: str, pipe: Any) -> None:
+        """Queue the read of `backlog(portal)` in a pipeline (its reply: the count, or None for 0)."""
+        pipe.get(self._backlog(portal))
+
     def started(
         self, job_id: str, kind: str, portal: str, worker: str = "", payload: Callable[[], Any] | None = None
     ) -> Run:
