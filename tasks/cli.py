@@ -7,6 +7,9 @@
     b24q metrics --port 9808                # Prometheus endpoint: worker counters + Redis gauges
     b24q portal add acme --endpoint https://acme.bitrix24.com/rest/ --access-token … --refresh-token …
     b24q dead list | show ID | replay [ID …] [--all] | purge [ID …] [--all]
+    b24q schema [KIND]                      # the JSON Schema of the job kinds (what /v1/jobs accepts)
+    b24q apikey new [--portals a,b]         # a key for the HTTP intake, and its B24Q_API_KEYS entry
+    b24q serve                              # the HTTP app: install/event handlers, the /v1 intake
     b24q demo                               # worker + emulator portal + sample jobs
 
 Configuration comes from the environment (`B24Q_*`, see the README). Secrets never appear in output.
@@ -26,17 +29,20 @@ import redis
 from prometheus_client import generate_latest
 
 from tasks import demo
+from tasks.http import apikeys
 from tasks.jobs import KINDS, SENDER_ADD
 from tasks.lifecycle import Lifecycle
 from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
+from tasks.schema import job_schema, job_schemas
 from workers.broker.recovery import Presence
 from workers.celery import app
-from workers.errors import B24QError, JobRefused
+from workers.errors import B24QError, ConfigError, JobRefused
 from workers.observe import metrics, status
 from workers.observe.status import text_table
 from workers.portals.crypto import generate_key
 from workers.redaction import redis_url
 from workers.runtime import Runtime, get_runtime
+from workers.settings import API_KEY_ENTRY
 
 
 def _print_json(data: Any) -> None:
@@ -87,6 +93,31 @@ def _read_jobs(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield str(payload.pop("kind")), payload
 
 
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's fields from `b24q enqueue KIND`'s flags (and its --json)."""
+    payload: dict[str, Any] = json.loads(args.json) if args.json else {}
+    for field in (
+        "portal",
+        "code",
+        "message_id",
+        "status",
+        "connector",
+        "line",
+        "handler",
+        "name",
+        "description",
+        "dialog_id",
+    ):
+        value = getattr(args, field, None)
+        if value is not None:
+            payload[field] = value
+    if args.messages:
+        payload["messages"] = json.loads(args.messages)
+    if args.kind == "mark-unread" and isinstance(payload.get("message_id"), str) and payload["message_id"].isdigit():
+        payload["message_id"] = int(payload["message_id"])
+    return payload
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.file:
         jobs = list(_read_jobs(args.file))
@@ -110,26 +141,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return 0
     if not args.kind:
         raise JobRefused("job", [("kind", f"give a job kind ({', '.join(KINDS)}) or --file")])
-    payload: dict[str, Any] = json.loads(args.json) if args.json else {}
-    for field in (
-        "portal",
-        "code",
-        "message_id",
-        "status",
-        "connector",
-        "line",
-        "handler",
-        "name",
-        "description",
-        "dialog_id",
-    ):
-        value = getattr(args, field, None)
-        if value is not None:
-            payload[field] = value
-    if args.messages:
-        payload["messages"] = json.loads(args.messages)
-    if args.kind == "mark-unread" and isinstance(payload.get("message_id"), str) and payload["message_id"].isdigit():
-        payload["message_id"] = int(payload["message_id"])
+    payload = job_fields(args)
     print(enqueue(args.kind, payload))
     return 0
 
@@ -363,11 +375,46 @@ def cmd_portal_providers(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tasks.http.intake import HEAD_LIMIT
+
     s = get_runtime().settings
     host = args.host or s.http_host
     port = s.http_port if args.port is None else args.port
-    print(f"b24q serve: http://{host}:{port} (install: /b24/install, events: /b24/events)", file=sys.stderr)
-    uvicorn.run("tasks.http.app:app", host=host, port=port, workers=args.workers, log_level="info")
+    print(
+        f"b24q serve: http://{host}:{port} (install: /b24/install, events: /b24/events, jobs: /v1, "
+        f"API document: /docs){'' if s.api_keys else '; /v1 answers 401 until B24Q_API_KEYS is set'}",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        "tasks.http.app:app",
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level="info",
+        h11_max_incomplete_event_size=HEAD_LIMIT,
+    )
+    return 0
+
+
+# --- the published contract, the HTTP intake's keys ----------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of one job kind, or of every kind (an object keyed by kind)."""
+    _print_json(job_schema(args.kind) if args.kind else job_schemas())
+    return 0
+
+
+def cmd_apikey_new(args: argparse.Namespace) -> int:
+    """A fresh API key, printed once, and its B24Q_API_KEYS entry (the key's hash, never the key)."""
+    portals = [p.strip() for p in (args.portals or "").split(",") if p.strip()]
+    key, entry = apikeys.new(portals)
+    if not API_KEY_ENTRY.fullmatch(entry):
+        raise ConfigError("--portals: portals are named by key, member_id or domain (letters, digits, . - _ :)")
+    print("API key (shown only now: b24q keeps its hash, not the key; give it to the producer):")
+    print(f"  {key}")
+    print("B24Q_API_KEYS entry (comma-separated with the others):")
+    print(f"  {entry}")
     return 0
 
 
@@ -404,7 +451,7 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
     ids = args.ids or [d.id for d in get_runtime().dead.iter(args.portal, args.code, args.kind)]
     done: list[str] = []
-    refused: list[tuple[str, str]] = []
+    refused: list[tuple[str, JobRefused]] = []
     progress = Progress(len(ids), "replayed")
     for start in range(0, len(ids), 100):
         chunk = ids[start : start + 100]
@@ -533,6 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default B24Q_HTTP_PORT)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a job kind (all kinds if none is named)")
+    p.add_argument("kind", nargs="?", choices=list(KINDS))
+    p.set_defaults(func=cmd_schema)
+
+    apikey = sub.add_parser("apikey", help="API keys of the HTTP intake").add_subparsers(dest="sub", required=True)
+    p = apikey.add_parser("new", help="print a new API key once, and its B24Q_API_KEYS entry")
+    p.add_argument("--portals", help="comma-separated portals the key may post and read (default: every portal)")
+    p.set_defaults(func=cmd_apikey_new)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default: Redis, emulator, workers, jobs")
     p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")

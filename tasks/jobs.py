@@ -43,7 +43,14 @@ ProviderCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-_]+$", m
 PortalKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-_:]+$")]
 PositiveInt = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
-LocalizedText = Text | dict[Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")], Text]
+#: a text, or texts by two-letter language code (the schema says no other keys, as the validator does)
+LocalizedText = (
+    Text
+    | Annotated[
+        dict[Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")], Text],
+        Field(json_schema_extra={"additionalProperties": False}),
+    ]
+)
 
 
 class Job(BaseModel):
@@ -54,7 +61,8 @@ class Job(BaseModel):
     portal: PortalKey
     #: When the source learned this state (unix seconds, fractions allowed), e.g. a delivery report's own
     #: timestamp: reports of one message are ordered by it instead of by enqueue order (README: Ordering).
-    at: Annotated[float, Field(ge=0.0, le=4_102_444_800.0)] | None = None
+    #: A JSON number (strict: "12" and true are refused, as the published schema says).
+    at: Annotated[float, Field(ge=0.0, le=4_102_444_800.0, strict=True)] | None = None
 
     def params(self) -> dict[str, Any]:
         """The REST method's parameters."""
@@ -141,6 +149,11 @@ class DeliveryConfirmation(Job):
 
 class SenderUpdate(Job):
     """`messageservice.sender.update`: change a provider's handler URL, name or description."""
+
+    # `_one_change` in the published schema
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["handler"]}, {"required": ["name"]}, {"required": ["description"]}]}
+    )
 
     code: ProviderCode
     handler: Annotated[str, StringConstraints(max_length=2000)] | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, JobKind
 from tasks.publishing import publish
-from workers.errors import JobRefused, PortalUninstalled, UnknownPortal
+from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
 from workers.portals.registry import Portal
 from workers.runtime import Runtime, get_runtime
 
@@ -51,9 +51,11 @@ def check(
     if portals is None:
         portals = {}
     if job.portal not in portals:
-        found = rt.registry.get(job.portal)
-        if found is None and (key := rt.registry.resolve(job.portal)) is not None:
-            found = rt.registry.get(key)
+        # the record as this process read it within the last second (a state change, such as an uninstall,
+        # reaches producers within that second; the worker checks again); a refusal is decided on a fresh read
+        found = rt.portals.get(job.portal)
+        if found is None or found.state == "uninstalled":
+            found = rt.portals.fresh(job.portal)
         portals[job.portal] = found
     portal = portals[job.portal]
     if portal is None:
@@ -78,15 +80,19 @@ def enqueue(
 
 
 def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | None = None) -> list[str]:
-    """Validate every job first, then enqueue them all (nothing is enqueued if one is bad)."""
+    """Validate every job first, then enqueue them all; if any is bad, nothing is enqueued and `JobsRefused`
+    names every bad job (its index) and field."""
     rt = rt or get_runtime()
     portals: dict[str, Portal | None] = {}
     checked = []
+    refusals: list[tuple[int, JobRefused]] = []
     for index, (kind, payload) in enumerate(jobs):
         try:
             checked.append((_kind(kind), check(kind, payload, rt, portals), str(uuid.uuid4())))
         except JobRefused as exc:
-            raise JobRefused(exc.kind, [(f"[{index}].{f}", m) for f, m in exc.errors]) from None
+            refusals.append((index, exc))
+    if refusals:
+        raise JobsRefused(refusals)
     ids: list[str] = []
     for start in range(0, len(checked), 1000):
         ids.extend(publish(rt, checked[start : start + 1000]))
@@ -153,15 +159,15 @@ def replay(
     code: str | None = None,
     kind: str | None = None,
     rt: Runtime | None = None,
-) -> tuple[list[str], list[tuple[str, str]]]:
+) -> tuple[list[str], list[tuple[str, JobRefused]]]:
     """Re-validate and re-enqueue dead letters (by id, or by filter; all when nothing is given).
 
-    Returns (replayed ids, [(id, why not)]). A letter that fails validation again stays.
+    Returns (replayed ids, [(id, the refusal)]). A letter that fails validation again stays.
     """
     rt = rt or get_runtime()
     letters = [rt.dead.get(i) for i in ids] if ids is not None else list(rt.dead.iter(portal, code, kind))
     done: list[str] = []
-    refused: list[tuple[str, str]] = []
+    refused: list[tuple[str, JobRefused]] = []
     for letter in letters:
         if letter is None:
             continue
@@ -169,7 +175,7 @@ def replay(
             k = _kind(letter.kind)
             kwargs = check(k, letter.payload, rt)
         except JobRefused as exc:
-            refused.append((letter.id, str(exc)))
+            refused.append((letter.id, exc))
             continue
         publish(rt, [(k, kwargs, letter.id)], f"replayed from dead letter {letter.code}")
         rt.dead.remove(letter.id)

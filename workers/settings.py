@@ -6,10 +6,9 @@ because that is what most hosting platforms set. The README lists every setting.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
-
-import re
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,7 +71,9 @@ class Settings(BaseSettings):
         lt=1.0,
         description="Share of each portal's rate and burst left for other apps on its IP.",
     )
-    burst_margin: int = Field(5, ge=0, description="Requests of the burst never used, to absorb network jitter.")
+    burst_margin: int = Field(
+        5, ge=0, description="Requests of the burst never used, to absorb network jitter (at most a tenth of it)."
+    )
     operating_limit: float = Field(480.0, description="Seconds of method execution per 10 min before 429.")
     operating_margin: float = Field(10.0, description="Hold a method this many seconds before its budget ends.")
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from tasks.http import appside
+from tasks.http import appside, intake
 from tasks.http.body import BodyTooLarge
 from tasks.http.problems import problem
 from workers.events import add_observer, remove_observer
@@ -59,6 +59,8 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         return problem(413, str(exc))
 
     app.include_router(appside.router(rt))
+    app.include_router(intake.router(rt))
+    intake.document(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process answers")
     def healthz() -> dict[str, Any]:

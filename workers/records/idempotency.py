@@ -8,9 +8,10 @@ retry may use the same key. The marker expires after `pending_ttl`: a crashed re
 key forever (a retry after that enqueues again).
 
 Examples:
-    >>> store = IdempotencyKeys(redis_client, ttl=604800)               # doctest: +SKIP
-    >>> store.claim("9f86d081", "order-17", token="t1") is None         # ours: enqueue, then store.done(...)
+    >>> store = IdempotencyKeys(redis_client, ttl=604800)                  # doctest: +SKIP
+    >>> store.claim("9f86d081a1b2c3d4", "order-17", "t1") is None          # doctest: +SKIP
     True
+    >>> store.done("9f86d081a1b2c3d4", "order-17", body_sha256, ids)        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class Earlier:
 
 
 class IdempotencyKeys:
-    """Parameters:
-    client: a redis-py client.
-    keys: the Redis key layout.
-    ttl: seconds a finished request's ids are kept (`ledger_ttl`).
-    pending_ttl: seconds a running request holds its key at most.
+    """Idempotency-Key → job ids, per API key.
+
+    Parameters:
+        client: a redis-py client.
+        keys: the Redis key layout (`B24Q_KEY_PREFIX`).
+        ttl: seconds a finished request's ids are kept (`ledger_ttl`).
+        pending_ttl: seconds a running request holds its key at most.
     """
 
     def __init__(
