@@ -40,14 +40,18 @@ def test_portals_have_separate_buckets(rclient: redis.Redis) -> None:
 def test_headroom_and_margin_shrink_what_we_use() -> None:
     limits = Limits(rate=2.0, burst=50, headroom=0.2, margin=5)
     assert limits.our_rate == pytest.approx(1.6)
-    assert limits.our_burst == 35
+    assert limits.our_burst == 36  # 40 usable, less a margin of at most a tenth of it
+    assert Limits(rate=2.0, burst=50, margin=5).our_burst == 45
+    assert Limits(rate=4.0, burst=10, margin=5).our_burst == 9  # a small burst keeps nine tenths
+    assert Limits(rate=5.0, burst=250, margin=5).our_burst == 245
+    assert Limits(rate=1.0, burst=1, margin=5).our_burst == 1
 
 
 def test_set_full_waits_until_the_server_bucket_drained_below_ours(rclient: redis.Redis) -> None:
     limiter = RateLimiter(rclient)
-    limits = Limits(rate=10.0, burst=10, margin=3)  # we use 7 of the server's 10
+    limits = Limits(rate=10.0, burst=40, margin=3)  # we use 37 of the server's 40
     wait = limiter.set_full("p", limits)
-    # full at 10: the server must drain 4 requests (0.4 s) before we are back at 7 with one free
+    # full at 40: the server must drain 4 requests (0.4 s) before we are back at 37 with one free
     assert wait == pytest.approx(0.4, abs=0.03)
     assert limiter.reserve("p", limits, max_wait=5).wait == pytest.approx(0.4, abs=0.03)
 

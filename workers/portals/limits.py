@@ -28,4 +28,7 @@ class Limits:
 
     @property
     def our_burst(self) -> int:
-        return max(1, int(self.burst * (1.0 - self.headroom)) - self.margin)
+        """The burst b24q spends: the portal's (less the headroom) less a margin for network jitter, which
+        is `B24Q_BURST_MARGIN` requests but never more than a tenth of the burst (a burst of 10 keeps 9)."""
+        usable = int(self.burst * (1.0 - self.headroom))
+        return max(1, usable - min(self.margin, max(1, usable // 10)))
