@@ -73,9 +73,10 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
                     with contextlib.suppress(Exception):
                         rt.ledger.unpublished(job_id, kwargs["portal"])
         raise
-    finally:
-        with contextlib.suppress(Exception):  # the reconciler watches published jobs
-            rt.ledger.mark_open(published)
+    # an enqueue is acknowledged only once the reconciler watches its jobs: if this fails (Redis gone
+    # between the messages and here), the caller hears of it, though the messages may still be delivered
+    # (a retry by the caller then delivers a job twice, which every kind tolerates)
+    rt.ledger.mark_open(published)
     return published
 
 
