@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+PROMTOOL := .tools/promtool
+
 .PHONY: demo test lint bench mutants clean
 
 $(STAMP): pyproject.toml
@@ -13,10 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)
 
+# promtool checks deploy/prometheus's alert rules (tests/test_monitoring.py): taken from Debian's prometheus
+# package without installing it (no daemon, no root needed)
+$(PROMTOOL):
+	rm -rf .tools/deb && mkdir -p .tools/deb
+	cd .tools/deb && apt-get download prometheus
+	dpkg-deb -x .tools/deb/prometheus_*.deb .tools/deb/root
+	cp .tools/deb/root/usr/bin/promtool $(PROMTOOL)
+	rm -rf .tools/deb
+
 demo: $(STAMP)
 	$(BIN)/b24q demo
 
-test: $(STAMP)
+test: $(STAMP) $(PROMTOOL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -35,4 +46,4 @@ mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -289,6 +289,16 @@ class RedisCollector:
             "Messages delivered to workers and not yet acknowledged (running jobs and scheduled retries).",
             value=snap["unacked"],
         )
+        yield GaugeMetricFamily(
+            "b24q_open_jobs",
+            "Jobs enqueued and not finished (the reconciler's index).",
+            value=snap["open_jobs"]["count"],
+        )
+        yield GaugeMetricFamily(
+            "b24q_open_job_idle_seconds",
+            "Seconds the open job longest without progress has waited (backlog age; 0 when none is open).",
+            value=snap["open_jobs"]["oldest_idle_s"],
+        )
         dead = GaugeMetricFamily("b24q_dead_letters", "Dead letters kept now, by reason.", labels=["reason"])
         for reason, n in snap["dead_letters"]["by_reason"].items():
             dead.add_metric([reason], n)

@@ -34,6 +34,8 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
         pipe.llen(keys.queue(s.queue, step))
     pipe.hlen(keys.UNACKED)
     pipe.hgetall(rt.keys.token_stats())
+    pipe.zcard(rt.keys.open_jobs())
+    pipe.zrange(rt.keys.open_jobs(), 0, 0, withscores=True)  # the job longest without progress
     for key in names:
         pipe.hmget(rt.keys.portal(key), list(_PORTAL_FIELDS))
         pipe.get(rt.keys.backlog(key))
@@ -48,6 +50,8 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
     by_priority = {str(step): int(next(replies)) for step in keys.PRIORITY_STEPS}
     unacked = int(next(replies))
     token_stats: dict[str, int] = {k.decode(): int(v) for k, v in next(replies).items()}
+    open_jobs = int(next(replies))
+    stalest = next(replies)
 
     rows: list[dict[str, Any]] = []
     for key in names:
@@ -86,6 +90,7 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
         "redis": redis_url(s.redis_url),
         "queues": [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}],
         "unacked": unacked,
+        "open_jobs": {"count": open_jobs, "oldest_idle_s": round(max(0.0, now - stalest[0][1]), 1) if stalest else 0.0},
         "portals": rows,
         "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
     }
