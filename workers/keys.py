@@ -38,6 +38,11 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:events"
 
+    def job_payload(self, job_id: str) -> str:
+        """An unfinished job's message kwargs (apart from its record: a long value there would turn the
+        record's hash from Redis's compact encoding into a table several times its size, for good)."""
+        return f"{self.prefix}:job:{job_id}:payload"
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job record (and its event list)."""
         return f"{self.prefix}:job:*"

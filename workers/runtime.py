@@ -54,7 +54,7 @@ class Runtime:
         )
         keys = self.keys = Keys(s.key_prefix)
         self.registry = PortalRegistry(self.redis, s)
-        self.ledger = Ledger(self.redis, keys, s.ledger_ttl)
+        self.ledger = Ledger(self.redis, keys, s.ledger_ttl, ttl_applied=s.ledger_ttl_applied)
         self.dead = DeadLetters(self.redis, keys)
         self.parking = Parking(self.redis, keys)
         self.limiter = RateLimiter(self.redis, keys)

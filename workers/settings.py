@@ -106,7 +106,12 @@ class Settings(BaseSettings):
         "final status never goes back, whatever order its reports arrive in (README: Ordering).",
     )
     job_max_age: float = Field(86400.0, description="A job older than this is dead-lettered, whatever the cause.")
-    ledger_ttl: float = Field(7 * 86400.0, description="How long finished job records are kept.")
+    ledger_ttl: float = Field(
+        7 * 86400.0, description="How long finished job records are kept (dead letters stay until handled)."
+    )
+    ledger_ttl_applied: float = Field(
+        86400.0, description="How long the record of a job applied on its first run is kept (a compact one)."
+    )
 
     # --- Celery worker ---
     visibility_timeout: int = Field(

@@ -86,7 +86,7 @@ def reconcile(rt: Runtime, republish: Republish, grace: float | None = None) -> 
             continue  # it moved on meanwhile
         kind = record.get("kind", "?")
         portal = record.get("portal", "?")
-        payload = rt.ledger.payload(record)
+        payload = rt.ledger.payload(job_id)
         task = republish(rt, kind, job_id, payload) if payload is not None else None
         if task is None:
             rt.dead.add(

@@ -7,10 +7,13 @@ kept with it. Finished records expire after `ledger_ttl`.
 The ledger also keeps each portal's backlog (jobs enqueued and not yet finished): producers use it
 to send a portal with a deep backlog to the bulk lane, so that other portals' jobs pass it.
 
-For every job not yet finished it also keeps its message's kwargs (`payload`, dropped when the job
-finishes) and an index of open jobs by last progress: a worker killed right after kombu's BRPOP took a
-message and before kombu recorded it as unacked loses that message for good (celery#7950,
-kombu#305), and `workers.broker.reconcile` publishes such jobs again from here.
+Memory: a job that went straight through (one run, applied) keeps a record of a few short fields (its
+history is what they say: queued, running on a worker, applied) for `ledger_ttl_applied`; any other keeps
+its event history for `ledger_ttl`. For every job not yet finished it also keeps its message's kwargs (the
+`payload`, a key of its own, dropped when the job finishes) and an index of open jobs by last progress:
+a worker killed right after kombu's BRPOP took a message and before kombu recorded it as unacked loses
+that message for good (celery#7950, kombu#305), and `workers.broker.reconcile` publishes such jobs again
+from here.
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ _STARTED = """
 -- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs, version}.
 local first = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
 if first == 1 then
-  redis.call('HSET', KEYS[1], 'id', ARGV[2])
   redis.call('INCR', KEYS[4])
 end
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'running', 'updated', ARGV[1])
+redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'running', 'updated', ARGV[1],
+           'started', ARGV[1], 'worker', ARGV[6])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('LTRIM', KEYS[2], -50, -1)
@@ -56,15 +59,23 @@ return {first, redis.call('HGET', KEYS[1], 'created'), runs, redis.call('HGET', 
 
 _FINISH = """
 -- move a job to a terminal state; decrement its portal's backlog and count the outcome for the portal
--- only on the first such move (a replayed job counts again when it ends again)
+-- only on the first such move (a replayed job counts again when it ends again). A job applied on its
+-- first run with nothing else to tell (its history: queued, running) keeps no event list: its record
+-- says it all, for the shorter ARGV[6] seconds.
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
-redis.call('HDEL', KEYS[1], 'payload')
+redis.call('DEL', KEYS[6])
 redis.call('ZREM', KEYS[4], ARGV[5])
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('LTRIM', KEYS[2], -50, -1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+local ttl = ARGV[4]
+if ARGV[1] == 'applied' and redis.call('HGET', KEYS[1], 'runs') == '1' and redis.call('LLEN', KEYS[2]) <= 2 then
+  redis.call('DEL', KEYS[2])
+  ttl = ARGV[6]
+else
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('LTRIM', KEYS[2], -50, -1)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
 if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' and state ~= 'superseded' then
   local n = redis.call('DECR', KEYS[3])
   if n < 0 then redis.call('SET', KEYS[3], 0) end
@@ -84,10 +95,12 @@ class Ledger:
         keys: Keys = DEFAULT_KEYS,
         ttl: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
+        ttl_applied: float | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._ttl = int(ttl)
+        self._ttl_applied = int(ttl if ttl_applied is None else ttl_applied)
         self._clock = clock
         self._finish = client.register_script(_FINISH)
         self._started = client.register_script(_STARTED)
@@ -104,6 +117,9 @@ class Ledger:
     def _open(self) -> str:
         return self._keys.open_jobs()
 
+    def _payload_key(self, job_id: str) -> str:
+        return self._keys.job_payload(job_id)
+
     @staticmethod
     def _payload(payload: Any) -> str:
         return json.dumps(payload, ensure_ascii=False, default=str)
@@ -118,20 +134,10 @@ class Ledger:
         loses can be published again (see the module docstring)."""
         now = self._clock()
         p = pipe if pipe is not None else self._client.pipeline(transaction=False)
-        mapping: dict[str, Any] = {
-            "id": job_id,
-            "kind": kind,
-            "portal": portal,
-            "state": "queued",
-            "failures": 0,
-            "runs": 0,
-            "created": now,
-            "updated": now,
-            "last_error": "",
-        }
-        if payload is not None:
-            mapping["payload"] = self._payload(payload)
+        mapping: dict[str, Any] = {"kind": kind, "portal": portal, "state": "queued", "created": now, "updated": now}
         p.hset(self._key(job_id), mapping=mapping)
+        if payload is not None:
+            p.set(self._payload_key(job_id), self._payload(payload), ex=self._ttl)
         # (the producer adds the job to the open index once its message is published: `mark_open`)
         p.rpush(self._events(job_id), self._event("queued"))
         p.incr(self._backlog(portal))
@@ -154,10 +160,10 @@ class Ledger:
         event = self._event("running", worker=worker) if worker else self._event("running")
         first, created, runs, version = self._started(
             keys=[self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)],
-            args=[self._clock(), job_id, kind, portal, event],
+            args=[self._clock(), job_id, kind, portal, event, worker],
         )
         if first and payload is not None:
-            self._client.hsetnx(self._key(job_id), "payload", self._payload(payload()))
+            self._client.set(self._payload_key(job_id), self._payload(payload()), ex=self._ttl, nx=True)
         return Run(float(created), int(runs), version.decode() if isinstance(version, bytes) else str(version))
 
     def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
@@ -191,8 +197,9 @@ class Ledger:
                 self._backlog(portal),
                 self._open(),
                 self._keys.outcomes(portal),
+                self._payload_key(job_id),
             ],
-            args=[state, self._clock(), event, self._ttl, job_id],
+            args=[state, self._clock(), event, self._ttl, job_id, self._ttl_applied],
         )
 
     def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
@@ -201,9 +208,9 @@ class Ledger:
         pipe = pipe if pipe is not None else self._client.pipeline(transaction=False)
         now = self._clock()
         mapping: dict[str, Any] = {"state": "queued", "failures": 0, "updated": now}
-        if payload is not None:
-            mapping["payload"] = self._payload(payload)
         pipe.hset(self._key(job_id), mapping=mapping)
+        if payload is not None:
+            pipe.set(self._payload_key(job_id), self._payload(payload), ex=self._ttl)
         pipe.persist(self._key(job_id))
         pipe.persist(self._events(job_id))
         pipe.rpush(self._events(job_id), self._event("queued", why=why))
@@ -222,7 +229,7 @@ class Ledger:
     def unpublished(self, job_id: str, portal: str) -> None:
         """Roll back the record of a new job whose message could not be published."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.delete(self._key(job_id), self._events(job_id))
+        pipe.delete(self._key(job_id), self._events(job_id), self._payload_key(job_id))
         pipe.decr(self._backlog(portal))
         pipe.execute()
 
@@ -247,10 +254,9 @@ class Ledger:
         """The job's record without its history ({} when unknown)."""
         return {k.decode(): v.decode() for k, v in self._client.hgetall(self._key(job_id)).items()}
 
-    @staticmethod
-    def payload(record: dict[str, str]) -> dict[str, Any] | None:
-        """The kwargs kept in an open job's record (None once it finished, or for a record without)."""
-        raw = record.get("payload")
+    def payload(self, job_id: str) -> dict[str, Any] | None:
+        """The kwargs kept for an open job (None once it finished, or for a job without)."""
+        raw = self._client.get(self._payload_key(job_id))
         data = json.loads(raw) if raw else None
         return data if isinstance(data, dict) else None
 
@@ -269,7 +275,7 @@ class Ledger:
     def count(self) -> int:
         """Job records held now (a SCAN: for tests and tools, not for a hot path)."""
         found = self._client.scan_iter(self._keys.job_pattern(), count=1000)
-        return sum(1 for key in found if not key.endswith(b":events"))
+        return sum(1 for key in found if not key.endswith((b":events", b":payload")))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record with its history (`events`), or None when unknown."""
@@ -288,7 +294,22 @@ class Ledger:
             if not raw:
                 found[job_id] = None
                 continue
-            record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-            record["events"] = [json.loads(e) for e in events]
+            record: dict[str, Any] = {"id": job_id, "failures": "0", "last_error": ""}
+            record |= {k.decode(): v.decode() for k, v in raw.items()}
+            record["events"] = [json.loads(e) for e in events] or _history(record)
             found[job_id] = record
         return found
+
+
+def _history(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history of a job that went straight through, as its record tells it (no event list is kept)."""
+    if record.get("state") != "applied":
+        return []
+    running: dict[str, Any] = {"t": float(record.get("started") or record["updated"]), "state": "running"}
+    if record.get("worker"):
+        running["worker"] = record["worker"]
+    return [
+        {"t": float(record["created"]), "state": "queued"},
+        running,
+        {"t": float(record["updated"]), "state": "applied"},
+    ]
