@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench import profiler
 from bench.report import Table
-from bench.scenarios import Options, dlr, fairness, fullstart, light, many, producer, raw, saturation
+from bench.scenarios import Options, dlr, fairness, fullstart, intake, light, many, memory, producer, raw, saturation
 from bench.stack import MachineLoad, log
 
 SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
@@ -31,7 +31,9 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "many": many.run,
     "dlr": dlr.run,
     "producer": producer.run,
+    "intake": intake.run,
     "fullstart": fullstart.run,
+    "memory": memory.run,
 }
 
 
