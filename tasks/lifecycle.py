@@ -129,6 +129,14 @@ class Lifecycle:
                 return self.rt.registry.get(key)
         return None
 
+    def _registered_by_hand(self, member_id: str, endpoint: str) -> Portal | None:
+        """A portal added with `b24q portal add` before the app was installed (no aliases yet): the install
+        takes it over rather than registering the same portal twice (two keys would be two buckets)."""
+        for portal in self.rt.registry.list():
+            if portal.kind == "oauth" and (portal.member_id == member_id or portal.endpoint == endpoint):
+                return portal
+        return None
+
     def _app_info(self, endpoint: str, access_token: str, portal: Portal | None = None) -> dict[str, Any] | None:
         """`app.info` with this token on this portal; None if the portal does not accept the token.
 
@@ -171,7 +179,7 @@ class Lifecycle:
             endpoint = check_url(endpoint, self.rt.settings.allow_insecure_http, "client_endpoint")
         except ConfigError as exc:
             return Outcome("refused", detail=str(exc), status=400)
-        existing = self._portal_of(auth)
+        existing = self._portal_of(auth) or self._registered_by_hand(member_id, endpoint)
         current = existing.endpoint if existing is not None else ""
         if not self.rt.registry.host_allowed(endpoint, current):
             return Outcome("refused", detail="client_endpoint is not a host in B24Q_PORTAL_HOSTS", status=403)

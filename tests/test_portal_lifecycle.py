@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from emulator import Emulator
 from tasks.jobs import KINDS
 from tasks.lifecycle import Lifecycle, install_auth, plan_of
 from tasks.producer import check, enqueue
@@ -168,3 +169,22 @@ def test_uninstall_erases_tokens_ends_parked_jobs_and_refuses_new_ones(runtime: 
     with pytest.raises(JobDeadLettered) as dead:
         run_job(KINDS["status-update"], "job-2", (), job, runtime, retry)
     assert dead.value.code == "APP_UNINSTALLED"
+
+
+def test_an_install_takes_over_a_portal_added_by_hand(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.settings, "portal_hosts", "127.0.0.1")
+    with Emulator(client_id="app.test", client_secret="s3cr3t-client") as emu:
+        first = emu.add_portal("acme.bitrix24.test", plan="enterprise")
+        runtime.registry.add_oauth(
+            "acme", first.client_endpoint, first.access_token, first.refresh_token, first.expires
+        )
+        again = emu.issue_tokens("acme.bitrix24.test")  # what the install event carries
+        auth_block = {k: v for k, v in again.to_dict().items() if k in ("access_token", "refresh_token", "expires")}
+        auth_block |= {"client_endpoint": again.client_endpoint, "member_id": again.member_id}
+        form = {"event": "ONAPPINSTALL", "data": {"VERSION": "1"}, "auth": {**auth_block, "application_token": "T"}}
+        outcome = Lifecycle(runtime).handle(form)  # app.info answered by the emulator
+    assert (outcome.result, outcome.portal) == ("applied", "acme"), outcome
+    assert runtime.registry.keys() == ["acme"]  # one portal, one bucket
+    assert runtime.registry.resolve(again.member_id) == "acme"
+    portal = runtime.registry.get("acme")
+    assert portal is not None and (portal.access_token, portal.plan) == (again.access_token, "enterprise")
