@@ -29,7 +29,7 @@ import redis
 from prometheus_client import generate_latest
 
 from tasks import demo
-from tasks.http import apikeys
+from tasks.http import apikeys, server
 from tasks.jobs import KINDS, SENDER_ADD
 from tasks.lifecycle import Lifecycle
 from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
@@ -392,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="info",
         h11_max_incomplete_event_size=HEAD_LIMIT,
+        http=server.PROTOCOL,
     )
     return 0
 

@@ -173,7 +173,20 @@ class HttpApp:
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         fd = self._sock.fileno()
-        cmd = [sys.executable, "-m", "uvicorn", "tasks.http.app:app", "--fd", str(fd), "--log-level", "info"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tasks.http.app:app",
+            "--fd",
+            str(fd),
+            "--log-level",
+            "info",
+            "--http",
+            "tasks.http.server:NoDelayH11Protocol",  # (tasks.http.server.PROTOCOL: workers do not import tasks)
+            "--h11-max-incomplete-event-size",
+            "65536",
+        ]
         full_env = {**env, "B24Q_HTTP_PUBLIC_URL": self.url}
         self.process = subprocess.Popen(cmd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, pass_fds=(fd,))
         self.http = httpx.Client(base_url=self.url, timeout=30)
