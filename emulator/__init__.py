@@ -21,6 +21,23 @@ Public API::
 REST methods besides the four: ``batch``, ``messageservice.sender.add/delete/list``, ``event.bind``,
 ``event.unbind``, ``event.get`` and ``app.info``.
 
+Where the docs leave a choice, the emulator follows a reading, names its source (or says it is a guess) and
+makes the other selectable per portal (:class:`PortalOptions`, also via ``POST /_emulator/portals/{d}/options``):
+
+* **Refused requests and the leaky bucket** (``refused_fill_bucket``, default ``True``): a request answered 503
+  ``QUERY_LIMIT_EXCEEDED`` adds to the counter too.  Source: ``b24restdocs:limits.md`` (facts §1.1), "Each
+  application request increases a virtual request counter", with no exception for blocked requests (the older
+  text and the Russian page: "each incoming request").  ``False`` (refused requests do not count) is a guess with
+  no source.  See :mod:`emulator.bucket`.
+* **``operating_reset_at``**: an integer unix time, the oldest bucket's first call cut to its whole second plus
+  the window; the bucket is gone exactly then.  Source: ``b24restdocs:api-reference/data-types.md#time``
+  ("Usually returned as an integer") and ``limits.md`` (its examples: ``start`` 1778747192.91 → 1778747792;
+  "when the time from operating_reset_at arrives, the sum of the time in the oldest basket is excluded").  Not
+  an option.  See :mod:`emulator.operating`.
+* **An access token a refresh superseded** (``superseded_token_error``, default ``"invalid_token"``; or
+  ``"NO_AUTH_FOUND"``, ``"expired_token"``): a **guess**.  The facts (§2.1, old docs) say only that it "becomes
+  invalid", not which error it gets.  See :mod:`emulator.auth`.
+
 State of one portal (``Emulator.state(domain)`` / ``GET /_emulator/portals/{domain}/state``)::
 
     {"domain", "member_id", "moved_from": [former domains], "endpoint_domain" (announced in refreshes/events),

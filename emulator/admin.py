@@ -14,7 +14,8 @@ Lets a test or a benchmark in another process set the emulator up and read back 
     POST /_emulator/portals/{domain}/connectors    {connector, line?}
     POST /_emulator/portals/{domain}/expire        expire current access tokens now
     POST /_emulator/portals/{domain}/faults        {error_500_rate?, drop_rate?, ..., seed?}
-    POST /_emulator/portals/{domain}/options       {rate?, burst?, op_cost?, operating_limit?, operating_window?, ...}
+    POST /_emulator/portals/{domain}/options       {rate?, burst?, refused_fill_bucket?, op_cost?, operating_limit?,
+                                                    operating_window?, superseded_token_error?, ...}
     POST /_emulator/portals/{domain}/tokens        {client_id?, client_secret?, user_id?} → PortalInfo
 
 The application lifecycle (facts §7; events are POSTed before the reply, once, no retries)::

@@ -166,7 +166,8 @@ class Emulator:
     """Bitrix24 cloud portals on loopback.
 
     ``clock`` (monotonic seconds) drives the leaky bucket, the operating limit and token expiry, so tests can
-    inject a fake one; ``wall_clock`` (unix seconds) only feeds reported times (``expires``, ``time``).
+    inject a fake one; ``wall_clock`` (unix seconds) only feeds reported times (``expires``, ``time``) and says
+    where a whole unix second begins (an operating bucket starts at its first call's, facts §1.3).
     ``portal_defaults`` are :class:`~emulator.state.PortalOptions` fields applied to every new portal (e.g.
     ``rate=0`` for an unlimited emulator, ``auto_messages=True``).  The socket is bound at construction so
     :attr:`url` is known before :meth:`start`.  ``app_handler`` is the default app's install URL (an API-only
@@ -332,8 +333,9 @@ class Emulator:
     ) -> PortalInfo:
         """Create a portal with the app installed (first token chain issued) and an incoming webhook.
 
-        ``options`` are :class:`~emulator.state.PortalOptions` fields (plan, rate, burst, op_cost, op_costs,
-        operating_limit, token_ttl, auto_messages, auto_connectors, time_block, admin, user_id, scope).
+        ``options`` are :class:`~emulator.state.PortalOptions` fields (plan, rate, burst, refused_fill_bucket,
+        op_cost, op_costs, operating_limit, operating_window, token_ttl, superseded_token_error, auto_messages,
+        auto_connectors, time_block, admin, user_id, scope, ...).
         ``senders`` pre-registers sender CODEs for the app; ``connectors`` pre-registers connector ids.
         """
         name = _check_domain(domain)
@@ -346,7 +348,9 @@ class Emulator:
         with self.registry.lock:
             if name in self.registry.portals:
                 raise ValueError(f"portal {name!r} already exists")
-            portal = Portal(name, opts, self.registry.clock, self.seed if seed is None else seed)
+            portal = Portal(
+                name, opts, self.registry.clock, self.seed if seed is None else seed, self.registry.wall_clock
+            )
             hook = Webhook(user_id=opts.user_id, code=secrets.token_hex(8))
             portal.webhooks[(hook.user_id, hook.code)] = hook
             self.registry.installation(portal, cid)

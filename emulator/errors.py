@@ -63,6 +63,20 @@ def expired_token() -> RestError:
     return RestError(401, "expired_token", "The access token provided has expired")
 
 
+def invalid_token() -> RestError:
+    """401 ``invalid_token`` with PySDK's text (facts §2.1 and §4.5: "PySDK also documents invalid_token")."""
+    return RestError(401, "invalid_token", "Unable to get application by token")
+
+
+def superseded_token(code: str) -> RestError:
+    """The answer to an access token a refresh rotated away, by the portal's ``superseded_token_error``."""
+    if code == "NO_AUTH_FOUND":
+        return no_auth_found()
+    if code == "expired_token":
+        return expired_token()
+    return invalid_token()
+
+
 def application_not_found() -> RestError:
     """Used for a token of an app that was uninstalled from the portal (``auth.php``: APPLICATION_NOT_FOUND)."""
     return RestError(401, "APPLICATION_NOT_FOUND", "Application not found")

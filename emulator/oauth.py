@@ -3,6 +3,7 @@
 Facts §2.1: a refresh returns a new access/refresh pair and invalidates both the used refresh token *and* the
 access token issued with it (old docs: "both such query and jointly issued access_token become invalid").  Using
 a refresh token twice is ``invalid_grant``, which is how an unserialized refresh by two workers shows up.
+What the superseded access token then gets on the portal is a guess, see :mod:`emulator.auth`.
 
 Error choices (⚠️ the statuses of OAuth-server errors are not documented officially):
 
@@ -128,7 +129,7 @@ class OAuthServer:
             record.used = True
             old_access = registry.access_tokens.get(record.access_token)
             if old_access is not None:
-                old_access.revoked = True
+                old_access.superseded = True  # answered per the portal's superseded_token_error (emulator.auth)
             access, new_refresh = registry.issue_pair(portal, record.client_id, record.user_id)
             portal.counters.refreshes += 1
             payload = self.token_payload(portal, access.token, new_refresh.token)

@@ -5,9 +5,12 @@ Order of checks, from the outside in (each a reason a real request can fail befo
 1. the portal exists (an emulator-only 404 ``PORTAL_NOT_FOUND`` otherwise: there is no DNS to fail);
 2. ``portal_deleted`` / ``overload`` blocks, then a drop-before-processing fault;
 3. the leaky bucket per (portal, source IP): 503 ``QUERY_LIMIT_EXCEEDED``.  Checked *before* auth, and a batch
-   is one request.  Every accepted and refused request's clock time is recorded;
+   is one request.  A refused request adds to the counter too unless the portal's ``refused_fill_bucket`` is
+   off (see :mod:`emulator.bucket` for the two readings).  Every accepted and refused request's clock time is
+   recorded;
 4. injected 500 / 502-HTML faults;
-5. parameters (bad JSON → 400), then auth (401 ``NO_AUTH_FOUND`` / ``expired_token``);
+5. parameters (bad JSON → 400), then auth (401 ``NO_AUTH_FOUND`` / ``invalid_token`` for a token a refresh
+   superseded / ``APPLICATION_NOT_FOUND`` / ``expired_token``; see :mod:`emulator.auth`);
 6. method lookup (404 ``ERROR_METHOD_NOT_FOUND``), the operating check (429), the method itself;
 7. faults that strike after the change was applied: truncated JSON, slow answer, dropped answer; then latency.
 """
@@ -119,14 +122,13 @@ class RestDispatcher:
             try:
                 result = fn(ctx, params)
             finally:
-                portal.operating.add(key, portal.options.cost(method))
+                portal.operating.add(key, portal.options.cost(method), started=start, started_wall=start_wall)
                 portal.counters.method_calls[method] += 1
             if not portal.options.time_block:
                 return result, None
             snap = portal.operating.snapshot(key)
         finish, now = wall(), clock()
-        reset_wall = finish + (snap.reset_at - now)
-        return result, time_block(start_wall, finish, now - start, snap.operating, reset_wall)
+        return result, time_block(start_wall, finish, now - start, snap.operating, snap.reset_wall)
 
     def _outer_time(self, ctx: CallContext, start_wall: float, start: float) -> dict[str, Any] | None:
         portal = ctx.portal
@@ -135,7 +137,7 @@ class RestDispatcher:
                 return None
             snap = portal.operating.snapshot((ctx.subject, "batch"))
         finish, now = self.registry.wall_clock(), self.registry.clock()
-        return time_block(start_wall, finish, now - start, snap.operating, finish + (snap.reset_at - now))
+        return time_block(start_wall, finish, now - start, snap.operating, snap.reset_wall)
 
     def _carries_client_secret(self, req: RestRequest) -> bool:
         """Whether a REST request carries any app's client_secret anywhere (it must only go to the OAuth

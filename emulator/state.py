@@ -32,6 +32,8 @@ PLAN_LICENSES: dict[str, str] = {"standard": "std", "enterprise": "ent250"}
 _LICENSE = re.compile(r"^([a-z]{2,})_([a-z]+[0-9]*)$")
 DEFAULT_SCOPE = "im,imconnector,imopenlines,messageservice"
 MAX_TIMES = 1_000_000  # per list: bounds memory in long benchmarks (the counters stay exact)
+#: what a request with an access token that a refresh superseded gets (see ``emulator.auth``; a guess)
+SUPERSEDED_TOKEN_ERRORS = ("invalid_token", "NO_AUTH_FOUND", "expired_token")
 
 
 @dataclass
@@ -41,11 +43,20 @@ class PortalOptions:
     plan: str = "standard"
     rate: float | None = 2.0
     burst: int = 50
+    #: whether a request refused with 503 QUERY_LIMIT_EXCEEDED adds to the leaky bucket too.  True follows the
+    #: docs' wording, "Each application request increases a virtual request counter" with no exception for
+    #: blocked ones (facts §1.1, ``b24restdocs:limits.md``); False is the other reading, a guess with no source
+    #: (see ``emulator.bucket``)
+    refused_fill_bucket: bool = True
     op_cost: float = 0.0
     op_costs: dict[str, float] = field(default_factory=dict)
     operating_limit: float | None = 480.0
     operating_window: float = 600.0
     token_ttl: float = 3600.0
+    #: the 401 a request gets with an access token that a refresh rotated away.  The facts say only that it
+    #: "becomes invalid" (§2.1, old docs), not which error: ``invalid_token`` ("Unable to get application by
+    #: token", PySDK) is a guess; ``NO_AUTH_FOUND`` and ``expired_token`` are the other candidates
+    superseded_token_error: str = "invalid_token"
     auto_messages: bool = False
     auto_connectors: bool = False
     time_block: bool = True
@@ -81,6 +92,13 @@ class PortalOptions:
         merged.setdefault("burst", burst)
         opts = cls(**merged)
         opts.op_costs = {k.lower(): float(v) for k, v in dict(opts.op_costs).items()}
+        if opts.superseded_token_error not in SUPERSEDED_TOKEN_ERRORS:
+            raise ValueError(
+                f"superseded_token_error must be one of {list(SUPERSEDED_TOKEN_ERRORS)}, "
+                f"got {opts.superseded_token_error!r}"
+            )
+        if not isinstance(opts.refused_fill_bucket, bool):
+            raise ValueError(f"refused_fill_bucket must be true or false, got {opts.refused_fill_bucket!r}")
         for name in ("license", "license_previous"):
             value = getattr(opts, name)
             if value is not None and not (isinstance(value, str) and _LICENSE.match(value)):
@@ -121,7 +139,8 @@ class AccessToken:
     user_id: int
     expires_at: float  # on the emulator's monotonic clock
     expires_wall: int  # unix time, as reported in ``expires``
-    revoked: bool = False  # invalidated by a refresh of its chain
+    revoked: bool = False  # invalidated with its app's chains (an uninstall)
+    superseded: bool = False  # invalidated by a refresh of its chain (answered per ``superseded_token_error``)
 
 
 @dataclass
@@ -298,7 +317,9 @@ def application_token_for(member_id: str, app: App, salt: str = "") -> str:
 class Portal:
     """One Bitrix24 account.  Every field is guarded by ``lock``."""
 
-    def __init__(self, domain: str, options: PortalOptions, clock: Clock, seed: Any) -> None:
+    def __init__(
+        self, domain: str, options: PortalOptions, clock: Clock, seed: Any, wall_clock: Clock | None = None
+    ) -> None:
         self.domain = domain
         #: the domain announced in refresh answers and events (lags ``domain`` only after a stale move, §7.5)
         self.endpoint_domain = domain
@@ -311,7 +332,7 @@ class Portal:
         self.lock = threading.Lock()
         self._clock = clock
         self.buckets: dict[str, LeakyBucket] = {}
-        self.operating = OperatingMeter(options.operating_limit, clock, options.operating_window)
+        self.operating = OperatingMeter(options.operating_limit, clock, options.operating_window, wall=wall_clock)
         self.installations: dict[str, Installation] = {}
         self.webhooks: dict[tuple[int, str], Webhook] = {}
         self.senders: dict[tuple[str, str], Sender] = {}
@@ -332,14 +353,16 @@ class Portal:
     def bucket_for(self, ip: str) -> LeakyBucket:
         bucket = self.buckets.get(ip)
         if bucket is None:
-            bucket = LeakyBucket(self.options.rate, self.options.burst, self._clock)
+            bucket = LeakyBucket(
+                self.options.rate, self.options.burst, self._clock, refused_fill=self.options.refused_fill_bucket
+            )
             self.buckets[ip] = bucket
         return bucket
 
     def apply_options(self, options: PortalOptions) -> None:
         self.options = options
         for bucket in self.buckets.values():
-            bucket.configure(options.rate, options.burst)
+            bucket.configure(options.rate, options.burst, options.refused_fill_bucket)
         self.operating.limit = options.operating_limit
         self.operating.window = options.operating_window
 

@@ -1,4 +1,6 @@
-"""The leaky bucket with a fake clock: burst, continuous drain, refused requests do not add."""
+"""The leaky bucket with a fake clock: burst, continuous drain, and both readings of refused requests (they add
+to the counter by default, as the docs' "each application request increases a virtual request counter" reads;
+``refused_fill=False`` is the other reading)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ def test_burst_then_refuse() -> None:
     bucket = LeakyBucket(rate=2.0, burst=50, clock=clock)
     assert all(bucket.try_acquire() for _ in range(50))
     assert not bucket.try_acquire()
-    assert bucket.level() == pytest.approx(50)
+    assert bucket.level() == pytest.approx(51)  # the refused request counted too (the default reading)
 
 
 def test_drains_continuously_at_rate() -> None:
     clock = FakeClock()
-    bucket = LeakyBucket(rate=2.0, burst=50, clock=clock)
+    bucket = LeakyBucket(rate=2.0, burst=50, clock=clock, refused_fill=False)  # the drain alone
     for _ in range(50):
         bucket.try_acquire()
     clock.advance(0.25)  # drains 0.5: still no room for a whole request
@@ -32,15 +34,44 @@ def test_drains_continuously_at_rate() -> None:
     assert sum(bucket.try_acquire() for _ in range(25)) == 20
 
 
-def test_refused_requests_do_not_add() -> None:
+def test_refused_requests_fill_the_bucket_by_default() -> None:
     clock = FakeClock()
     bucket = LeakyBucket(rate=1.0, burst=3, clock=clock)
+    assert bucket.refused_fill
+    for _ in range(3):
+        assert bucket.try_acquire()
+    for _ in range(5):
+        assert not bucket.try_acquire()
+    assert bucket.level() == pytest.approx(8)  # 3 admitted + 5 refused
+    clock.advance(1.0)
+    assert not bucket.try_acquire()  # 7 left after a second: still no room (and this one counts: 8)
+    assert bucket.seconds_until_free() == pytest.approx(6.0)
+    clock.advance(6.0)  # 8 - 6 = 2: one more fits
+    assert bucket.try_acquire()
+    assert not bucket.try_acquire()
+
+
+def test_refused_requests_do_not_add_when_told() -> None:
+    clock = FakeClock()
+    bucket = LeakyBucket(rate=1.0, burst=3, clock=clock, refused_fill=False)
     for _ in range(3):
         assert bucket.try_acquire()
     for _ in range(100):
         assert not bucket.try_acquire()
+    assert bucket.level() == pytest.approx(3)
     clock.advance(1.0)
     assert bucket.try_acquire()
+
+
+def test_configure_switches_the_reading_and_keeps_level() -> None:
+    clock = FakeClock()
+    bucket = LeakyBucket(rate=1.0, burst=2, clock=clock)
+    assert bucket.try_acquire() and bucket.try_acquire() and not bucket.try_acquire()
+    bucket.configure(rate=1.0, burst=2, refused_fill=False)
+    assert not bucket.try_acquire()
+    assert bucket.level() == pytest.approx(3)  # the first refusal counted, the second did not
+    bucket.configure(rate=1.0, burst=2)  # None keeps the reading
+    assert not bucket.refused_fill
 
 
 def test_steady_rate_never_refused() -> None:

@@ -94,3 +94,31 @@ def test_a_shorter_window_for_tests_keeps_ten_buckets() -> None:
     meter.add(KEY, 0.5)  # bucket B at t=2.1
     clock.advance(17.9)  # t=20: bucket A is gone
     assert meter.total(KEY) == 0.5 and not meter.blocked(KEY)
+
+
+def test_buckets_start_at_the_first_calls_whole_unix_second() -> None:
+    """``operating_reset_at`` is that second plus the window, and the bucket drops out exactly then (limits.md)."""
+    clock = FakeClock(0.0)
+    meter = OperatingMeter(limit=1.0, clock=clock, wall=lambda: clock.now + 1_700_000_000.75)
+    meter.add(KEY, 2.0)  # at wall …000.75: the bucket's second is …000
+    snap = meter.snapshot(KEY)
+    assert snap.reset_wall == 1_700_000_600 and snap.reset_at == 599.25
+    clock.now = 599.0
+    assert meter.blocked(KEY)
+    clock.now = 599.25  # wall …600.0
+    assert meter.total(KEY) == 0.0 and not meter.blocked(KEY)
+
+
+def test_a_call_is_recorded_at_its_start() -> None:
+    clock = FakeClock(10.0)
+    meter = OperatingMeter(limit=None, clock=clock, wall=lambda: clock.now + 1_699_999_990.0)
+    meter.add(KEY, 1.0, started=9.5, started_wall=1_699_999_999.5)  # began half a second ago, in the second …999
+    assert meter.snapshot(KEY).reset_wall == 1_699_999_999 + 600
+    assert meter.snapshot(KEY).reset_at == 9.0 + 600
+
+
+def test_snapshot_without_calls_counts_from_this_second() -> None:
+    clock = FakeClock(3.5)
+    meter = OperatingMeter(limit=480.0, clock=clock, window=30.0, wall=lambda: clock.now + 1_700_000_000.0)
+    snap = meter.snapshot(KEY)
+    assert (snap.operating, snap.reset_wall, snap.reset_at) == (0.0, 1_700_000_033, 33.0)
