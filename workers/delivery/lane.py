@@ -231,18 +231,18 @@ class Lane:
         for call in calls:
             self._settle(call, exc)
 
-    def _take(self) -> list[Call]:
-        """Up to `batch_max` commands' worth of calls; mergeable calls with the same key count as one
-        command until their merged list reaches `merge_max` items."""
+    def _take(self, limit: int | None = None) -> list[Call]:
+        """Up to `limit` (`batch_max`) commands' worth of calls; mergeable calls with the same key count as
+        one command until their merged list reaches `merge_max` items."""
         if self.pool is None:
-            return self._take_staged()
+            return self._take_staged(limit)
         with self._cond:
             room = 2 * self._config.batch_max - len(self._queue)  # merging packs more than one call per command
         if room > 0:
             taken = self.pool.take(self.key, room)
             with self._cond:
                 self._queue.extend(taken)
-        calls = self._take_staged()
+        calls = self._take_staged(limit)
         with self._cond:
             surplus = list(self._queue)
             self._queue.clear()
@@ -254,7 +254,8 @@ class Lane:
                 self._queue.extendleft(reversed(surplus))
         return calls
 
-    def _take_staged(self) -> list[Call]:
+    def _take_staged(self, limit: int | None = None) -> list[Call]:
+        limit = self._config.batch_max if limit is None else limit
         with self._cond:
             calls: list[Call] = []
             commands = 0
@@ -267,7 +268,7 @@ class Lane:
                 key = call.merge_key()
                 size = call.size()
                 joins = key is not None and key in groups and groups[key] + size <= self._config.merge_max
-                if not joins and commands >= self._config.batch_max:
+                if not joins and commands >= limit:
                     break
                 self._queue.popleft()
                 if joins:
@@ -306,16 +307,34 @@ class Lane:
             self._resolve([c for c in calls if not c.done.is_set()], exc)
             raise
 
-    def _send_calls(self, portal: Portal, limits: Limits, calls: list[Call]) -> None:
+    def _send_calls(self, portal: Portal, limits: Limits, taken: list[Call]) -> None:
+        """Send what the holds and the ordering gate let through; calls they take out leave room in the
+        request, which more waiting calls fill (a few rounds at most), so that the slot carries a full batch.
+        `taken` grows with every call taken, so that the caller can settle any left over after an error."""
+        calls = self._ready(taken)
+        merge = self._config.merge_max > 1
+        for _ in range(3):
+            room = self._config.batch_max - len(build_commands(calls, merge=merge)) if calls else self._config.batch_max
+            if room <= 0 or len(calls) == len(taken):  # full, or nothing was taken out
+                break
+            more = self._take(room)
+            if not more:
+                break
+            taken.extend(more)
+            calls += self._ready(more)
+        if calls:
+            self._send(portal, limits, calls)
+
+    def _ready(self, calls: list[Call]) -> list[Call]:
+        """The calls that go out now: those of a held method are deferred, those a newer job superseded
+        end (`_gate`)."""
         held = self._wire.holds.held_until(self.key, {c.method for c in calls})
         if held:
             now = time.time()
             for call in [c for c in calls if c.method in held]:
                 self._settle(call, Deferred(held[call.method] - now, f"{call.method} held by the operating limit"))
             calls = [c for c in calls if c.method not in held]
-        calls = self._gate(calls)
-        if calls:
-            self._send(portal, limits, calls)
+        return self._gate(calls)
 
     def _gate(self, calls: list[Call]) -> list[Call]:
         """Calls that still go out: one whose portal state a newer job has (or will have) ends as
