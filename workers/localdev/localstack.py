@@ -31,6 +31,18 @@ CLIENT_ID = "local.b24q.app"
 CLIENT_SECRET = "local-client-secret-7f3a9c"
 
 
+def _terminate(process: subprocess.Popen[Any], client: httpx.Client) -> None:
+    """Close the client to a child server, then stop the child (SIGTERM, SIGKILL after 10 s)."""
+    client.close()
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Emulator:
     """The emulator as a child process, driven through its admin API."""
 
@@ -84,13 +96,7 @@ class Emulator:
         self.admin("POST", f"portals/{domain}/expire", {})
 
     def stop(self) -> None:
-        self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        _terminate(self.process, self.http)
         self._log.close()
 
 
@@ -205,14 +211,7 @@ class HttpApp:
         raise RuntimeError(f"the HTTP app did not answer in {timeout}s; see {self.log_path}")
 
     def stop(self) -> None:
-        self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, self.http)
         self._sock.close()
         self._log.close()
 
