@@ -3,6 +3,11 @@ count, and a figures file that docs/reliability.md quotes.
 
 Each fault test builds its own LocalStack (it kills workers, Redis or the OAuth server, so stacks are not
 shared) and bounds every wait, so the suite stays within its CI budget (4 minutes on 2 cores).
+
+`B24Q_FAULTS_AT_DEFAULTS=1` runs the same tests at the production defaults instead (docs/reliability.md
+quotes both figures): FAULT's shortcuts are replaced by the `Settings` defaults, a setting a test passes is
+kept only when the test's mechanism needs it (`MECHANISM`), waits follow the stack's settings
+(`settle_bound`), and the figures are recorded under "<test> [defaults]". Not for CI: it takes minutes a test.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from workers.records.ledger import TERMINAL
 from workers.runtime import get_runtime
 from workers.settings import Settings
 
+#: B24Q_FAULTS_AT_DEFAULTS=1: the fault tests run at the production defaults (see the module's docstring).
+AT_DEFAULTS = os.environ.get("B24Q_FAULTS_AT_DEFAULTS", "") == "1"
+
 #: Settings of every fault stack: short backoffs, and a visibility timeout short enough that a killed
 #: worker's jobs come back within the test (kombu restores unacked messages older than it; b24q sweeps
 #: every visibility_timeout / 5 s, see celeryconfig._restore_interval). backoff_max stays well below it.
-FAULT = {
+FAULT_SHORTCUTS: dict[str, Any] = {
     **FAST,
     "visibility_timeout": 10,
     "backoff_max": 2.0,
@@ -40,6 +48,23 @@ FAULT = {
     "reconcile_interval": 3.0,
     "reconcile_grace": 8.0,
 }
+
+#: Settings a test may pass that only shorten the run (FAULT's and `oauth_timeout`): at defaults they are
+#: the `Settings` defaults, whatever the test passes, unless `MECHANISM` keeps them.
+SHORTCUTS = (*FAULT_SHORTCUTS, "oauth_timeout")
+DEFAULTS: dict[str, Any] = {name: Settings.model_fields[name].default for name in SHORTCUTS}
+
+#: Settings kept at defaults when a test passes them, because the fault the test makes needs them (name →
+#: the values kept, and why). Every other shortcut a test passes falls back to its default.
+MECHANISM: dict[str, tuple[tuple[Any, ...], str]] = {
+    # test_graceful_stop: no redelivery may help a stopping worker, so the reconciler is off
+    "reconcile_interval": ((0, 0.0), "0 turns the reconciler off"),
+    # test_portal_faults: the emulator's late answers (2.5 s) must come after the client's read timeout
+    "request_timeout": ((1.0,), "below the emulator's late answers, so they are timeouts"),
+}
+
+#: The settings of every fault stack: FAULT's shortcuts, or the defaults under B24Q_FAULTS_AT_DEFAULTS=1.
+FAULT: dict[str, Any] = dict(DEFAULTS if AT_DEFAULTS else FAULT_SHORTCUTS)
 
 #: The defaults a production pool runs with, for the tests of redelivery itself: no shortcut there.
 PRODUCTION: dict[str, Any] = {
@@ -57,11 +82,29 @@ LINE = 7
 QUICK = ["--without-mingle", "--without-gossip"]
 
 
+#: The settings of the last stack make_fault_stack built (recorded with the figures at defaults).
+_last_stack_settings: dict[str, Any] | None = None
+
+
+def stack_settings(**settings: Any) -> dict[str, Any]:
+    """FAULT with what a test passes; at defaults, only what `MECHANISM` keeps of the shortcuts it passes."""
+    if AT_DEFAULTS:
+        settings = {
+            name: value
+            for name, value in settings.items()
+            if name not in SHORTCUTS or (name in MECHANISM and value in MECHANISM[name][0])
+        }
+    return {**FAULT, **settings}
+
+
 def make_fault_stack(workers: int = 2, concurrency: int = 16, **settings: Any) -> LocalStack:
-    """A stack with FAULT settings; B24Q_FAULT_LOGS=DIR keeps its logs (one subdirectory per stack)."""
+    """A stack with FAULT settings (or the defaults: B24Q_FAULTS_AT_DEFAULTS=1); B24Q_FAULT_LOGS=DIR keeps
+    its logs (one subdirectory per stack)."""
     keep = os.environ.get("B24Q_FAULT_LOGS")
     log_dir = os.path.join(keep, f"{time.strftime('%H%M%S')}-{os.getpid()}-{random.randrange(10**6)}") if keep else None
-    stack = LocalStack(settings={**FAULT, **settings}, log_dir=log_dir)
+    global _last_stack_settings
+    _last_stack_settings = stack_settings(**settings)
+    stack = LocalStack(settings=_last_stack_settings, log_dir=log_dir)
     stack.__enter__()
     try:
         if workers:
@@ -201,13 +244,33 @@ def outcome(
     }
 
 
+def settle_bound(normal: float, *, retries: int = 0, reconciler: bool = False, refresh: bool = False) -> float:
+    """A wait bound that follows the running stack's settings: `normal` (the test's bound at FAULT settings)
+    unless these settings need longer: 20 s of work, plus `retries` transient retries (their countdowns at
+    their caps: backoff_base doubling up to backoff_max), a reconciler round (reconcile_grace, then up to two
+    rounds of reconcile_interval +20 %), a refresh lock left to expire (2 x oauth_timeout + 5 s). At FAULT
+    settings that is below every bound the tests use, so a normal run keeps its own."""
+    s = get_runtime().settings
+    need = 20.0 + sum(min(s.backoff_max, s.backoff_base * 2 ** (n - 1)) for n in range(1, retries + 1))
+    if reconciler:
+        need += s.reconcile_grace + 2.4 * s.reconcile_interval
+    if refresh:
+        need += 2 * s.oauth_timeout + 5
+    return max(normal, need)
+
+
 def record_figures(test: str, figures: dict[str, Any]) -> None:
-    """Merge one test's figures into the figures file (and print them: `pytest -s` shows them)."""
+    """Merge one test's figures into the figures file (and print them: `pytest -s` shows them). At defaults
+    they go under "<test> [defaults]", with the settings the stack ran with."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = json.loads(FIGURES.read_text())
     except (OSError, ValueError):
         data = {}
+    if AT_DEFAULTS:
+        test = f"{test} [defaults]"
+        ran_with = _last_stack_settings or FAULT  # (a test that builds its LocalStack itself uses FAULT)
+        figures = {**figures, "settings": {name: ran_with.get(name, DEFAULTS[name]) for name in SHORTCUTS}}
     data[test] = {**figures, "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True))
     print(f"\n[figures] {test}: {json.dumps(figures, sort_keys=True)}")

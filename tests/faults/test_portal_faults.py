@@ -16,6 +16,7 @@ from tests.faults.conftest import (
     make_fault_stack,
     mixed_jobs,
     outcome,
+    settle_bound,
     wait_drained,
     wait_terminal,
 )
@@ -38,7 +39,9 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
     stack.emulator.set_faults(portal, seed=5, **faults)
     jobs = mixed_jobs(portal, n)
     ids = enqueue(jobs)
-    found, backlog = wait_drained(ids, timeout=timeout)
+    # a job may spend its whole budget before it is applied: max_failures - 1 countdowns (at the fault
+    # suite's backoff that is well within `timeout`; at the defaults' up to 123 s)
+    found, backlog = wait_drained(ids, timeout=settle_bound(timeout, retries=get_runtime().settings.max_failures - 1))
     state = stack.emulator.state(portal)
     result = outcome(jobs, ids, found, applied_counts(state))
     rt = get_runtime()
@@ -112,7 +115,8 @@ def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
     stack.emulator.set_faults(domain, error_500_rate=1.0)
     jobs = mixed_jobs(domain, 6)
     ids = enqueue(jobs)
-    found = wait_terminal(ids, timeout=60)
+    # every job spends its whole budget: max_failures - 1 countdowns (60 s is ample at the fault suite's)
+    found = wait_terminal(ids, timeout=settle_bound(60, retries=rt.settings.max_failures - 1))
     letters = [rt.dead.get(i) for i in ids]
     figures.update(
         jobs=len(ids),

@@ -20,6 +20,7 @@ from tests.faults.conftest import (
     make_fault_stack,
     mixed_jobs,
     outcome,
+    settle_bound,
     wait_drained,
 )
 from workers.runtime import get_runtime
@@ -96,14 +97,20 @@ def test_a_message_taken_by_a_dying_worker_is_published_again(domain: str, figur
         assert taken is not None and ids[0].encode() in taken
         started = time.monotonic()
         stack.start_workers(1, concurrency=8, extra=QUICK)
-        found, _backlog = wait_drained(ids, timeout=40)
+        # a reconciler round finds it: reconcile_grace, then up to two rounds (40 s at the fault suite's 8/3 s)
+        found, _backlog = wait_drained(ids, timeout=settle_bound(40, reconciler=True))
         recovered_after = time.monotonic() - started
         counts = applied_counts(stack.emulator.state(domain))
         result = outcome(jobs, ids, found, counts)
         record = rt.ledger.get(ids[0])
         assert record is not None
         whys = [e.get("why", "") for e in record["events"]]
-        figures.update(result, recovered_after_s=round(recovered_after, 1), reconcile_grace_s=8, reconcile_interval_s=3)
+        figures.update(
+            result,
+            recovered_after_s=round(recovered_after, 1),
+            reconcile_grace_s=rt.settings.reconcile_grace,
+            reconcile_interval_s=rt.settings.reconcile_interval,
+        )
         assert result["lost"] == 0, result
         assert found[ids[0]] in ("applied", "superseded")  # (a newer sender update may take its place)
         assert result["extra_applications"] == 0
