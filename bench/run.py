@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "intake": intake.run,
     "fullstart": fullstart.run,
     "memory": memory.run,
+    "thousand": many.thousand,
 }
 
 

@@ -11,7 +11,10 @@ number that matters as much as the rate: no portal should see a 503, whatever th
 from __future__ import annotations
 
 import math
+import threading
 import time
+
+import psutil
 
 from bench.profiler import start_workers
 from bench.report import Table, bucket_time, fmt, ratio
@@ -34,13 +37,52 @@ def plan(portals: int, quick: bool) -> dict[str, int]:
 
 def run(opts: Options) -> list[Table]:
     portals = 50 if opts.quick else 200
-    sizes = plan(portals, opts.quick)
+    return measure(opts, "many", plan(portals, opts.quick))
+
+
+def thousand(opts: Options) -> list[Table]:
+    """Issue 12's scale: 1,000 standard portals x 20 jobs plus 3 hot ones (1,000 of each with --quick, so the
+    quick suite stays short): worker threads and memory reported, since lanes are threads per busy portal."""
+    hot = 1000 if opts.quick else 5000
+    sizes = {f"h{i + 1}.bench.test": hot for i in range(3)} | {f"t{i + 1:04d}.bench.test": 20 for i in range(1000)}
+    return measure(opts, "thousand", sizes)
+
+
+class PeakSampler:
+    """Peak threads and resident memory of the worker processes, sampled every half second meanwhile."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._procs = [psutil.Process(p) for p in pids]
+        self.threads = 0
+        self.rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.threads = max(self.threads, max(p.num_threads() for p in self._procs))
+                self.rss = max(self.rss, max(p.memory_info().rss for p in self._procs))
+            except psutil.Error:
+                pass
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(opts: Options, name: str, sizes: dict[str, int]) -> list[Table]:
+    portals = len(sizes)
     total = sum(sizes.values())
-    with bench_stack(log_dir=opts.dir_for("many")) as stack:
-        log(f"many: registering {portals} portals")
+    with bench_stack(log_dir=opts.dir_for(name)) as stack:
+        log(f"{name}: registering {portals} portals")
         for domain in sizes:
             add_portal(stack, domain, RATE, BURST)
-        start_workers(stack, 4, 64, opts.profile_dir("many"))
+        start_workers(stack, 4, 64, opts.profile_dir(name))
         some = get_runtime().registry.get(next(iter(sizes)))
         assert some is not None
         burst_used = some.limits(stack.settings).our_burst
@@ -49,16 +91,17 @@ def run(opts: Options) -> list[Table]:
         jobs: list[Job] = []
         for i in range(max(sizes.values())):
             jobs.extend(q[i] for q in queues.values() if i < len(q))
-        log(f"many: enqueueing {total} jobs")
+        log(f"{name}: enqueueing {total} jobs")
         meter = CpuMeter(stack_pids(stack))
         cpu0 = meter.sample()
         t0 = time.time()
-        ids = enqueue_many(jobs)
-        t1 = time.time()
-        merge_max = int(getattr(stack.settings, "merge_max", 1))
-        cmds = {d: commands(q, merge_max) for d, q in queues.items()}
-        bound_s = max(bucket_time(c, RATE, burst_used) for c in cmds.values())
-        finished = wait_backlog(list(sizes), timeout=total / 50 + 60)
+        with PeakSampler([w.process.pid for w in stack.workers]) as peak:
+            ids = enqueue_many(jobs)
+            t1 = time.time()
+            merge_max = int(getattr(stack.settings, "merge_max", 1))
+            cmds = {d: commands(q, merge_max) for d, q in queues.items()}
+            bound_s = max(bucket_time(c, RATE, burst_used) for c in cmds.values())
+            finished = wait_backlog(list(sizes), timeout=total / 50 + 60)
         cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
         cpu_span = time.time() - t0
         recs = records(ids)
@@ -110,6 +153,8 @@ def run(opts: Options) -> list[Table]:
     all_req = sum(int(s["counters"]["accepted"]) for s in states.values())
     t.add("all portals: requests / jobs per request", "", f"{all_req} / {total / all_req:.1f}", "")
     t.add("CPU cores busy (workers+emulator+redis), of 2", "", fmt(cpu / cpu_span, 2), "")
+    t.add("peak threads in one worker process (64 job threads)", "", fmt(peak.threads), "")
+    t.add("peak resident memory of one worker process (MB)", "", fmt(peak.rss / 2**20, 0), "")
     if not finished:
         t.note("the jobs did not all finish before the timeout")
     return [t]
