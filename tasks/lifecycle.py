@@ -322,7 +322,10 @@ class Lifecycle:
         self.rt.portals.forget(portal.key)
         try:
             enqueue_many([(SENDER_ADD.name, {**p, "portal": portal.key}) for p in providers], self.rt)
-        except JobRefused:
+        except JobRefused as exc:  # a provider the settings describe wrongly: the install itself stands
             self.rt.registry.providers_pending(portal.key, [])
-            raise
+            log.error(
+                "portal %s: SMS providers not registered, fix B24Q_PROVIDERS or the portal's list: %s", portal.key, exc
+            )
+            return 0
         return len(providers)

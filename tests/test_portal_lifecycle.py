@@ -17,6 +17,7 @@ from workers.bitrix.querystring import decode, encode
 from workers.errors import JobDeadLettered, PortalUninstalled, UnknownPortal
 from workers.pipeline import run_job
 from workers.runtime import Runtime
+from workers.settings import Settings
 
 ENDPOINT = "https://acme.bitrix24.de/rest/"
 
@@ -188,3 +189,11 @@ def test_an_install_takes_over_a_portal_added_by_hand(runtime: Runtime, monkeypa
     assert runtime.registry.resolve(again.member_id) == "acme"
     portal = runtime.registry.get("acme")
     assert portal is not None and (portal.access_token, portal.plan) == (again.access_token, "enterprise")
+
+
+def test_a_providers_setting_that_is_not_a_list_of_providers_is_refused_at_load() -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        Settings(providers="[{code: x}]")
+    with pytest.raises(ValueError, match="list"):
+        Settings(providers='{"code": "x"}')
+    assert Settings(providers='[{"code": "sms", "name": "SMS", "handler": "https://s.example.com/h"}]').providers

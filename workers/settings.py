@@ -6,6 +6,7 @@ because that is what most hosting platforms set. The README lists every setting.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Literal
@@ -203,6 +204,20 @@ class Settings(BaseSettings):
         for number, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), 1):
             if not API_KEY_ENTRY.fullmatch(entry):
                 raise ValueError(f"entry {number} is not sha256hex[:portal1|portal2] (`b24q apikey new` prints one)")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_list(cls, value: str) -> str:
+        """Refused when the settings load, not when an app update needs them (each entry's fields are checked
+        as a sender-add job when it is enqueued)."""
+        if value.strip():
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError('must be JSON: [{"code", "name", "handler", "description"?}]') from None
+            if not isinstance(parsed, list) or not all(isinstance(p, dict) and p.get("code") for p in parsed):
+                raise ValueError('must be a JSON list of {"code", "name", "handler", "description"?}')
         return value
 
 
