@@ -34,7 +34,7 @@ class CachedPortals:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         portal = self._registry.get(key)
-        if portal is None and (canonical := self._registry.resolve(key)) is not None:
+        if portal is None and (canonical := self._registry.alias(key)) is not None:
             portal = self._registry.get(canonical)  # `key` is an alias: its domain or member_id
         with self._lock:
             self._cache[key] = (now, portal)

@@ -301,6 +301,10 @@ class PortalRegistry:
         """The registry key of the portal called `name` (its key, member_id or domain), or None."""
         if self._client.exists(self._keys.portal(name)):
             return name
+        return self.alias(name)
+
+    def alias(self, name: str) -> str | None:
+        """The registry key `name` is another name of (a domain, a member_id), or None."""
         key = self._client.get(self._keys.alias(name))
         return key.decode() if key is not None else None
 
