@@ -54,7 +54,8 @@ redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'runnin
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('LTRIM', KEYS[2], -50, -1)
-return {first, redis.call('HGET', KEYS[1], 'created'), runs, redis.call('HGET', KEYS[1], 'ver') or ''}
+local known = redis.call('HMGET', KEYS[1], 'created', 'ver')
+return {first, known[1], runs, known[2] or ''}
 """
 
 _FINISH = """
@@ -62,12 +63,13 @@ _FINISH = """
 -- only on the first such move (a replayed job counts again when it ends again). A job applied on its
 -- first run with nothing else to tell (its history: queued, running) keeps no event list: its record
 -- says it all, for the shorter ARGV[6] seconds.
-local state = redis.call('HGET', KEYS[1], 'state')
+local was = redis.call('HMGET', KEYS[1], 'state', 'runs')
+local state = was[1]
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
 redis.call('DEL', KEYS[6])
 redis.call('ZREM', KEYS[4], ARGV[5])
 local ttl = ARGV[4]
-if ARGV[1] == 'applied' and redis.call('HGET', KEYS[1], 'runs') == '1' and redis.call('LLEN', KEYS[2]) <= 2 then
+if ARGV[1] == 'applied' and was[2] == '1' and redis.call('LLEN', KEYS[2]) <= 2 then
   redis.call('DEL', KEYS[2])
   ttl = ARGV[6]
 else
