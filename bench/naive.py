@@ -46,6 +46,12 @@ def call(url: str, params: dict[str, Any], token: str) -> Any:
     return response.json()["result"]
 
 
+@app.task(name="naive.noop", acks_late=True)
+def noop(params: dict[str, Any]) -> None:
+    """Nothing: what Celery itself costs per message (decode, thread pool, late ack), a floor for any
+    design in which each job is its own Celery task acknowledged after its outcome (b24q's)."""
+
+
 def configure(broker_url: str) -> None:
     """Point this (producer) process's naive app at a stack's Redis."""
     app.conf.broker_url = broker_url

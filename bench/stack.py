@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -200,3 +201,45 @@ def redis_calls(stack: LocalStack) -> Counter[str]:
         return Counter()
     stats = stack.redis.client().info("commandstats")
     return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
+class CommandTap:
+    """Commands the stack's redis-server runs while the tap is open, split by who issued them: clients
+    (one command each, whether alone, pipelined or EVALSHA) or Lua scripts (the commands inside an
+    EVALSHA). INFO commandstats counts both together; MONITOR tells them apart (a script's commands
+    come from "lua"). MONITOR costs Redis CPU for every command, so a tapped phase is for counting only.
+    """
+
+    def __init__(self, stack: LocalStack) -> None:
+        assert stack.redis is not None
+        self._client = stack.redis.client()
+        self.counts: dict[str, Counter[str]] = {"client": Counter(), "lua": Counter()}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="bench-monitor", daemon=True)
+
+    def __enter__(self) -> CommandTap:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("MONITOR did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._client.ping()  # a command of our own, so that the listener wakes up and sees the stop
+        self._thread.join(10)
+        self._client.close()
+
+    def reset(self) -> dict[str, Counter[str]]:
+        """The counts so far; counting starts again from zero."""
+        counts, self.counts = self.counts, {"client": Counter(), "lua": Counter()}
+        return counts
+
+    def _listen(self) -> None:
+        with self._client.monitor() as monitor:
+            self._ready.set()
+            for command in monitor.listen():
+                if self._stop.is_set():
+                    return
+                source = "lua" if command["client_type"] == "lua" else "client"
+                self.counts[source][command["command"].split(" ", 1)[0].strip('"').lower()] += 1
