@@ -4,6 +4,7 @@ budget and end in the right state; a repeat is harmless and counted; nothing is 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,11 +46,26 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
     state = stack.emulator.state(portal)
     result = outcome(jobs, ids, found, applied_counts(state))
     rt = get_runtime()
-    retried = [int((rt.ledger.get(i) or {}).get("failures") or 0) for i in ids]
+    records = rt.ledger.get_many(ids)
+    retried = {i: int((records[i] or {}).get("failures") or 0) for i in ids}
+    # what each failure was (the ledger records its error): every one should be a fault the emulator injected
+    errors = {
+        i: [
+            str(e.get("error", ""))
+            for e in (records[i] or {}).get("events", ())
+            if e.get("state") in ("retrying", "dead")
+        ]
+        for i in ids
+    }
+    worst = max(ids, key=lambda i: retried[i])
     result.update(
         faults_injected=dict(state["counters"]["faults"]),
-        jobs_retried=sum(1 for f in retried if f),
-        max_failures_of_a_job=max(retried),
+        requests=state["counters"]["requests"],
+        jobs_retried=sum(1 for f in retried.values() if f),
+        max_failures_of_a_job=retried[worst],
+        failures_by_code=dict(Counter(e.split(":", 1)[0] for errs in errors.values() for e in errs)),
+        most_failed_job_errors=[e[:100] for e in errors[worst]],
+        dead_letters=[errors[i][-1][:200] for i in ids if found[i] == "dead" and errors[i]],
         broker_left=backlog,
     )
     return result, state
@@ -97,7 +113,15 @@ def test_changes_applied_but_answered_late_or_lost_are_retried_harmlessly(
             "jobs_retried",
         )
     }
-    figures.update(result, faults_injected={**slow["faults_injected"], **dropped["faults_injected"]})
+    figures.update(
+        result,
+        faults_injected={**slow["faults_injected"], **dropped["faults_injected"]},
+        **{
+            f"{phase}_{k}": phase_result[k]
+            for phase, phase_result in (("slow", slow), ("drop", dropped))
+            for k in ("requests", "max_failures_of_a_job", "failures_by_code", "most_failed_job_errors", "dead_letters")
+        },
+    )
     assert result["lost"] == 0, (slow, dropped)
     assert result["applied"] + result["superseded"] == 600 and result["dead_lettered"] == 0, (slow, dropped)
     assert slow["faults_injected"].get("slow") and dropped["faults_injected"].get("drop_after")
