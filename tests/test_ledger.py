@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from workers.keys import DEFAULT_KEYS
-from workers.records.ledger import Ledger
+from workers.records.ledger import Failures, Ledger
 
 DAY, WEEK = 86400, 7 * 86400
 
@@ -37,7 +37,7 @@ def test_a_job_with_a_story_keeps_it_for_the_longer_ttl(rclient: redis.Redis) ->
     book = ledger(rclient)
     book.enqueued("j2", "status-update", "acme")
     book.started("j2", "status-update", "acme")
-    assert book.failure("j2") == 1
+    assert book.failure("j2") == Failures(1, 0.0)
     book.note("j2", "retrying", "ERROR_CORE: portal said 500", failures=1)
     assert book.started("j2", "status-update", "acme").runs == 2
     book.finish("j2", "acme", "applied")

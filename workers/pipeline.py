@@ -246,7 +246,7 @@ def _run_job(
             if fresh is not None and fresh.providers_pending:
                 wait_for_providers(fresh.providers_pending)
             managed = {str(p.get("code", "")).lower() for p in fresh.provider_list(s)} if fresh else set()
-            if str(kwargs.get("code", "")).lower() in managed and rt.ledger.failure(job_id) <= 3:
+            if str(kwargs.get("code", "")).lower() in managed and rt.ledger.failure(job_id).count <= 3:
                 # b24q registers this provider: the update that deleted it may not have told us yet (its
                 # event comes after the deletion), so a few short retries before the dead letter
                 countdown = backoff(1, s.backoff_base, s.backoff_max)
@@ -279,11 +279,14 @@ def _run_job(
             retry(countdown, exc)
         if action in (Action.TRANSIENT, Action.REFRESH):
             failures = rt.ledger.failure(job_id)
-            if failures >= s.max_failures:
-                dead(code, f"{description} (after {failures} failures)")
-            countdown = backoff(failures, s.backoff_base, s.backoff_max)
+            # both bounds: a count alone lets a minute of a flaky portal (8 countdowns of at most ~2 min in
+            # all) end jobs that the next minute would apply; a time alone would end a job that failed once,
+            # long ago, at its second failure
+            if failures.count >= s.max_failures and failures.since >= s.transient_window:
+                dead(code, f"{description} (after {failures.count} failures in {failures.since:.0f} s)")
+            countdown = backoff(failures.count, s.backoff_base, s.backoff_max)
             rt.ledger.note(
-                job_id, "retrying", f"{code}: {description}", failures=failures, countdown=round(countdown, 2)
+                job_id, "retrying", f"{code}: {description}", failures=failures.count, countdown=round(countdown, 2)
             )
             events.job_retried(kind.name, portal_key, "transient", code)
             retry(countdown, exc)

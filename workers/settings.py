@@ -98,7 +98,15 @@ class Settings(BaseSettings):
     )
 
     # --- Retries and dead letters ---
-    max_failures: int = Field(8, ge=1, description="Transient failures (5xx, network) before a dead letter.")
+    max_failures: int = Field(
+        8, ge=1, description="Transient failures (5xx, network) before a dead letter (see transient_window)."
+    )
+    transient_window: float = Field(
+        600.0,
+        ge=0.0,
+        description="A job's transient failures end it only once this many seconds have passed since its first: "
+        "a portal's bad minutes delay jobs, a portal that keeps failing dead-letters them.",
+    )
     backoff_base: float = Field(1.0, description="First transient backoff in seconds (doubles, full jitter).")
     backoff_max: float = Field(60.0, description="Cap of any retry countdown, in seconds.")
     status_ranks: bool = Field(

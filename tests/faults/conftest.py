@@ -247,11 +247,13 @@ def outcome(
 def settle_bound(normal: float, *, retries: int = 0, reconciler: bool = False, refresh: bool = False) -> float:
     """A wait bound that follows the running stack's settings: `normal` (the test's bound at FAULT settings)
     unless these settings need longer: 20 s of work, plus `retries` transient retries (their countdowns at
-    their caps: backoff_base doubling up to backoff_max), a reconciler round (reconcile_grace, then up to two
+    their caps: backoff_base doubling up to backoff_max; and the transient_window they must outlast), a reconciler round (reconcile_grace, then up to two
     rounds of reconcile_interval +20 %), a refresh lock left to expire (2 x oauth_timeout + 5 s). At FAULT
     settings that is below every bound the tests use, so a normal run keeps its own."""
     s = get_runtime().settings
     need = 20.0 + sum(min(s.backoff_max, s.backoff_base * 2 ** (n - 1)) for n in range(1, retries + 1))
+    if retries:  # a job that keeps failing retries until transient_window has passed, then one countdown more
+        need += s.transient_window + s.backoff_max
     if reconciler:
         need += s.reconcile_grace + 2.4 * s.reconcile_interval
     if refresh:

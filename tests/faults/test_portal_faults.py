@@ -139,7 +139,8 @@ def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
     stack.emulator.set_faults(domain, error_500_rate=1.0)
     jobs = mixed_jobs(domain, 6)
     ids = enqueue(jobs)
-    # every job spends its whole budget: max_failures - 1 countdowns (60 s is ample at the fault suite's)
+    # every job spends its whole budget: max_failures failures and transient_window seconds since the first
+    # (60 s is ample at the fault suite's)
     found = wait_terminal(ids, timeout=settle_bound(60, retries=rt.settings.max_failures - 1))
     letters = [rt.dead.get(i) for i in ids]
     figures.update(
@@ -150,5 +151,9 @@ def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
     )
     assert set(found.values()) == {"dead"}, found
     assert {d.code for d in letters if d} == {"INTERNAL_SERVER_ERROR"}
-    assert all(int((rt.ledger.get(i) or {}).get("failures") or 0) == rt.settings.max_failures for i in ids)
+    for record in rt.ledger.get_many(ids).values():
+        assert record is not None
+        assert int(record["failures"]) >= rt.settings.max_failures
+        # not before the window: the first failure was at least transient_window before the dead letter
+        assert float(record["updated"]) - float(record["first_failure"]) >= rt.settings.transient_window
     assert sum(applied_counts(stack.emulator.state(domain)).values()) == 0

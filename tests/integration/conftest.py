@@ -18,7 +18,14 @@ from workers.records.ledger import TERMINAL
 from workers.runtime import Runtime, get_runtime
 
 #: settings every integration stack uses: short backoffs so retries finish inside a test
-FAST = {"gather_ms": 10, "backoff_base": 0.2, "backoff_max": 2.0, "permit_wait": 5.0, "visibility_timeout": 30}
+FAST = {
+    "gather_ms": 10,
+    "backoff_base": 0.2,
+    "backoff_max": 2.0,
+    "permit_wait": 5.0,
+    "visibility_timeout": 30,
+    "transient_window": 10.0,
+}
 
 
 def make_stack(workers: int = 2, concurrency: int = 16, **settings: Any) -> LocalStack:

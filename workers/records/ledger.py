@@ -32,6 +32,14 @@ TERMINAL = ("applied", "dead", "parked", "superseded")
 
 
 @dataclass(frozen=True)
+class Failures:
+    """A job's transient failures so far: how many, and seconds since the first."""
+
+    count: int
+    since: float
+
+
+@dataclass(frozen=True)
 class Run:
     """What a worker needs to know of a job it starts: when it was enqueued and which run this is."""
 
@@ -183,9 +191,15 @@ class Ledger:
         pipe.ltrim(self._events(job_id), -50, -1)
         pipe.execute()
 
-    def failure(self, job_id: str) -> int:
-        """Count one transient failure; returns the count so far."""
-        return int(self._client.hincrby(self._key(job_id), "failures", 1))
+    def failure(self, job_id: str) -> Failures:
+        """Count one transient failure (the first one's time is kept with the count)."""
+        now = self._clock()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hincrby(self._key(job_id), "failures", 1)
+        pipe.hsetnx(self._key(job_id), "first_failure", now)
+        pipe.hget(self._key(job_id), "first_failure")
+        count, _, first = pipe.execute()
+        return Failures(int(count), max(0.0, now - float(first or now)))
 
     def finish(self, job_id: str, portal: str, state: str, error: str = "", **detail: Any) -> None:
         """applied, superseded, dead or parked."""
@@ -211,6 +225,7 @@ class Ledger:
         now = self._clock()
         mapping: dict[str, Any] = {"state": "queued", "failures": 0, "updated": now}
         pipe.hset(self._key(job_id), mapping=mapping)
+        pipe.hdel(self._key(job_id), "first_failure")  # a replayed job gets its whole budget again
         if payload is not None:
             pipe.set(self._payload_key(job_id), self._payload(payload), ex=self._ttl)
         pipe.persist(self._key(job_id))
