@@ -111,7 +111,8 @@ class Ledger:
         self._keys = keys
         self._ttl = int(ttl)
         self._ttl_applied = int(ttl if ttl_applied is None else ttl_applied)
-        self._clock = clock
+        # timestamps to the millisecond: what any reader needs, and 4 bytes less per time field of every record
+        self._clock: Callable[[], float] = lambda: round(clock(), 3)
         self._finish = client.register_script(_FINISH)
         self._started = client.register_script(_STARTED)
 
