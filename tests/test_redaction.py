@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
+import httpx
 import pytest
 
-from workers.redaction import MASK, RedactSecrets, redact, redis_url, webhook_url
+from workers.redaction import MASK, RedactSecrets, install_redaction, redact, redis_url, webhook_url
 
 SECRET = "s3cr3t-VALUE-42"
 
@@ -24,6 +26,11 @@ SECRET = "s3cr3t-VALUE-42"
         f'auth block: {{"AUTH_ID":"{SECRET}","REFRESH_ID":"{SECRET}"}}',
         f'{{"application_token": "{SECRET}"}}',
         f'{{"client_secret" : "{SECRET}"}}',
+        f'{{"auth": "{SECRET}", "to": "chat1"}}',  # a REST call's JSON body
+        f'{{\\"access_token\\": \\"{SECRET}\\"}}',  # JSON inside a JSON string (a body kept as text)
+        f"auth[access_token]={SECRET}&auth[domain]=acme.bitrix24.com",  # an event POST, PHP-bracket form
+        f"auth%5Brefresh_token%5D={SECRET}",
+        f"AUTH_ID={SECRET}&REFRESH_ID={SECRET}&member_id=abc",  # the installer page's POST
     ],
 )
 def test_every_form_of_a_secret_is_masked(text: str) -> None:
@@ -46,6 +53,29 @@ def test_log_records_and_their_tracebacks_are_redacted() -> None:
         record.exc_info = sys.exc_info()
     assert RedactSecrets().filter(record)
     assert SECRET not in record.getMessage() and SECRET not in (record.exc_text or "")
+
+
+def test_a_third_party_loggers_lines_are_masked_by_the_handler_they_reach() -> None:
+    """The filter sits on handlers (the root logger's in a worker), so it masks what any logger propagates to
+    them: httpx's request line (the URL is an argument) and a traceback's text."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    top = logging.getLogger("b24q-redaction-test")
+    top.addHandler(handler)
+    try:
+        install_redaction(top)
+        third_party = logging.getLogger("b24q-redaction-test.httpx")
+        third_party.setLevel(logging.INFO)
+        url = httpx.URL(f"https://oauth.bitrix.info/oauth/token/?grant_type=refresh_token&client_secret={SECRET}")
+        third_party.info('HTTP Request: %s %s "%s %d %s"', "GET", url, "HTTP/1.1", 200, "OK")
+        try:
+            raise RuntimeError(f'answer: {{"refresh_token": "{SECRET}"}}')
+        except RuntimeError:
+            third_party.exception("refresh failed")
+    finally:
+        top.removeHandler(handler)
+    assert SECRET not in stream.getvalue()
+    assert f"client_secret={MASK}" in stream.getvalue() and f'"refresh_token": "{MASK}"' in stream.getvalue()
 
 
 def test_urls_for_people() -> None:

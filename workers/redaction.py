@@ -1,11 +1,13 @@
 """Every way b24q keeps secrets out of what people read: logs, Flower, the CLI and status views.
 
-- `redact(text)`: secret query parameters (`client_secret=`, `refresh_token=`, ...), the same secrets as
-  JSON or repr fields (`"access_token": "…"`), webhook codes in `/rest/{user}/{code}/` paths and URL
-  passwords, masked in free text. `RedactSecrets` applies it to
-  every log record (`install_redaction`). httpx logs every request's full URL at INFO, and the OAuth
-  refresh (a GET, as Bitrix24 documents it) carries client_secret and refresh_token in its query:
-  `workers.celery` turns httpx's request lines off (b24q's observer hooks report requests without URLs).
+- `redact(text)`: secret query and form parameters (`client_secret=`, `refresh_token=`, `auth[access_token]=`,
+  `AUTH_ID=`, ...), the same secrets as JSON or repr fields (`"access_token": "…"`, `"auth": "…"`, escaped
+  JSON too), webhook codes in `/rest/{user}/{code}/` paths and URL passwords, masked in free text.
+  `RedactSecrets` applies it to every log record that reaches a handler it is on (`install_redaction`: the
+  worker's root and task-logger handlers, so third-party loggers' records and traceback text too). httpx
+  logs every request's full URL at INFO, and the OAuth refresh (a GET, as Bitrix24 documents it) carries
+  client_secret and refresh_token in its query: `workers.celery` turns httpx's request lines off (b24q's
+  observer hooks report requests without URLs); a user who turns them on gets them masked.
 - `argsrepr` / `kwargsrepr`: what Flower (and anything that reads task events) shows of a job's
   arguments, a short summary: values under a key that looks secret as `***`; URLs as
   `scheme://host/…`; strings cut at 80 characters, `MESSAGES` and any list longer than 3 items as a
@@ -27,17 +29,15 @@ MASK = "***"
 
 # --- free text (logs) ----------------------------------------------------------------------------
 
-_SECRET_PARAM = re.compile(
-    r"((?:client_secret|refresh_token|access_token|application_token|auth|password|code)(?:=|%3D))[^&\s\"'<>]+",
-    re.IGNORECASE,
-)
+#: what a secret is called: OAuth fields, the install's form fields (`AUTH_ID`, `REFRESH_ID`), REST's `auth`
+_NAMES = r"client_secret|refresh_token|access_token|application_token|auth_id|refresh_id|auth|password"
+#: query and form parameters (and an OAuth `code=`), PHP-bracket ones too (`auth[access_token]=…`,
+#: `auth%5Baccess_token%5D=…`: the install and event POSTs Bitrix24 sends)
+_SECRET_PARAM = re.compile(rf"((?:{_NAMES}|code)(?:\]|%5D)?(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE)
 #: the same secrets as JSON or Python-repr fields: `"access_token": "…"`, `'refresh_token': '…'` (event payloads,
-#: OAuth answers and auth blocks that end up in an exception's text)
-_SECRET_FIELD = re.compile(
-    r"""(["'](?:client_secret|refresh_token|access_token|application_token|password|AUTH_ID|REFRESH_ID)["']"""
-    r"""\s*:\s*["'])[^"']*""",
-    re.IGNORECASE,
-)
+#: OAuth answers and auth blocks that end up in an exception's text), REST's `{"auth": "…"}`, and JSON inside a
+#: JSON string (`\"access_token\": \"…\"`). (A `"code"` field is an SMS provider's name, not a secret.)
+_SECRET_FIELD = re.compile(rf"""(\\?["'](?:{_NAMES})\\?["']\s*:\s*\\?["'])[^"'\\]*""", re.IGNORECASE)
 _WEBHOOK_PATH = re.compile(r"(/rest/\d+/)[^/\s\"'<>?]+")
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
 

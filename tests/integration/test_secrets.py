@@ -1,5 +1,9 @@
 """Secrets: a full run with every worker at DEBUG, then a search for the real secrets in everything it left.
 
+The workers also log httpx's request lines, as a user who turns them on does (`tests/integration/loud_worker.py`):
+the OAuth refresh's URL carries the client_secret and the refresh token, a webhook portal's URL its code, so
+the worker's log redaction (`workers/redaction.py`) must mask real lines; the run checks that it did.
+
 The secrets are the emulator's own: the app's client_secret, every access and refresh token issued
 during the run (the first pair and the refreshed one), the webhook's code, the Redis password and the
 key that encrypts tokens at rest. They must not be in worker logs (any level), task messages and task
@@ -70,7 +74,8 @@ def _dump_redis(client: redis.Redis, skip_registry: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A stack on a password-protected Redis, tokens encrypted at rest, workers logging at DEBUG."""
+    """A stack on a password-protected Redis, tokens encrypted at rest, workers logging at DEBUG with httpx's
+    request lines on."""
     server = RedisServer(password=REDIS_PASSWORD, directory=str(tmp_path_factory.mktemp("redis"))).start()
     # task events on from the start: Flower's view (task-received events with their arguments) is searched too
     stack = LocalStack(
@@ -78,7 +83,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
     )
     stack.__enter__()
     try:
-        stack.start_workers(2, concurrency=16, loglevel="DEBUG")
+        stack.start_workers(2, concurrency=16, loglevel="DEBUG", app="tests.integration.loud_worker")
         yield stack
     finally:
         stack.__exit__(None, None, None)
@@ -245,6 +250,13 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
         at = places[where].find(secrets[what])
         context[f"{what} in {where}"] = " ".join(places[where][max(0, at - 300) : at + 60].split())
     assert leaks == [], json.dumps(context, indent=1)
+    # secrets really reached the worker's log records: httpx's lines for the refreshes and the webhook calls,
+    # masked by the redaction filter
+    logs = "\n".join(v for k, v in places.items() if k.startswith("log "))
+    refresh_lines = [line for line in logs.splitlines() if "HTTP Request: GET" in line and "grant_type=" in line]
+    webhook_lines = [line for line in logs.splitlines() if "HTTP Request: POST" in line and f"/{hook}/rest/" in line]
+    assert refresh_lines and all("client_secret=***" in line for line in refresh_lines), refresh_lines[:2]
+    assert webhook_lines and all(re.search(r"/rest/\d+/\*\*\*/", line) for line in webhook_lines), webhook_lines[:2]
 
     # tokens at rest: the registry holds only ciphertext
     raw_record = rt.redis.hgetall(rt.keys.portal(domain))

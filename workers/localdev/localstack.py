@@ -101,7 +101,7 @@ class Emulator:
 
 
 class Worker:
-    """One `celery -A workers worker` process."""
+    """One `celery -A workers worker` process (`app`: another module that exposes b24q's Celery app)."""
 
     def __init__(
         self,
@@ -111,6 +111,7 @@ class Worker:
         concurrency: int,
         extra: list[str],
         loglevel: str = "INFO",
+        app: str = "workers",
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -121,7 +122,7 @@ class Worker:
             "-m",
             "celery",
             "-A",
-            "workers",
+            app,
             "worker",
             f"--loglevel={loglevel}",
             f"--hostname={name}@%h",
@@ -294,12 +295,15 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         loglevel: str = "INFO",
         wait: bool = True,
+        app: str = "workers",
     ) -> list[Worker]:
-        """Start `count` more worker processes (`env` adds variables for these ones only)."""
+        """Start `count` more worker processes (`env` adds variables for these ones only; `app`: the module
+        `celery -A` loads, as a deployment that wraps b24q's app in its own module does)."""
         start = len(self.workers)
         worker_env = {**self.env, **(env or {})}
         new = [
-            Worker(f"w{start + i + 1}", worker_env, self.dir, concurrency, extra or [], loglevel) for i in range(count)
+            Worker(f"w{start + i + 1}", worker_env, self.dir, concurrency, extra or [], loglevel, app)
+            for i in range(count)
         ]
         self.workers.extend(new)  # before waiting, so that stop() ends them even if one never gets ready
         if wait:
