@@ -57,8 +57,10 @@ DEFAULTS: dict[str, Any] = {name: Settings.model_fields[name].default for name i
 #: Settings kept at defaults when a test passes them, because the fault the test makes needs them (name →
 #: the values kept, and why). Every other shortcut a test passes falls back to its default.
 MECHANISM: dict[str, tuple[tuple[Any, ...], str]] = {
-    # test_graceful_stop: no redelivery may help a stopping worker, so the reconciler is off
+    # test_graceful_stop: no redelivery may help a stopping worker, so the reconciler is off; and retries still
+    # wait for their countdown (5 s, 10 s, ...) when SIGTERM comes, so the stop has messages to hand back
     "reconcile_interval": ((0, 0.0), "0 turns the reconciler off"),
+    "backoff_base": ((5.0,), "retries wait long enough to be held by the stopping worker"),
     # test_portal_faults: the emulator's late answers (2.5 s) must come after the client's read timeout
     "request_timeout": ((1.0,), "below the emulator's late answers, so they are timeouts"),
 }
@@ -247,8 +249,9 @@ def outcome(
 def settle_bound(normal: float, *, retries: int = 0, reconciler: bool = False, refresh: bool = False) -> float:
     """A wait bound that follows the running stack's settings: `normal` (the test's bound at FAULT settings)
     unless these settings need longer: 20 s of work, plus `retries` transient retries (their countdowns at
-    their caps: backoff_base doubling up to backoff_max; and the transient_window they must outlast), a reconciler round (reconcile_grace, then up to two
-    rounds of reconcile_interval +20 %), a refresh lock left to expire (2 x oauth_timeout + 5 s). At FAULT
+    their caps: backoff_base doubling up to backoff_max; and the transient_window they must outlast), a
+    reconciler round (reconcile_grace, then up to two rounds of reconcile_interval +20 %), a refresh lock
+    left to expire (2 x oauth_timeout + 5 s). At FAULT
     settings that is below every bound the tests use, so a normal run keeps its own."""
     s = get_runtime().settings
     need = 20.0 + sum(min(s.backoff_max, s.backoff_base * 2 ** (n - 1)) for n in range(1, retries + 1))
