@@ -173,3 +173,48 @@ def test_owner_gives_up_when_a_live_senders_heartbeat_expires(settings: Settings
         rt.dispatcher._await_outcome(lane, call)
     assert time.monotonic() - started < 10
     assert call.taker == "sender-5"
+
+
+class HeldPortal(FakePortal):
+    """A FakePortal whose answers wait until `release` is set; `arrived` is set by the first request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.arrived.set()
+        assert self.release.wait(30), "the test never released the portal"
+        return super().__call__(request)
+
+
+def test_a_stopping_worker_answers_the_other_workers_calls_it_is_sending(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """A stopping worker's lane finishes the request on the wire and delivers the answers of the other
+    worker's calls in it (instead of exiting and leaving them to SENDER_LOST, a retry and a second apply),
+    and takes no more of them."""
+    portal = HeldPortal()
+    stopping = Runtime(settings, rclient, transport=httpx.MockTransport(portal))
+    stopping.registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", time.time() + 3600)
+    other = CallPool(rclient, Keys(settings.key_prefix), "other-worker")
+    theirs = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 2001})
+    other.submit("acme", theirs)
+    out: dict[int, Any] = {}
+    (own,) = _run_many(stopping, range(1, 2), out)  # its own job: its lane takes both calls
+    assert portal.arrived.wait(10)
+    lane = stopping.dispatcher.lanes()["acme"]
+    assert not lane.drain(0.2)  # the request is on the wire: the drain waits for it
+    portal.release.set()
+    assert stopping.dispatcher.drain(10) == []
+    # its answer was sent before the drain ended (the owner's listener then takes it in)
+    assert theirs.done.wait(10) and isinstance(theirs.outcome, CallResult)
+    assert theirs.taker == stopping.dispatcher.pool.worker_id  # type: ignore[union-attr]
+    own.join(10)
+    assert isinstance(out[1], CallResult)
+    later = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 2002})
+    other.submit("acme", later)
+    assert lane._take() == []  # the lane is closed: it takes no other worker's call
+    assert rclient.llen(Keys(settings.key_prefix).calls("acme")) == 1
+    other.close()

@@ -20,6 +20,7 @@ from celery.signals import (
     task_unknown,
     worker_init,
     worker_ready,
+    worker_shutdown,
 )
 
 from workers import redaction
@@ -86,3 +87,9 @@ def _restore_messages(tags: list[str]) -> None:
 def _start_recovery(sender: Any = None, **_: Any) -> None:
     """Heartbeat and dead-worker sweep (`workers.broker.recovery`)."""
     recovery.start(sender, get_runtime(), _restore_messages)
+
+
+@worker_shutdown.connect
+def _finish_sending(**_: Any) -> None:
+    """After the warm shutdown's own jobs are done: requests on the wire for other workers' jobs finish."""
+    get_runtime().finish_sending()

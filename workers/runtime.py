@@ -6,6 +6,7 @@ Tests build a `Runtime` with their own Redis client and HTTP transports; workers
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -30,6 +31,8 @@ from workers.records.ledger import Ledger
 from workers.records.parking import Parking
 from workers.redisurl import connect
 from workers.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -84,6 +87,17 @@ class Runtime:
             pool=self.calls,
             share_max_rate=s.share_max_rate,
         )
+
+    def finish_sending(self) -> None:
+        """A stopping worker (its own jobs done): let each lane finish the request on the wire and answer the
+        other workers' jobs it carries, rather than leave them to be retried when this worker's heartbeat
+        expires (and applied twice). Bounded by one slot's wait, a request and a token refresh."""
+        s = self.settings
+        busy = self.dispatcher.drain(min(5.0, s.permit_wait) + s.request_timeout + s.oauth_timeout)
+        if busy:
+            log.warning(
+                "stopping with requests still on the wire for %d portal(s): their jobs will be retried", len(busy)
+            )
 
     def close(self) -> None:
         """Stop this runtime's threads (the call pool's listener) and release its HTTP connections."""

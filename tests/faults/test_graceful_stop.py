@@ -110,8 +110,9 @@ def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures:
         whys = [str(e.get("why", "")) for e in events]
         recovered = sum("reconciler" in why for why in whys)
         requeued = sum("went back to the queue" in why for why in whys)
-        # calls of the other worker's jobs that the victim had taken to send when it exited: retried once
-        # its call-pool heartbeat expired (not a loss; counted, not yet prevented: docs/reliability.md)
+        # calls of the other worker's jobs that the victim was sending when its own jobs were done: it finishes
+        # that request and answers them before it exits (`Runtime.finish_sending`), rather than leave them to
+        # be retried once its call-pool heartbeat expires (and applied twice)
         sender_lost = sum(
             "SENDER_LOST" in str(e.get("error", "")) and float(e.get("t", 0)) > stopped_wall for e in events
         )
@@ -127,6 +128,7 @@ def test_sigterm_under_load_finishes_or_requeues_every_job(domain: str, figures:
         assert backlog == {"queued": 0, "unacked": 0}
         # no redelivery: what the victim held went back to the queue at its stop, not by the pool's sweep
         assert recovered == 0 and requeued == 0, (recovered, requeued)
+        assert sender_lost == 0, sender_lost
         assert all(found[i] in ("applied", "superseded") for i in held), {i: found[i] for i in held}
     finally:
         stack.__exit__(None, None, None)

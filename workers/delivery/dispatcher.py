@@ -111,6 +111,12 @@ class Dispatcher:
             elif not pool.alive(call.taker):
                 raise TransportError("SENDER_LOST", "the worker sending the call stopped before its outcome")
 
+    def drain(self, timeout: float) -> list[str]:
+        """Every lane finishes the round under way and takes no more calls (`Lane.drain`); the portals whose
+        lanes were still busy after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        return [key for key, lane in self.lanes().items() if not lane.drain(max(0.0, deadline - time.monotonic()))]
+
     def forget(self, portal_key: str) -> None:
         """Drop any cached copy of the portal's record (its tokens changed)."""
         self.wire.portals.forget(portal_key)

@@ -117,6 +117,8 @@ class Lane:
         self._queue: deque[Call] = deque()
         self._own = 0  # calls of this process submitted through the pool and not yet finished
         self._thread: threading.Thread | None = None
+        self._busy = False  # a round is under way: calls taken, maybe other workers' (see `drain`)
+        self._closing = False
         self.stats = LaneStats()
 
     def submit(self, call: Call) -> None:
@@ -160,12 +162,27 @@ class Lane:
             staged = len(self._queue)
         return staged + (self.pool.depth(self.key) if self.pool is not None else 0)
 
+    def drain(self, timeout: float) -> bool:
+        """Take no more calls from the pool and wait until the round under way (if any) has its answer and
+        has delivered it, also to other workers' jobs it carries; False if `timeout` s were not enough.
+        For a stopping worker: its own jobs are done, but a request it is sending may carry calls of jobs
+        other workers run, which would otherwise be retried (and applied twice) once its heartbeat expires."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._busy, timeout=timeout)
+
     # -- sender thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             if not self._wait_for_work(self._config.idle_exit):
                 return
+            with self._cond:
+                if self._closing and not self._queue:
+                    self._thread = None
+                    return
+                self._busy = True
             try:
                 self._gather()  # (reads the pool's depth: Redis may fail here too)
                 self._send_round()
@@ -174,6 +191,9 @@ class Lane:
                 self._fail_all(exc)
             finally:
                 self._flush()
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _wait_for_work(self, idle_exit: float) -> bool:
         """Block until there is something to send; False (the thread ends) after `idle_exit` idle s."""
@@ -238,6 +258,8 @@ class Lane:
             return self._take_staged(limit)
         with self._cond:
             room = 2 * self._config.batch_max - len(self._queue)  # merging packs more than one call per command
+            if self._closing:
+                room = 0  # a stopping worker takes no other worker's calls
         if room > 0:
             taken = self.pool.take(self.key, room)
             with self._cond:
