@@ -75,6 +75,14 @@ MUTANTS = [
         "tests/faults/test_graceful_stop.py::test_sigterm_under_load_finishes_or_requeues_every_job",
     ),
     Mutant(
+        "stop-drain",
+        "a stopping worker answers the other workers' calls it is sending (no SENDER_LOST, no second apply)",
+        "workers/delivery/lane.py",
+        "            return self._cond.wait_for(lambda: not self._busy, timeout=timeout)",
+        "            return True  # mutant: exit with the request on the wire",
+        "tests/test_callpool.py::test_a_stopping_worker_answers_the_other_workers_calls_it_is_sending",
+    ),
+    Mutant(
         "ordering-gate",
         "the portal ends in the state last reported",
         "workers/delivery/ordering.py",

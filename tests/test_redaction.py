@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
 import httpx
 import pytest
 
+from tasks.http.app import create_app
 from workers.redaction import MASK, RedactSecrets, install_redaction, redact, redis_url, webhook_url
+from workers.runtime import Runtime
 
 SECRET = "s3cr3t-VALUE-42"
 
@@ -82,3 +85,22 @@ def test_urls_for_people() -> None:
     assert redis_url(f"rediss://:{SECRET}@redis.example:6380/0") == f"rediss://:{MASK}@redis.example:6380/0"
     assert SECRET not in redis_url(f"sentinel://:{SECRET}@a:26379;sentinel://:{SECRET}@b:26379")
     assert SECRET not in webhook_url(f"https://acme.bitrix24.com/rest/1/{SECRET}/")
+
+
+def test_the_http_apps_log_lines_are_masked_too(runtime: Runtime) -> None:
+    """`b24q serve` (uvicorn): a traceback or an access line on uvicorn's loggers goes through the filter."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(handler)
+    try:
+        app = create_app(lambda: runtime)
+
+        async def served() -> None:
+            async with app.router.lifespan_context(app):  # what uvicorn runs at start
+                uvicorn_error.error("install failed: auth[access_token]=tok-SECRET-1&auth[domain]=acme.bitrix24.com")
+
+        asyncio.run(served())
+    finally:
+        uvicorn_error.removeHandler(handler)
+    assert "tok-SECRET-1" not in out.getvalue() and MASK in out.getvalue()

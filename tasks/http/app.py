@@ -7,6 +7,7 @@ holds everything), so instances scale out behind any load balancer.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,11 @@ from tasks.http.body import BodyTooLarge
 from tasks.http.problems import problem
 from workers.events import add_observer, remove_observer
 from workers.observe.metrics import Metrics
+from workers.redaction import install_redaction
 from workers.runtime import Runtime, get_runtime
+
+#: the loggers whose handlers get the redaction filter: the root logger and uvicorn's
+LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
@@ -41,6 +46,10 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # uvicorn has set up its loggers by now: a traceback (uvicorn.error) or an access line may carry a
+        # token (an install POST's fields), so its handlers mask secrets as the worker's do
+        for name in LOGGERS:
+            install_redaction(logging.getLogger(name))
         add_observer(metrics)
         try:
             yield
