@@ -9,7 +9,6 @@ not stored), and the counters must start from zero for the counts to be exact.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -363,4 +362,11 @@ def test_dead_replay_shows_progress(observed: Observed) -> None:
     assert replay.returncode == 0, replay.stderr
     assert "replayed: 3/3" in replay.stderr and "replayed 3" in replay.stdout
     assert set(wait_for(observed.dead).values()) == {"dead"}  # the messages are still unknown
-    assert os.path.isdir(observed.metrics_dir)
+    # each went back to the queue once, said why, and ran again (its history shows the second run)
+    for job_id in observed.dead:
+        record = get_runtime().ledger.get(job_id)
+        assert record is not None
+        states = [e["state"] for e in record["events"]]
+        marks = [i for i, e in enumerate(record["events"]) if "replayed from dead letter" in str(e.get("why", ""))]
+        assert len(marks) == 1 and states[marks[0]] == "queued", record["events"]
+        assert "running" in states[marks[0] :] and states[-1] == "dead", record["events"]
