@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 import redis
 
-from tasks.jobs import DELIVERY_CONFIRMATION
+from tasks.jobs import DELIVERY_CONFIRMATION, KINDS
 from workers.errors import Deferred, RestError
+from workers.pipeline import run_job
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -242,3 +243,35 @@ def test_a_failed_merged_call_gives_each_job_its_own_outcome(settings: Settings,
     # the merged call failed, then each member went alone (as a batch of four single commands)
     last = portal.requests[-1]
     assert len(last["cmd"]) == 4
+
+
+def test_a_token_refused_after_two_refreshes_parks_the_job_with_token_rejected(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: `invalid_token` is refreshed like expired_token (twice at most), and parked (TOKEN_REJECTED)
+    if the portal refuses the fresh token again."""
+    refused = (401, {"error": "invalid_token", "error_description": "The access token provided is invalid"})
+    portal = FakePortal(first=[refused] * 3)
+    rt = make_runtime(settings, rclient, portal)
+    rotations = iter(range(1, 4))
+
+    def fake_refresh(key: str, stale: str) -> Any:
+        now = rt.registry.get(key)
+        assert now is not None
+        n = next(rotations)
+        rt.registry.rotate(key, now.refresh_token, f"A{n}", f"R{n}", time.time() + 3600)
+        return rt.registry.get(key)
+
+    monkeypatch.setattr(rt.tokens, "refresh", fake_refresh)
+    unread = KINDS["mark-unread"]
+    rt.ledger.enqueued("t1", unread.name, "acme")
+
+    def retry(countdown: float, exc: BaseException) -> NoReturn:
+        raise AssertionError(f"retried: {exc}")
+
+    out = run_job(unread, "t1", (), {"portal": "acme", "dialog_id": "chat1", "message_id": 5}, rt, retry)
+    assert out["outcome"] == "parked" and "TOKEN_REJECTED" in out["reason"]
+    assert [r["auth"] for r in portal.requests] == ["A0", "A1", "A2"]  # the first token, then two fresh ones
+    portal_now = rt.registry.get("acme")
+    assert portal_now is not None and portal_now.state == "reauth"
+    assert rt.parking.count("acme") == 1
