@@ -57,3 +57,16 @@ def test_hold_until_a_time_on_this_workers_clock(rclient: redis.Redis, settings:
     holds = _holds(rclient, settings, clock=50.0)
     holds.hold("op-initech", M, 80.0)
     assert 29.0 < holds.held_until("op-initech", [M])[M] - 50.0 <= 30.0
+
+
+def test_bitrix24s_ten_minute_window_holds_for_the_rest_of_it(rclient: redis.Redis, settings: Settings) -> None:
+    """The production window (bitrix24-facts.md: 480 s of execution per 10 minutes): a budget spent 20 s in
+    holds for the 580 s left, on every worker; the fault suite's emulator runs a 30 s window instead."""
+    holds = _holds(rclient, settings, clock=9_000_000.0)
+    answer = {"operating": 471.0, "operating_reset_at": 1_000_580.0, "finish": 1_000_000.0}
+    until = holds.record("op10-acme", M, answer)
+    assert until is not None and 580.0 < until - 9_000_000.0 <= 581.0
+    assert 580_000 < rclient.pttl(Keys(settings.key_prefix).hold("op10-acme", M)) <= 581_000
+    # a worker whose clock is five minutes ahead holds it as long (the hold is a Redis TTL, not a time)
+    ahead = _holds(rclient, settings, clock=9_000_300.0)
+    assert 579.0 < ahead.held_until("op10-acme", [M])[M] - 9_000_300.0 <= 581.0
