@@ -203,10 +203,12 @@ def test_a_stopping_worker_answers_the_other_workers_calls_it_is_sending(
     other.submit("acme", theirs)
     out: dict[int, Any] = {}
     (own,) = _run_many(stopping, range(1, 2), out)  # its own job: its lane takes both calls
-    assert portal.arrived.wait(10)
-    lane = stopping.dispatcher.lanes()["acme"]
-    assert not lane.drain(0.2)  # the request is on the wire: the drain waits for it
-    portal.release.set()
+    try:
+        assert portal.arrived.wait(10)
+        lane = stopping.dispatcher.lanes()["acme"]
+        assert not lane.drain(0.2)  # the request is on the wire: the drain waits for it
+    finally:
+        portal.release.set()
     assert stopping.dispatcher.drain(10) == []
     # its answer was sent before the drain ended (the owner's listener then takes it in)
     assert theirs.done.wait(10) and isinstance(theirs.outcome, CallResult)
