@@ -41,7 +41,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-# each guarantee's test must fail with its mechanism taken out (tests/mutants.py; about 11 minutes, not in CI)
+# each guarantee's test must fail with its mechanism taken out (tests/mutants.py; about 10 minutes, not in CI)
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants
 

@@ -4,7 +4,7 @@ For every mechanism the README promises, a copy of the committed tree gets one s
 it (the mutant), and the test that guards the guarantee runs against that copy. A mutant is *killed*
 when the test fails, as it must; one that *survives* means the test would pass with the mechanism gone.
 The table it prints goes into docs/reliability.md. Not part of `make test`: each mutant starts its own
-stack, about 11 minutes in all on 2 cores.
+stack, about 10 minutes in all on 2 cores.
 
     python -m tests.mutants            # all
     python -m tests.mutants limiter    # some, by name
