@@ -51,6 +51,14 @@ MUTANTS = [
         "tests/test_tokens.py::test_sixteen_concurrent_refreshes_make_one_oauth_call",
     ),
     Mutant(
+        "refresh-lock-ttl",
+        "a refresh lock expires by itself (a holder that dies does not block its portal)",
+        "workers/portals/tokens.py",
+        "if self._client.set(lock_key, owner, nx=True, px=int(self._lock_ttl * 1000)):",
+        "if self._client.set(lock_key, owner, nx=True):  # mutant: a lock for ever",
+        "tests/faults/test_oauth_faults.py::test_oauth_down_during_refresh_jobs_wait_and_resume[503]",
+    ),
+    Mutant(
         "reconciler",
         "a message the broker lost is published again",
         "workers/broker/reconcile.py",
