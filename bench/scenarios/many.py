@@ -82,7 +82,8 @@ def measure(opts: Options, name: str, sizes: dict[str, int]) -> list[Table]:
         log(f"{name}: registering {portals} portals")
         for domain in sizes:
             add_portal(stack, domain, RATE, BURST)
-        start_workers(stack, 4, 64, opts.profile_dir(name))
+        threads = stack.settings.worker_concurrency  # the default a user runs (B24Q_WORKER_CONCURRENCY)
+        start_workers(stack, 4, threads, opts.profile_dir(name))
         some = get_runtime().registry.get(next(iter(sizes)))
         assert some is not None
         burst_used = some.limits(stack.settings).our_burst
@@ -119,7 +120,7 @@ def measure(opts: Options, name: str, sizes: dict[str, int]) -> list[Table]:
     hot_n = max(sizes.values())
     t = Table(
         f"many portals: {portals} standard portals (rate {RATE:g}/s, burst {BURST}), {total} mixed jobs "
-        f"(sizes {sorted(set(sizes.values()), reverse=True)}), 4 workers x 64 threads",
+        f"(sizes {sorted(set(sizes.values()), reverse=True)}), 4 workers x {threads} threads",
         ("metric", "limit", "measured", "ratio"),
     )
     t.add("steady-state ceiling, sum of rate x 50 x jobs/command (jobs/s)", fmt(ceiling), "", "")
@@ -153,7 +154,7 @@ def measure(opts: Options, name: str, sizes: dict[str, int]) -> list[Table]:
     all_req = sum(int(s["counters"]["accepted"]) for s in states.values())
     t.add("all portals: requests / jobs per request", "", f"{all_req} / {total / all_req:.1f}", "")
     t.add("CPU cores busy (workers+emulator+redis), of 2", "", fmt(cpu / cpu_span, 2), "")
-    t.add("peak threads in one worker process (64 job threads)", "", fmt(peak.threads), "")
+    t.add(f"peak threads in one worker process ({threads} job threads)", "", fmt(peak.threads), "")
     t.add("peak resident memory of one worker process (MB)", "", fmt(peak.rss / 2**20, 0), "")
     if not finished:
         t.note("the jobs did not all finish before the timeout")
