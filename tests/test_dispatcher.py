@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -12,8 +13,13 @@ import pytest
 import redis
 
 from tasks.jobs import DELIVERY_CONFIRMATION, KINDS
+from workers.bitrix.client import CallResult
+from workers.delivery.calls import Call
+from workers.delivery.lane import Lane, LaneConfig
+from workers.delivery.ratelimit import Permit, RateLimiter
 from workers.errors import Deferred, RestError
 from workers.pipeline import run_job
+from workers.portals.limits import Limits
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -275,3 +281,61 @@ def test_a_token_refused_after_two_refreshes_parks_the_job_with_token_rejected(
     portal_now = rt.registry.get("acme")
     assert portal_now is not None and portal_now.state == "reauth"
     assert rt.parking.count("acme") == 1
+
+
+class SpyLimiter:
+    """The runtime's limiter, telling the test when a lane has booked its slot."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self.booked = threading.Event()
+
+    def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
+        permit = self.limiter.reserve(portal, limits, max_wait)
+        self.booked.set()
+        return permit
+
+    def set_full(self, portal: str, limits: Limits) -> float:
+        return self.limiter.set_full(portal, limits)
+
+
+def test_a_slot_booked_while_a_backlog_is_coming_waits_for_a_full_batch(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """With the portal's bucket in use, a booked slot loses nothing by going a moment later: while the
+    backlog says a batch more is on its way, the lane fills the request instead of sending the 10 calls it has."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    record = rt.registry.get("acme")
+    assert record is not None
+    limits = rt.portals.limits(record)
+    for _ in range(10):  # other requests of the pool: the bucket is in use, the next slot has seconds of slack
+        assert rt.limiter.reserve("acme", limits, max_wait=0).granted
+    spy = SpyLimiter(rt.limiter)
+    wire = dataclasses.replace(rt.dispatcher.wire, limiter=spy, backlog=lambda _: 1000)  # type: ignore[arg-type]
+    lane = Lane("acme", wire, LaneConfig(fill_max=10.0))
+    first = [Call("im.dialog.unread", {"DIALOG_ID": f"chat{i}", "MESSAGE_ID": i}) for i in range(10)]
+    for call in first:
+        lane.submit(call)
+    assert spy.booked.wait(10)
+    more = [Call("im.dialog.unread", {"DIALOG_ID": f"chat{i}", "MESSAGE_ID": i}) for i in range(10, 55)]
+    for call in more:
+        lane.submit(call)
+    for call in first + more:
+        assert call.done.wait(30) and isinstance(call.outcome, CallResult), call.outcome
+    assert [len(r["cmd"]) for r in portal.requests] == [50, 5]
+
+
+def test_a_slot_with_no_backlog_behind_it_does_not_wait(settings: Settings, rclient: redis.Redis) -> None:
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    record = rt.registry.get("acme")
+    assert record is not None
+    for _ in range(10):  # the bucket in use: the slot could wait ~5 s at no cost, if anything were coming
+        assert rt.limiter.reserve("acme", rt.portals.limits(record), max_wait=0).granted
+    lane = Lane("acme", rt.dispatcher.wire, LaneConfig(fill_max=10.0))  # the ledger's backlog: nothing coming
+    started = time.monotonic()
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1})
+    lane.submit(call)
+    assert call.done.wait(10) and isinstance(call.outcome, CallResult)
+    assert time.monotonic() - started < 2.5  # not the ~5 s of slack it could have filled for

@@ -82,6 +82,8 @@ class LaneConfig:
         merge_max: most items one merged call carries (1 turns merging off).
         max_reserve: the longest wait a lane books a slot for (keeps reservations short).
         idle_exit: seconds without calls after which the sender thread ends.
+        fill_max: the longest a booked slot waits for a full batch while more of the portal's jobs are
+            known to be coming (and never longer than its slack: the bucket loses nothing meanwhile).
     """
 
     batch_max: int = 50
@@ -90,6 +92,7 @@ class LaneConfig:
     merge_max: int = 50
     max_reserve: float = 5.0
     idle_exit: float = 30.0
+    fill_max: float = 1.0
 
 
 @dataclass
@@ -226,23 +229,36 @@ class Lane:
 
     def _gather(self) -> None:
         """Let calls that arrive together share the request: wait one window, and another while the
-        batch is still growing (a backlog arriving from the broker), up to `gather_max`. A lone call
-        under light load sees no growth and leaves after one window; a flood fills its batches from the
-        first request instead of spending the portal's burst on small ones."""
+        batch is still growing, up to `gather_max`. A lone call under light load sees no growth and leaves
+        after one window. (A backlog known to be coming fills the request after the slot is booked: `_fill`.)"""
         if self._config.gather <= 0:
             return
         deadline = time.monotonic() + self._config.gather_max
         seen = self.depth()
-        # more of this portal's jobs are known to be on their way (its pool-wide backlog): keep gathering
-        # even through a quiet window, rather than spend a slot of the burst on a few calls
-        # (the backlog counts calls already here and jobs on the wire too: only a full batch more counts)
-        expecting = seen < self._config.batch_max and self._wire.backlog(self.key) >= seen + self._config.batch_max
         while seen < self._config.batch_max:
             time.sleep(self._config.gather)
             depth = self.depth()
-            if (depth == seen and not expecting) or time.monotonic() >= deadline:
+            if depth == seen or time.monotonic() >= deadline:
                 return
             seen = depth
+
+    def _fill(self, longest: float) -> None:
+        """Spend the slot on a full batch when one is coming. A slot is booked once the gather window ends,
+        and at the start of a backlog (a free burst, a pool still taking the first messages from the broker)
+        that would send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a
+        slot booked while the bucket is in use may go up to its slack later at no cost (the bucket keeps
+        draining), so while the portal's backlog says a full batch more is on its way, wait for it."""
+        if self._config.gather <= 0 or longest <= 0 or self._closing:
+            return
+        deadline = time.monotonic() + longest
+        step = max(self._config.gather, 0.02)
+        while True:
+            depth = self.depth()
+            if depth >= self._config.batch_max or self._wire.backlog(self.key) < depth + self._config.batch_max:
+                return
+            if time.monotonic() + step > deadline:
+                return
+            time.sleep(step)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
@@ -319,6 +335,7 @@ class Lane:
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
             time.sleep(permit.wait)
+        self._fill(min(permit.slack, self._config.fill_max))
         calls = self._take()
         if not calls:
             return

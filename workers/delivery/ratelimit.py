@@ -26,10 +26,13 @@ _SCRIPT = (Path(__file__).parent / "lua" / "gcra.lua").read_text()
 
 @dataclass(frozen=True)
 class Permit:
-    """The answer to `reserve`: `granted` means send after `wait` seconds; otherwise try after `wait`."""
+    """The answer to `reserve`: `granted` means send after `wait` seconds; otherwise try after `wait`.
+    `slack`: how much later than that a granted slot may still be used at no cost to the portal's bucket
+    (it keeps draining the requests before it meanwhile)."""
 
     granted: bool
     wait: float
+    slack: float = 0.0
 
 
 class RateLimiter:
@@ -58,11 +61,11 @@ class RateLimiter:
         """Take the next slot if it comes within `max_wait` seconds."""
         if limits.our_rate <= 0:
             return Permit(True, 0.0)
-        granted, wait = self._script(
+        granted, wait, *slack = self._script(
             keys=[self._bucket(portal)],
             args=["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait],
         )
-        return Permit(bool(int(granted)), max(0.0, float(wait)))
+        return Permit(bool(int(granted)), max(0.0, float(wait)), max(0.0, float(slack[0])) if slack else 0.0)
 
     def set_full(self, portal: str, limits: Limits) -> float:
         """The portal answered QUERY_LIMIT_EXCEEDED: its bucket is at the plan's threshold.

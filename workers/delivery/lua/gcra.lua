@@ -7,8 +7,10 @@
 -- ARGV[3]  burst: requests allowed at once
 -- ARGV[4]  reserve: longest wait worth taking a slot for; full: the bucket size to assume (plan burst)
 --
--- Returns {granted (0|1), wait seconds as a string}. Numbers go back as strings because Redis turns
--- Lua numbers into integers.
+-- Returns {granted (0|1), wait seconds as a string} and, for a granted slot, the slack: how much later
+-- than its time the slot may be used before the bucket would be back to empty (the TAT after this slot,
+-- less the slot's time); until then a late send costs the portal no refill. Numbers go back as strings
+-- because Redis turns Lua numbers into integers.
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local interval = tonumber(ARGV[2])
@@ -32,4 +34,4 @@ if wait > tonumber(ARGV[4]) then
 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-return {1, string.format('%.6f', wait)}
+return {1, string.format('%.6f', wait), string.format('%.6f', tat - now - wait)}
