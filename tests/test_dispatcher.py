@@ -339,3 +339,24 @@ def test_a_slot_with_no_backlog_behind_it_does_not_wait(settings: Settings, rcli
     lane.submit(call)
     assert call.done.wait(10) and isinstance(call.outcome, CallResult)
     assert time.monotonic() - started < 2.5  # not the ~5 s of slack it could have filled for
+
+
+def test_a_fill_that_sees_no_new_call_gives_up(settings: Settings, rclient: redis.Redis) -> None:
+    """The backlog may say more is coming while none can reach this lane (the pool's threads are all taken,
+    or the jobs wait behind other portals' in the broker): a fill that sees no new call for gather_max ends."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    record = rt.registry.get("acme")
+    assert record is not None
+    for _ in range(10):  # the bucket in use: the slot could wait its fill_max
+        assert rt.limiter.reserve("acme", rt.portals.limits(record), max_wait=0).granted
+    wire = dataclasses.replace(rt.dispatcher.wire, backlog=lambda _: 1000)
+    lane = Lane("acme", wire, LaneConfig(gather_max=0.25, fill_max=10.0))
+    started = time.monotonic()
+    calls = [Call("im.dialog.unread", {"DIALOG_ID": f"chat{i}", "MESSAGE_ID": i}) for i in range(10)]
+    for call in calls:
+        lane.submit(call)
+    for call in calls:
+        assert call.done.wait(15) and isinstance(call.outcome, CallResult)
+    assert time.monotonic() - started < 5  # not the 10 s of fill_max
+    assert [len(r["cmd"]) for r in portal.requests] == [10]

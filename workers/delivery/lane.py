@@ -230,35 +230,46 @@ class Lane:
     def _gather(self) -> None:
         """Let calls that arrive together share the request: wait one window, and another while the
         batch is still growing, up to `gather_max`. A lone call under light load sees no growth and leaves
-        after one window. (A backlog known to be coming fills the request after the slot is booked: `_fill`.)"""
+        after one window. A lane of this process alone (no pool) also keeps gathering through quiet windows
+        while the portal's backlog says a full batch more is coming; a pool lane books its slot first and
+        fills the request after (`_fill`), so that the wait does not delay the portal's schedule."""
         if self._config.gather <= 0:
             return
         deadline = time.monotonic() + self._config.gather_max
         seen = self.depth()
+        expecting = self.pool is None and self._expecting(seen)
         while seen < self._config.batch_max:
             time.sleep(self._config.gather)
             depth = self.depth()
-            if depth == seen or time.monotonic() >= deadline:
+            if (depth == seen and not expecting) or time.monotonic() >= deadline:
                 return
             seen = depth
 
+    def _expecting(self, depth: int) -> bool:
+        """More of this portal's jobs are on their way: its pool-wide backlog (which counts the calls already
+        here and jobs on the wire too) holds a full batch more than `depth`."""
+        return depth < self._config.batch_max and self._wire.backlog(self.key) >= depth + self._config.batch_max
+
     def _fill(self, longest: float) -> None:
-        """Spend the slot on a full batch when one is coming. A slot is booked once the gather window ends,
-        and at the start of a backlog (a free burst, a pool still taking the first messages from the broker)
-        that would send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a
-        slot booked while the bucket is in use may go up to its slack later at no cost (the bucket keeps
-        draining), so while the portal's backlog says a full batch more is on its way, wait for it."""
+        """Spend the slot on a full batch when one is coming. At the start of a backlog (a free burst, a pool
+        still taking the first messages from the broker) slots are booked as soon as calls arrive, which would
+        send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a slot booked
+        while the bucket is in use may go up to its slack later at no cost (the bucket keeps draining), so
+        while the backlog says a full batch more is on its way and calls keep arriving, wait for it (a wait
+        that sees no new call for `gather_max` ends: the pool may hold no more of them)."""
         if self._config.gather <= 0 or longest <= 0 or self._closing:
             return
-        deadline = time.monotonic() + longest
-        step = max(self._config.gather, 0.02)
-        while True:
-            depth = self.depth()
-            if depth >= self._config.batch_max or self._wire.backlog(self.key) < depth + self._config.batch_max:
-                return
-            if time.monotonic() + step > deadline:
-                return
+        now = time.monotonic()
+        deadline, step = now + longest, max(self._config.gather, 0.02)
+        seen, grew_at = self.depth(), now
+        while self._expecting(seen):
             time.sleep(step)
+            now = time.monotonic()
+            depth = self.depth()
+            if depth > seen:
+                seen, grew_at = depth, now
+            if now + step > deadline or now - grew_at >= self._config.gather_max:
+                return
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
