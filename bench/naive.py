@@ -52,6 +52,12 @@ def noop(params: dict[str, Any]) -> None:
     design in which each job is its own Celery task acknowledged after its outcome (b24q's)."""
 
 
+@app.task(name="naive.noop_early")
+def noop_early(params: dict[str, Any]) -> None:
+    """`noop` acknowledged when it is received (Celery's default): the floor of a design that does not hold a
+    job's message until its outcome."""
+
+
 def configure(broker_url: str) -> None:
     """Point this (producer) process's naive app at a stack's Redis."""
     app.conf.broker_url = broker_url
