@@ -93,7 +93,7 @@ class Runtime:
         other workers' jobs it carries, rather than leave them to be retried when this worker's heartbeat
         expires (and applied twice). Bounded by one slot's wait, a request and a token refresh."""
         s = self.settings
-        busy = self.dispatcher.drain(min(5.0, s.permit_wait) + s.request_timeout + s.oauth_timeout)
+        busy = self.dispatcher.drain(self.dispatcher.config.max_reserve + s.request_timeout + s.oauth_timeout)
         if busy:
             log.warning(
                 "stopping with requests still on the wire for %d portal(s): their jobs will be retried", len(busy)
