@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,32 +22,49 @@ from urllib.parse import urlsplit
 from tasks.jobs import KINDS_BY_TASK, SENDER_ADD
 from tasks.producer import enqueue_many, resume_parked
 from workers.bitrix.client import Credentials
+from workers.delivery.verification import Busy
 from workers.errors import ConfigError, JobRefused, QueryLimitExceeded, RestError, ServerError, TransportError
 from workers.events import events
-from workers.portals.registry import Portal, check_url
+from workers.portals.registry import Portal, check_url, domain_of
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 #: Events b24q binds at install so that it hears of uninstalls and updates (§7.2: `event.bind`).
 BOUND_EVENTS = ("ONAPPUNINSTALL", "ONAPPUPDATE")
+#: How far ahead a verification call may book its slot in the portal's bucket (the lanes book a few seconds).
+BOOK_AHEAD = 15.0
 #: How the event handler's URL is built from `B24Q_HTTP_PUBLIC_URL`.
 EVENTS_PATH = "/b24/events"
 
 
+class Later(Exception):
+    """The event's verification has a slot in the portal's bucket `wait` seconds from now."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"verification in {wait:.1f} s")
+        self.wait = wait
+
+
 class Unverified(Exception):
-    """The portal could not confirm or deny an event's token just now."""
+    """The portal could not confirm or deny an event's token just now (`status`: 503, or 429 when the
+    portal's verification budget is spent), nor may it be asked for `retry_after` seconds."""
+
+    def __init__(self, reason: str, status: int = 503, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.status, self.retry_after = status, retry_after
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an event led to: `applied`, `ignored` (nothing to do) or `refused` (unproven: `status` says
-    how the HTTP answer refuses it)."""
+    """What an event led to: `applied`, `ignored` (nothing to do), `deferred` (handled again once its token
+    can be verified, 202) or `refused` (unproven: `status` says how the HTTP answer refuses it)."""
 
     result: str
     portal: str = ""
     detail: str = ""
     status: int = 200
+    retry_after: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"result": self.result, "portal": self.portal, "detail": self.detail}
@@ -67,6 +84,11 @@ def plan_of(app_info: Mapping[str, Any]) -> str | None:
 
 def _same(a: str, b: str) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _auth_block(form: Mapping[str, Any]) -> dict[str, Any]:
+    auth = form.get("auth")
+    return dict(auth) if isinstance(auth, Mapping) else {}
 
 
 def install_auth(form: Mapping[str, Any], query: Mapping[str, str]) -> dict[str, Any]:
@@ -93,8 +115,10 @@ def install_auth(form: Mapping[str, Any], query: Mapping[str, str]) -> dict[str,
 class Lifecycle:
     """Applies application events to the registry, the parked jobs and the dead letters."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, booked: bool = False) -> None:
         self.rt = rt
+        #: this event is handled again at the slot it booked for its verification (`Later`)
+        self.booked = booked
 
     # -- dispatch ----------------------------------------------------------------------------------------
 
@@ -112,9 +136,19 @@ class Lifecycle:
                 outcome = self.update(form)
             else:
                 outcome = self.other(event, form)
+        except Later as later:
+            again = Lifecycle(self.rt, booked=True)
+            timer = threading.Timer(later.wait, again.handle, args=(form, query))
+            timer.daemon = True
+            timer.start()
+            detail = f"verifying the event's token in {later.wait:.1f} s, at its slot in the portal's bucket"
+            outcome = Outcome("deferred", detail=detail, status=202)
         except Unverified as exc:
             outcome = Outcome(
-                "refused", detail=f"the portal could not confirm the event's token now ({exc})", status=503
+                "refused",
+                detail=f"the portal could not confirm the event's token now ({exc})",
+                status=exc.status,
+                retry_after=exc.retry_after,
             )
         events.app_event(event or "(none)", outcome.result)
         if outcome.result == "refused":
@@ -137,36 +171,77 @@ class Lifecycle:
                 return portal
         return None
 
-    def _app_info(self, endpoint: str, access_token: str, portal: Portal | None = None) -> dict[str, Any] | None:
-        """`app.info` with this token on this portal; None if the portal does not accept the token.
+    def _book_slot(self, portal: Portal) -> float:
+        """Book a verification call's slot in the portal's bucket, as the lanes book theirs: the seconds
+        until it comes (0 when the bucket has room now)."""
+        permit = self.rt.limiter.reserve(portal.key, portal.limits(self.rt.settings), BOOK_AHEAD)
+        if not permit.granted:
+            raise Unverified("the portal's request bucket is booked too far ahead", 503, permit.wait)
+        return permit.wait
 
-        Sent at once: Bitrix24 calls slow handlers less often and never repeats an event (§7.1), and one
-        request fits the burst margin b24q's limiter leaves. Only if the portal answers 503 does it wait
-        for a slot of the pool-wide limiter like any request. Raises `Unverified` when the portal could not
-        say (over its limit even so, down, unreachable).
+    def _verify(self, endpoint: str, access_token: str, portal: Portal | None = None) -> dict[str, Any] | None:
+        """`app.info` with this token on this portal: its result, or None if the portal refused the token.
+
+        The only portal call an unproven event causes, so it is paid for before it is made: a token the portal
+        refused before is refused again without a call, and `VerificationGate` allows one verification per
+        portal at a time within its budget. A registered portal's bucket gives the call a slot like any
+        request (its limits hold, and it is never marked full); when the slot is not now, the event is
+        handled again in the background at its time (`Later`): a request thread never waits for a portal.
+        Raises `Unverified` when the portal could not say, or may not be asked now.
         """
-        creds = Credentials(endpoint, access_token)
-        for attempt in range(3):
-            if attempt and portal is not None:
-                limits = portal.limits(self.rt.settings)
-                time.sleep(self.rt.limiter.reserve(portal.key, limits, max_wait=10.0).wait)
-            try:
-                result = self.rt.client.call(creds, "app.info", {}).result
-            except QueryLimitExceeded:
-                if portal is not None:
-                    self.rt.limiter.set_full(portal.key, portal.limits(self.rt.settings))
-                else:
-                    time.sleep(0.5 * (attempt + 1))
-                continue
-            except (ServerError, TransportError) as exc:
-                raise Unverified(exc.code) from None
-            except RestError as exc:
-                log.warning("app.info refused the event's token: %s", exc.code)
-                return None
-            return dict(result) if isinstance(result, Mapping) else {}
-        raise Unverified("QUERY_LIMIT_EXCEEDED")
+        host = domain_of(endpoint)
+        gate = self.rt.verification
+        if gate.failed_before(host, access_token):
+            return None
+        if self.booked:  # handled again at the slot this event booked: its turn and budget are spent
+            return self._ask(endpoint, access_token, host, None)
+        try:
+            with gate.turn(host):
+                if portal is not None and (wait := self._book_slot(portal)) > 0:
+                    raise Later(wait)
+                return self._ask(endpoint, access_token, host, portal)
+        except Busy as exc:
+            raise Unverified(str(exc), 429, exc.retry_after) from None
+
+    def _ask(self, endpoint: str, access_token: str, host: str, portal: Portal | None) -> dict[str, Any] | None:
+        """The `app.info` call; a registered portal over its limit even so (other apps on its IP) gets it once
+        more, at the next slot booked for it."""
+        try:
+            result = self.rt.client.call(Credentials(endpoint, access_token), "app.info", {}).result
+        except QueryLimitExceeded as exc:
+            if portal is None:
+                raise Unverified(exc.code, 503, 1.0) from None
+            raise Later(max(1.0, self._book_slot(portal))) from None
+        except (ServerError, TransportError) as exc:
+            raise Unverified(exc.code, 503, 1.0) from None
+        except RestError as exc:
+            self.rt.verification.remember_failure(host, access_token)
+            log.warning("app.info refused the event's token: %s", exc.code)
+            return None
+        return dict(result) if isinstance(result, Mapping) else {}
 
     # -- the events ----------------------------------------------------------------------------------------
+
+    def _install_refusal(
+        self, existing: Portal | None, member_id: str, endpoint: str, auth: Mapping[str, Any]
+    ) -> Outcome | None:
+        """Why an install may not (re)register `existing` (or a new portal) at `endpoint`, if it may not."""
+        current = existing.endpoint if existing is not None else ""
+        if not self.rt.registry.host_allowed(endpoint, current):
+            return Outcome("refused", detail="client_endpoint is not a host in B24Q_PORTAL_HOSTS", status=403)
+        if existing is None:
+            return None
+        if existing.member_id and existing.member_id != member_id:
+            return Outcome("refused", detail="the domain belongs to another registered portal", status=409)
+        if (
+            existing.application_token
+            and urlsplit(current).hostname != urlsplit(endpoint).hostname
+            and not _same(str(auth.get("application_token") or ""), existing.application_token)
+        ):
+            # the portal answering the token need not be the one member_id names: moving a registered
+            # portal to another host takes its application_token (or removing it by hand first)
+            return Outcome("refused", detail="a registered portal moved to another host without its token", status=409)
+        return None
 
     def install(self, form: Mapping[str, Any], query: Mapping[str, str]) -> Outcome:
         auth = install_auth(form, query)
@@ -179,24 +254,17 @@ class Lifecycle:
             endpoint = check_url(endpoint, self.rt.settings.allow_insecure_http, "client_endpoint")
         except ConfigError as exc:
             return Outcome("refused", detail=str(exc), status=400)
-        existing = self._portal_of(auth) or self._registered_by_hand(member_id, endpoint)
-        current = existing.endpoint if existing is not None else ""
-        if not self.rt.registry.host_allowed(endpoint, current):
-            return Outcome("refused", detail="client_endpoint is not a host in B24Q_PORTAL_HOSTS", status=403)
-        if existing is not None and existing.member_id and existing.member_id != member_id:
-            return Outcome("refused", detail="the domain belongs to another registered portal", status=409)
-        if (
-            existing is not None
-            and existing.application_token
-            and urlsplit(current).hostname != urlsplit(endpoint).hostname
-            and not _same(str(auth.get("application_token") or ""), existing.application_token)
-        ):
-            # the portal answering the token need not be the one member_id names: moving a registered
-            # portal to another host takes its application_token (or removing it by hand first)
-            return Outcome("refused", detail="a registered portal moved to another host without its token", status=409)
-        info = self._app_info(endpoint, access, existing)
+        # aliases only before the portal has verified the token: an unproven install costs a few reads
+        existing = self._portal_of(auth) or self._portal_of({"domain": domain_of(endpoint)})
+        if (refusal := self._install_refusal(existing, member_id, endpoint, auth)) is not None:
+            return refusal
+        info = self._verify(endpoint, access, existing)
         if info is None:
             return Outcome("refused", detail="the portal did not accept the install's token (app.info)", status=401)
+        if existing is None:  # a scan of the registry: only for a verified install
+            existing = self._registered_by_hand(member_id, endpoint)
+            if (refusal := self._install_refusal(existing, member_id, endpoint, auth)) is not None:
+                return refusal
         key = existing.key if existing is not None else member_id
         data = form.get("data") if isinstance(form.get("data"), Mapping) else {}
         version = str((data or {}).get("VERSION") or info.get("VERSION") or "")
@@ -217,11 +285,16 @@ class Lifecycle:
         )
 
     def uninstall(self, form: Mapping[str, Any]) -> Outcome:
-        auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
-        portal = self._portal_of(auth or {})
+        auth = _auth_block(form)
+        token = str(auth.get("application_token") or "")
+        if not token:  # §7.2: the application_token is the only proof an uninstall has
+            return Outcome("refused", detail="an uninstall carries its application_token", status=401)
+        portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        if not _same(str((auth or {}).get("application_token") or ""), portal.application_token):
+        if portal.state == "uninstalled":
+            return Outcome("ignored", portal.key, "already uninstalled")
+        if not _same(token, portal.application_token):
             return Outcome("refused", portal.key, "application_token does not match", status=401)
         self.rt.registry.mark_uninstalled(portal.key)
         self.rt.portals.forget(portal.key)
@@ -229,14 +302,17 @@ class Lifecycle:
         return Outcome("applied", portal.key, f"uninstalled; {ended} parked job(s) dead-lettered")
 
     def update(self, form: Mapping[str, Any]) -> Outcome:
-        auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
-        auth = dict(auth or {})
+        auth = _auth_block(form)
+        token = str(auth.get("application_token") or "")
+        if not token and not auth.get("access_token"):
+            return Outcome("refused", detail="an update carries its application_token and tokens", status=401)
         portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        token = str(auth.get("application_token") or "")
+        if portal.state == "uninstalled":  # only an install brings a portal back (its old tokens are erased)
+            return Outcome("refused", portal.key, "the application is uninstalled from this portal", status=409)
         if not _same(token, portal.application_token) and (
-            not auth.get("access_token") or self._app_info(portal.endpoint, str(auth["access_token"]), portal) is None
+            not auth.get("access_token") or self._verify(portal.endpoint, str(auth["access_token"]), portal) is None
         ):
             return Outcome("refused", portal.key, "application_token does not match and the token was refused", 401)
         data = form.get("data") if isinstance(form.get("data"), Mapping) else {}
@@ -252,13 +328,16 @@ class Lifecycle:
 
     def other(self, event: str, form: Mapping[str, Any]) -> Outcome:
         """Any other event: proven by its application_token, its `auth` block may carry newer tokens."""
-        auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else None
+        auth = _auth_block(form)
         if not auth:
             return Outcome("ignored", detail="no auth block")  # §5.2: auth may be missing
+        token = str(auth.get("application_token") or "")
+        if not token:
+            return Outcome("refused", detail="application_token missing", status=401)
         portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        if not _same(str(auth.get("application_token") or ""), portal.application_token):
+        if not _same(token, portal.application_token):
             return Outcome("refused", portal.key, "application_token does not match", status=401)
         if not self.rt.registry.offer_auth(portal.key, auth):
             return Outcome("ignored", portal.key, "no newer tokens")

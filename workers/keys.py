@@ -137,6 +137,17 @@ class Keys:
         """Unacknowledged messages no live worker holds: tag → when first seen so (Redis server clock)."""
         return f"{self.prefix}:orphans"
 
+    # the application side: what unproven events may cost a portal host (workers/delivery/verification.py)
+    def verify_bucket(self, host: str) -> str:
+        return f"{self.prefix}:verify:rl:{host.lower()}"
+
+    def verify_lock(self, host: str) -> str:
+        return f"{self.prefix}:verify:lock:{host.lower()}"
+
+    def verify_failed(self, host: str, token_digest: str) -> str:
+        """A token the portal refused (its digest, never the token)."""
+        return f"{self.prefix}:verify:failed:{host.lower()}:{token_digest}"
+
     # the HTTP intake: request buckets and idempotency keys, per API key (its digest's prefix, never the key)
     def api_bucket(self, key_id: str) -> str:
         return f"{self.prefix}:rl-api:{key_id}"

@@ -21,6 +21,7 @@ from workers.delivery.lane import LaneConfig, Wire
 from workers.delivery.operating import OperatingHolds
 from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
+from workers.delivery.verification import VerificationGate
 from workers.keys import Keys
 from workers.portals.cache import CachedPortals
 from workers.portals.registry import PortalRegistry, check_url
@@ -64,6 +65,14 @@ class Runtime:
         # the HTTP intake's: a request bucket per API key, and what retried POSTs already got
         self.api_limiter = RateLimiter(self.redis, keys, bucket=keys.api_bucket)
         self.idempotency = IdempotencyKeys(self.redis, keys, s.ledger_ttl)
+        # the application side's: what unproven install and update events may cost a portal
+        self.verification = VerificationGate(
+            self.redis,
+            keys,
+            s.event_verify_per_minute,
+            s.event_verify_burst,
+            lock_ttl=s.connect_timeout + s.request_timeout + 5.0,
+        )
         self.holds = OperatingHolds(self.redis, keys, s.operating_limit, s.operating_margin)
         self.ordering = Ordering(self.redis, keys, s.ledger_ttl)
         oauth = None

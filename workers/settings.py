@@ -188,6 +188,19 @@ class Settings(BaseSettings):
         description="Comma-separated host patterns (fnmatch) a portal's client_endpoint may name when an "
         "install registers it or a redirect moves it; add your self-hosted portals' hosts.",
     )
+    event_verify_per_minute: float = Field(
+        6.0,
+        ge=0.0,
+        description="app.info calls per portal per minute that install and update events whose token b24q does "
+        "not know yet may cause (docs/security.md); events over it are refused 429 without a call. 0: no budget.",
+    )
+    event_verify_burst: int = Field(3, ge=1, description="Verification calls a portal may get at once.")
+    http_event_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Threads of `b24q serve` (per process) handling /b24 events at once; more wait, up to 8 times "
+        "as many, then 503: /v1, /healthz and /metrics never queue behind events.",
+    )
     providers: str = Field(
         "",
         description='SMS providers every portal should have, as JSON: [{"code", "name", "handler", '

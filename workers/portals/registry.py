@@ -493,8 +493,9 @@ class PortalRegistry:
         self._client.hset(self._keys.portal(key), mapping=mapping)
 
     def mark_uninstalled(self, key: str) -> None:
-        """The app was removed from the portal: erase its tokens (API access is already revoked, §7.2);
-        keep `application_token`, so that a repeated uninstall event still proves itself."""
+        """The app was removed from the portal: erase its tokens (API access is already revoked, §7.2) and its
+        `application_token`, so that no event carrying the old one (a replayed update) brings it back; only an
+        install, verified by the portal, does."""
         self._client.hset(
             self._keys.portal(key),
             mapping={
@@ -502,6 +503,7 @@ class PortalRegistry:
                 "reason": "APP_UNINSTALLED: the application was uninstalled from the portal",
                 "access_token": self._cipher.encrypt(""),
                 "refresh_token": self._cipher.encrypt(""),
+                "application_token": self._cipher.encrypt(""),
                 "expires": "0",
                 "providers_pending": "",
                 "updated_at": f"{time.time():.3f}",
