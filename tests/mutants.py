@@ -139,6 +139,22 @@ MUTANTS = [
         "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing",
     ),
     Mutant(
+        "verify-budget",
+        "a forged event costs a portal its verification budget at most (issue 20)",
+        "workers/delivery/verification.py",
+        "            if self._limits.rate > 0:",
+        "            if False:  # mutant: no budget",
+        "tests/security/test_events.py::test_forged_updates_cost_the_portal_its_budget_at_most",
+    ),
+    Mutant(
+        "verify-budget-flood",
+        "a flood of forged events costs the portals and the producers nothing (real workers, 40 clients)",
+        "workers/delivery/verification.py",
+        "            if self._limits.rate > 0:",
+        "            if False:  # mutant: no budget",
+        "tests/faults/test_forged_events.py",
+    ),
+    Mutant(
         "providers-hold",
         "status jobs wait while an app update's deleted SMS providers are added again",
         "tasks/jobs.py",
