@@ -22,9 +22,17 @@ from urllib.parse import urlsplit
 from tasks.jobs import KINDS_BY_TASK, SENDER_ADD
 from tasks.producer import enqueue_many, resume_parked
 from workers.bitrix.client import Credentials
-from workers.errors import ConfigError, JobRefused, QueryLimitExceeded, RestError, ServerError, TransportError
+from workers.errors import (
+    ConfigError,
+    EndpointRefused,
+    JobRefused,
+    QueryLimitExceeded,
+    RestError,
+    ServerError,
+    TransportError,
+)
 from workers.events import events
-from workers.portals.registry import Portal, check_url
+from workers.portals.registry import Portal
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -175,14 +183,16 @@ class Lifecycle:
         access = str(auth.get("access_token") or "")
         if not member_id or not endpoint or not access or not auth.get("refresh_token"):
             return Outcome("refused", detail="an install needs member_id, client_endpoint and a token pair", status=400)
+        endpoints = self.rt.registry.endpoints
         try:
-            endpoint = check_url(endpoint, self.rt.settings.allow_insecure_http, "client_endpoint")
+            endpoint = endpoints.shape(endpoint)  # local: scheme, authority, port
+            existing = self._portal_of(auth) or self._registered_by_hand(member_id, endpoint)
+            current = existing.endpoint if existing is not None else ""
+            endpoint = endpoints.check(endpoint, "client_endpoint", current)  # then the host and its addresses
+        except EndpointRefused as exc:
+            return Outcome("refused", detail=str(exc), status=403)
         except ConfigError as exc:
             return Outcome("refused", detail=str(exc), status=400)
-        existing = self._portal_of(auth) or self._registered_by_hand(member_id, endpoint)
-        current = existing.endpoint if existing is not None else ""
-        if not self.rt.registry.host_allowed(endpoint, current):
-            return Outcome("refused", detail="client_endpoint is not a host in B24Q_PORTAL_HOSTS", status=403)
         if existing is not None and existing.member_id and existing.member_id != member_id:
             return Outcome("refused", detail="the domain belongs to another registered portal", status=409)
         if (
