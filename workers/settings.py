@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     allow_private_portals: bool = Field(
         False,
         description="Let a portal's endpoint be a loopback, private, link-local or other non-public address (by "
-        "name or literal); on loopback, http and any port too. For the emulator, tests and self-hosted portals "
-        "on a LAN.",
+        "name or literal), and skip the check of the address each call connects to; on loopback, http and any "
+        "port too. For the emulator, tests and self-hosted portals on a LAN.",
     )
 
     # --- REST calls ---
