@@ -65,8 +65,7 @@ class EndpointPolicy:
     @classmethod
     def of(cls, settings: Settings, resolve_host: Resolve | None = None) -> EndpointPolicy:
         patterns = tuple(p.strip() for p in settings.portal_hosts.split(",") if p.strip())
-        base = cls(patterns, settings.allow_insecure_http, settings.allow_private_portals)
-        return base if resolve_host is None else cls(patterns, base.allow_insecure, base.allow_private, resolve_host)
+        return cls(patterns, settings.allow_insecure_http, settings.allow_private_portals, resolve_host or lookup)
 
     def shape(self, url: str, what: str = "client_endpoint") -> str:
         """The URL ending in `/` if its scheme, authority and port may be a portal's (no I/O).
