@@ -23,9 +23,17 @@ from tasks.jobs import KINDS_BY_TASK, SENDER_ADD
 from tasks.producer import enqueue_many, resume_parked
 from workers.bitrix.client import Credentials
 from workers.delivery.verification import Busy
-from workers.errors import ConfigError, JobRefused, QueryLimitExceeded, RestError, ServerError, TransportError
+from workers.errors import (
+    ConfigError,
+    EndpointRefused,
+    JobRefused,
+    QueryLimitExceeded,
+    RestError,
+    ServerError,
+    TransportError,
+)
 from workers.events import events
-from workers.portals.registry import Portal, check_url, domain_of
+from workers.portals.registry import Portal, domain_of
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -227,8 +235,10 @@ class Lifecycle:
     ) -> Outcome | None:
         """Why an install may not (re)register `existing` (or a new portal) at `endpoint`, if it may not."""
         current = existing.endpoint if existing is not None else ""
-        if not self.rt.registry.host_allowed(endpoint, current):
-            return Outcome("refused", detail="client_endpoint is not a host in B24Q_PORTAL_HOSTS", status=403)
+        try:  # the host (a cloud zone, or the portal's own), then its addresses
+            self.rt.registry.endpoints.check(endpoint, "client_endpoint", current)
+        except ConfigError as exc:
+            return Outcome("refused", detail=str(exc), status=403)
         if existing is None:
             return None
         if existing.member_id and existing.member_id != member_id:
@@ -251,7 +261,9 @@ class Lifecycle:
         if not member_id or not endpoint or not access or not auth.get("refresh_token"):
             return Outcome("refused", detail="an install needs member_id, client_endpoint and a token pair", status=400)
         try:
-            endpoint = check_url(endpoint, self.rt.settings.allow_insecure_http, "client_endpoint")
+            endpoint = self.rt.registry.endpoints.shape(endpoint)  # local: scheme, authority, port
+        except EndpointRefused as exc:
+            return Outcome("refused", detail=str(exc), status=403)
         except ConfigError as exc:
             return Outcome("refused", detail=str(exc), status=400)
         # aliases only before the portal has verified the token: an unproven install costs a few reads

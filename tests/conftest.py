@@ -54,6 +54,7 @@ def settings(redis_server: RedisServer) -> Settings:
         client_id="app.test",
         client_secret="s3cr3t-client",  # type: ignore[arg-type]
         oauth_url="http://127.0.0.1:9/oauth/token/",
+        allow_private_portals=True,  # portals are the emulator's, on loopback; and no DNS in tests
         gather_ms=20,
         permit_wait=5.0,
         backoff_base=0.2,

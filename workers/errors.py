@@ -29,6 +29,10 @@ class ConfigError(B24QError):
     """A setting or a portal record is unusable."""
 
 
+class EndpointRefused(ConfigError):
+    """A portal endpoint b24q will not send tokens to (scheme, port, host or address): why, in words."""
+
+
 class JobRefused(B24QError, ValueError):
     """Input refused at enqueue time; `errors` lists (field, message) pairs."""
 
@@ -208,7 +212,11 @@ ACTIONS: dict[str, tuple[type[RestError], str]] = {
     "ERROR_OAUTH": (AuthLost, "OAuth error"),
     "METHOD_CONFIRM_WAITING": (AuthLost, "an administrator must confirm the method"),
     "APP_UNINSTALLED": (RestError, "the application was uninstalled from the portal: dead letter"),
-    "PORTAL_MOVED_AWAY": (AuthLost, "a redirect to a host outside B24Q_PORTAL_HOSTS: parked, tokens not sent"),
+    "PORTAL_MOVED_AWAY": (
+        AuthLost,
+        "a redirect to an endpoint the rules refuse (host outside B24Q_PORTAL_HOSTS, not https on 443, a "
+        "non-public address): parked, tokens not sent",
+    ),
     # transient server trouble: capped exponential backoff with jitter
     "INTERNAL_SERVER_ERROR": (ServerError, "portal error, retried with backoff"),
     "ERROR_UNEXPECTED_ANSWER": (ServerError, "portal error, retried with backoff"),

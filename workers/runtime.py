@@ -81,7 +81,9 @@ class Runtime:
             oauth = OAuthClient(url, s.client_id, s.client_secret.get_secret_value(), s.oauth_timeout, oauth_transport)
         self.portals = CachedPortals(self.registry, s)
         self.tokens = TokenKeeper(self.redis, self.registry, oauth, keys, s.oauth_timeout, s.refresh_ahead)
-        self.client = RestClient(transport, s.connect_timeout, s.request_timeout)
+        self.client = RestClient(
+            transport, s.connect_timeout, s.request_timeout, public_only=not s.allow_private_portals
+        )
         self.calls = CallPool(self.redis, keys)
         self.dispatcher = Dispatcher(
             Wire(self.client, self.limiter, self.holds, self.tokens, self.portals, self.ordering, self.ledger.backlog),

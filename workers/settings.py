@@ -18,6 +18,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: ("box") portals have no REST rate limit unless their administrator sets one: rate 0 means unlimited.
 PLAN_LIMITS: dict[str, tuple[float, int]] = {"standard": (2.0, 50), "enterprise": (5.0, 250), "box": (0.0, 0)}
 
+#: Bitrix24's cloud domain zones: a cloud portal is `<name>.bitrix24.<zone>`. The REST docs name no full
+#: list (b24restdocs market/preparing-to-publish/faq.md: "domain zones such as .com, .de, and so on"); this
+#: is the map from portal zone to domain in Bitrix24's own code (module disk,
+#: `Bitrix\Disk\Document\OnlyOffice\Editor\CustomizationBuilder::getUrlForCustomerSection`, keyed by
+#: `CBitrix24::getPortalZone()`). The README's row of B24Q_PORTAL_HOSTS cites it too.
+BITRIX24_CLOUD_ZONES = (
+    "com", "eu", "de", "es", "fr", "it", "pl", "com.br", "com.tr", "in", "id", "vn", "jp", "cn", "ru", "ua", "by", "kz"
+)  # fmt: skip
+
 #: One entry of B24Q_API_KEYS: a key's SHA-256 in hex, then optionally the portals it is limited to.
 API_KEY_ENTRY = re.compile(r"[0-9a-fA-F]{64}(:[A-Za-z0-9.\-_:]+(\|[A-Za-z0-9.\-_:]+)*)?")
 
@@ -55,7 +64,15 @@ class Settings(BaseSettings):
         60.0, description="Refresh a token this many seconds before `expires` (never earlier: the docs warn)."
     )
     allow_insecure_http: bool = Field(
-        False, description="Allow http:// portal and OAuth URLs that are not on loopback (tests only)."
+        False,
+        description="Allow http:// and ports other than 443 in portal and OAuth URLs that are not on loopback "
+        "(tests only).",
+    )
+    allow_private_portals: bool = Field(
+        False,
+        description="Let a portal's endpoint be a loopback, private, link-local or other non-public address (by "
+        "name or literal), and skip the check of the address each call connects to; on loopback, http and any "
+        "port too. For the emulator, tests and self-hosted portals on a LAN.",
     )
 
     # --- REST calls ---
@@ -184,9 +201,11 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body the HTTP app reads, in bytes (413 above it)."
     )
     portal_hosts: str = Field(
-        "*.bitrix24.*",
-        description="Comma-separated host patterns (fnmatch) a portal's client_endpoint may name when an "
-        "install registers it or a redirect moves it; add your self-hosted portals' hosts.",
+        ",".join(f"*.bitrix24.{zone}" for zone in BITRIX24_CLOUD_ZONES),
+        description="Comma-separated host patterns a portal's client_endpoint may name when an install registers "
+        "it or a redirect moves it; `*` stands for one whole label (`*.bitrix24.com` is `acme.bitrix24.com`, "
+        "not `a.b.bitrix24.com` nor `acme.bitrix24.com.evil.com`). The default: Bitrix24's cloud zones; add your "
+        "self-hosted portals' hosts.",
     )
     event_verify_per_minute: float = Field(
         6.0,

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.request import getproxies
 
 import httpx
 
 from workers.bitrix import querystring
+from workers.bitrix.transport import public_only_transport
 from workers.errors import PortalMoved, RestError, ServerError, TransportError, rest_error
 
 BATCH_LIMIT = 50
@@ -77,6 +79,8 @@ class RestClient:
     Parameters:
         transport: an httpx transport; `None` for real sockets.
         connect_timeout / read_timeout: seconds; every call has both.
+        public_only: real sockets connect only to public addresses (`workers.bitrix.transport`), whatever
+            a portal's name resolves to at the time of the call; not with an https proxy in the environment.
 
     Examples:
         >>> def handler(request):
@@ -92,11 +96,16 @@ class RestClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
         max_connections: int = 200,
+        public_only: bool = False,
     ) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        proxies = getproxies()
+        if transport is None and public_only and not (proxies.get("https") or proxies.get("all")):
+            transport = public_only_transport(limits)  # through a proxy, the proxy picks the address
         self._http = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=limits,
             headers={"User-Agent": "b24q/0.1", "Accept": "application/json"},
             follow_redirects=False,
         )

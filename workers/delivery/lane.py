@@ -474,7 +474,7 @@ class Lane:
                     time.sleep(permit.wait)
                 self._send(now, limits, calls, refreshed, moved=True)
                 return
-            exc = AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to a host outside B24Q_PORTAL_HOSTS")
+            exc = AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to an endpoint the rules refuse")
         if isinstance(exc, QueryLimitExceeded):
             self.stats.refused_503 += 1
             events.refused_503(self.key)

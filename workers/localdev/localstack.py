@@ -248,6 +248,7 @@ class LocalStack:
             "client_secret": CLIENT_SECRET,
             "oauth_url": f"{self.emulator.url}/oauth/token/",
             "portal_hosts": "127.0.0.1,localhost",  # the emulator's portals are paths on loopback
+            "allow_private_portals": True,  # and loopback is no public address
             **(settings or {}),
         }
         self.settings = Settings(**overrides)

@@ -14,9 +14,8 @@ tokens of OAuth portals and the URL (with its secret code) of webhook portals.
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,13 +24,17 @@ from urllib.parse import urlsplit
 
 import redis
 
+from workers.bitrix.addresses import Resolve
 from workers.bitrix.client import Credentials
 from workers.errors import ConfigError
 from workers.keys import Keys
 from workers.portals.crypto import TokenCipher
+from workers.portals.endpoints import EndpointPolicy, is_loopback
 from workers.portals.limits import Limits
 from workers.redaction import webhook_url
 from workers.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Fields encrypted at rest (`endpoint` only for webhook portals: its path holds the webhook's secret code).
 #: `application_token` proves an event comes from Bitrix24 (bitrix24-facts.md §7.3): a secret as well.
@@ -87,21 +90,13 @@ return 1
 """
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_url(url: str, allow_insecure: bool, what: str) -> str:
-    """Refuse a URL that is not https, unless it is on loopback or insecure URLs are allowed."""
+    """Refuse a URL that is not https, unless it is on loopback or insecure URLs are allowed (the OAuth
+    server's URL; a portal's endpoint answers to `EndpointPolicy`)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{what} must be an http(s) URL")
-    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
         raise ConfigError(f"{what} must use https (set B24Q_ALLOW_INSECURE_HTTP=1 to allow http)")
     return url if url.endswith("/") else url + "/"
 
@@ -111,7 +106,7 @@ def domain_of(endpoint: str) -> str:
     path prefix because there is no DNS) the first segment of its path."""
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
-    if _is_loopback(host):
+    if is_loopback(host):
         segments = [p for p in parts.path.split("/") if p]
         return segments[0] if segments and segments[0] != "rest" else host
     return host
@@ -178,11 +173,15 @@ class Portal:
 
 
 class PortalRegistry:
-    """Add, read, list and remove portals; rotate token pairs atomically."""
+    """Add, read, list and remove portals; rotate token pairs atomically.
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    Every endpoint it stores passes `endpoints` (`resolve`: the name lookup it uses, DNS by default).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, resolve: Resolve | None = None) -> None:
         self._client = client
         self._settings = settings
+        self._resolve = resolve
         self._keys = Keys(settings.key_prefix)
         self._rotate = client.register_script(_ROTATE)
         self._set_if = client.register_script(_SET_IF)
@@ -190,6 +189,11 @@ class PortalRegistry:
         self._provider_ready = client.register_script(_PROVIDER_READY)
         self._rekey = client.register_script(_REKEY)
         self._cipher = TokenCipher.from_raw(settings.token_keys.get_secret_value())
+
+    @property
+    def endpoints(self) -> EndpointPolicy:
+        """The endpoint rules as the settings say now."""
+        return EndpointPolicy.of(self._settings, self._resolve)
 
     @staticmethod
     def _secret_fields(kind: str) -> tuple[str, ...]:
@@ -219,7 +223,26 @@ class PortalRegistry:
         rate: float = 0.0,
         burst: int = 0,
     ) -> Portal:
-        endpoint = check_url(client_endpoint, self._settings.allow_insecure_http, "client_endpoint")
+        """Register an OAuth portal by hand (`b24q portal add`): the operator names its host, so any host
+        passes; scheme, port and address still answer to `endpoints`."""
+        endpoint = self.endpoints.check(client_endpoint, "client_endpoint", hosts=False)
+        return self._add_oauth(
+            key, endpoint, access_token, refresh_token, expires, member_id, domain, plan, rate, burst
+        )
+
+    def _add_oauth(
+        self,
+        key: str,
+        endpoint: str,
+        access_token: str,
+        refresh_token: str,
+        expires: float,
+        member_id: str = "",
+        domain: str = "",
+        plan: str | None = None,
+        rate: float = 0.0,
+        burst: int = 0,
+    ) -> Portal:
         if not access_token or not refresh_token:
             raise ConfigError("an OAuth portal needs both access_token and refresh_token")
         now = time.time()
@@ -245,7 +268,7 @@ class PortalRegistry:
         )
 
     def add_webhook(self, key: str, url: str, plan: str | None = None, rate: float = 0.0, burst: int = 0) -> Portal:
-        endpoint = check_url(url, self._settings.allow_insecure_http, "webhook URL")
+        endpoint = self.endpoints.check(url, "webhook URL", hosts=False)
         parts = [p for p in urlsplit(endpoint).path.split("/") if p]
         if len(parts) < 3 or parts[-3] != "rest" or not parts[-2].isdigit():
             raise ConfigError("a webhook URL looks like https://{portal}/rest/{user_id}/{code}/")
@@ -390,7 +413,7 @@ class PortalRegistry:
 
         Accepts `access_token` / `refresh_token` and `expires` (unix time) or `expires_in`
         (seconds); `client_endpoint`, `member_id`, `domain` update the record when present.
-        Clears a `reauth` state.
+        Clears a `reauth` state. The endpoint must be one of `B24Q_PORTAL_HOSTS` or the portal's own host.
         """
         current = self.get(key)
         access = str(auth.get("access_token") or auth.get("AUTH_ID") or "")
@@ -403,13 +426,14 @@ class PortalRegistry:
         endpoint = str(auth.get("client_endpoint") or (current.endpoint if current else ""))
         if not endpoint:
             raise ConfigError(f"portal {key!r} is new: the auth block needs client_endpoint")
+        endpoint = self.endpoints.check(endpoint, "client_endpoint", current.endpoint if current else "")
         if current is None or current.kind != "oauth":
-            return self.add_oauth(
+            return self._add_oauth(
                 key, endpoint, access, refresh, expires, str(auth.get("member_id", "")), str(auth.get("domain", ""))
             )
         updated = replace(
             current,
-            endpoint=check_url(endpoint, self._settings.allow_insecure_http, "client_endpoint"),
+            endpoint=endpoint,
             access_token=access,
             refresh_token=refresh,
             expires=expires,
@@ -511,16 +535,15 @@ class PortalRegistry:
         )
 
     def host_allowed(self, url: str, current: str = "") -> bool:
-        """May a portal's endpoint name this URL's host: one of `B24Q_PORTAL_HOSTS`, or the host of
-        `current` (the address the portal already had)? Keeps tokens from following a redirect
-        anywhere, and installs from registering arbitrary hosts."""
-        host = (urlsplit(url).hostname or "").lower()
-        if not host:
+        """May a portal's endpoint be this URL (`endpoints`: https on 443, one of `B24Q_PORTAL_HOSTS` or the
+        host of `current`, the address the portal already had, and a public address)? Keeps tokens from
+        following a redirect anywhere, and installs from registering arbitrary hosts."""
+        try:
+            self.endpoints.check(url, "the endpoint", current)
+        except ConfigError as exc:
+            log.warning("portal endpoint refused: %s", exc)
             return False
-        if current and host == (urlsplit(current).hostname or "").lower():
-            return True
-        patterns = [p.strip().lower() for p in self._settings.portal_hosts.split(",") if p.strip()]
-        return any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
+        return True
 
     def move(self, key: str, old_endpoint: str, new_endpoint: str) -> bool:
         """Point the portal at its new address (a domain change, §7.5), unless someone already did
