@@ -11,14 +11,13 @@ are PHP-bracket forms (`auth[member_id]=…`), as Bitrix24 posts them; JSON is a
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tasks.http.body import read_body
+from tasks.http.body import parse_json, read_body
 from tasks.http.problems import problem
 from tasks.lifecycle import Lifecycle
 from workers.bitrix import querystring
@@ -28,7 +27,7 @@ from workers.runtime import Runtime
 def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
     try:
         if content_type.startswith("application/json"):
-            value = json.loads(body)
+            value = parse_json(body)
             return value if isinstance(value, dict) else None
         return querystring.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
