@@ -14,11 +14,12 @@ Examples:
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, JobKind
+from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, Horizon, JobKind
 from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
 from workers.portals.registry import Portal
@@ -39,15 +40,18 @@ def check(
     payload: Mapping[str, Any],
     rt: Runtime | None = None,
     portals: dict[str, Portal | None] | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """Validate a job against its model and the portal registry; return the message kwargs.
 
     The portal may be named by its key, member_id or domain; the message names its key. `portals`
-    caches registry lookups across a bulk enqueue.
+    caches registry lookups across a bulk enqueue. `now` (default: this host's clock) bounds the job's
+    `at`: at most B24Q_CLOCK_SKEW later.
     """
     rt = rt or get_runtime()
     k = _kind(kind)
-    job = k.validate(payload)  # the model's rules, including what Bitrix24 itself would refuse
+    horizon = Horizon(time.time() if now is None else now, rt.settings.clock_skew)
+    job = k.validate(payload, horizon)  # the model's rules, including what Bitrix24 itself would refuse
     if portals is None:
         portals = {}
     if job.portal not in portals:

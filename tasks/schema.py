@@ -2,9 +2,11 @@
 (never written by hand). `b24q schema [KIND]` prints it; the HTTP intake's OpenAPI document carries it.
 
 In this form a job names its kind: `{"kind": "status-update", "portal": "acme", ...fields}`, as a POST to
-/v1/jobs or a line of `b24q enqueue --file` sends it. The schema states every rule JSON Schema can say; the
-producer (`tasks.producer.check`) enforces those and a few more (no control characters, what PHP's empty()
-calls empty, a handler URL's host, the portal registry), so what the schema refuses the producer refuses too.
+/v1/jobs or a line of `b24q enqueue --file` sends it. The schema states every rule of a job's fields, each from the same
+declaration the model validates with (control characters, what PHP's empty() calls empty, a handler URL: a
+`Refuse` or a pattern in `tasks.jobs`), so a job is schema-valid exactly when the model accepts it
+(tests/security/test_input.py holds them to edge examples). The producer (`tasks.producer.check`) adds what
+no schema can say: the portal registry, and an `at` no later than its clock plus B24Q_CLOCK_SKEW.
 
 Examples:
     >>> job_schema("mark-unread")["required"]

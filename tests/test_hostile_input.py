@@ -92,7 +92,7 @@ TABLE: list[tuple[str, Any, str, str]] = [
         "status-update",
         {"portal": OAUTH, "code": "c", "message_id": "   ", "status": "sent"},
         "message_id",
-        "at least 1",
+        "begin or end with whitespace",
     ),
     (
         "status-update",
@@ -243,7 +243,7 @@ TABLE: list[tuple[str, Any, str, str]] = [
         )
     ],
     ("mark-unread", {"portal": OAUTH, "dialog_id": "chat1", "message_id": -1}, "message_id", "greater than 0"),
-    ("mark-unread", {"portal": OAUTH, "dialog_id": "chat1", "message_id": 1.0}, "message_id", "valid integer"),
+    ("mark-unread", {"portal": OAUTH, "dialog_id": "chat1", "message_id": 1.5}, "message_id", "valid integer"),
     ("mark-unread", {"portal": OAUTH, "dialog_id": "chat1", "message_id": 2**63}, "message_id", "less than or equal"),
     ("mark-unread", {"portal": OAUTH, "dialog_id": "chat1", "message_id": None}, "message_id", "valid integer"),
 ]

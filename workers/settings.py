@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         description="Status reports rank queued < sent < delivered/undelivered/failed: a message that reached a "
         "final status never goes back, whatever order its reports arrive in (README: Ordering).",
     )
+    clock_skew: float = Field(
+        300.0,
+        ge=0.0,
+        description="Seconds a job's `at` may lie ahead of the producer's clock; later is refused (422), so that "
+        "a report from the future cannot freeze its message (README: Ordering).",
+    )
     job_max_age: float = Field(86400.0, description="A job older than this is dead-lettered, whatever the cause.")
     ledger_ttl: float = Field(
         7 * 86400.0, description="How long finished job records are kept (dead letters stay until handled)."

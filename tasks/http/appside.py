@@ -16,7 +16,6 @@ events; and the portal calls an unproven event may cause, in `tasks.lifecycle` (
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -24,7 +23,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from tasks.http.body import read_body
+from tasks.http.body import parse_json, read_body
 from tasks.http.problems import problem
 from tasks.lifecycle import Lifecycle
 from workers.bitrix import querystring
@@ -39,7 +38,7 @@ QUEUE_FACTOR = 8
 def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
     try:
         if content_type.startswith("application/json"):
-            value = json.loads(body)
+            value = parse_json(body)
             return value if isinstance(value, dict) else None
         return querystring.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):

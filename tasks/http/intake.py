@@ -21,7 +21,6 @@ its body itself, size limit first, so FastAPI has no body model of its own to do
 
 import asyncio
 import hashlib
-import json
 import math
 import time
 import uuid
@@ -41,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from tasks import schema
 from tasks.http import apikeys
 from tasks.http.apikeys import ApiKey
-from tasks.http.body import read_body
+from tasks.http.body import NotJson, parse_json, read_body
 from tasks.http.problems import Problem, ProblemDocument, field_error, problem
 from tasks.jobs import KINDS
 from tasks.producer import enqueue_many, replay
@@ -90,7 +89,7 @@ class JobStates(BaseModel):
 # --- refusals --------------------------------------------------------------------------------------------
 
 _WHY = {
-    400: "The body is not JSON.",
+    400: "The body is not strict JSON: UTF-8, no NaN or Infinity.",
     401: "No valid API key (or B24Q_API_KEYS is empty).",
     403: "A job for a portal outside the API key's portals.",
     404: "No such job (or dead letter) for this API key.",
@@ -149,9 +148,9 @@ def _jobs_in(content_type: str | None, body: bytes) -> tuple[list[Any], bool]:
     if media != "application/json" and not media.endswith("+json"):
         raise Problem(415, "send the jobs as application/json")
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        raise Problem(400, "the body is not JSON: send a job object or an array of jobs") from None
+        data = parse_json(body)
+    except NotJson as exc:
+        raise Problem(400, f"{exc}: send a job object or an array of jobs (UTF-8 JSON)") from None
     if isinstance(data, dict):
         return [data], True
     if isinstance(data, list) and 1 <= len(data) <= MAX_JOBS:
