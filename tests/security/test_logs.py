@@ -1,7 +1,7 @@
 """What the HTTP app writes to its logs when anyone sends it secrets in URLs or goes away mid-body, against
 `b24q serve` itself (a subprocess with uvicorn's own logging config, as in production): the access line of a
 URL carrying `access_token=`, `AUTH_ID=`, `auth[access_token]=` or an API key is there, masked, with no
-traceback; an API key in the query is refused."""
+traceback; an API key in the query is refused; a client that disconnects mid-body is counted, not logged."""
 
 from __future__ import annotations
 
@@ -138,6 +138,28 @@ def test_an_api_key_in_the_query_is_refused_and_masked_in_the_access_log(served:
     for name in names:
         assert any(f"/v1/jobs?{name}={MASK}" in line for line in access_lines(log)), (name, log)
     assert KEY not in log and "Traceback" not in log, log
+
+
+def test_clients_gone_mid_body_are_counted_quietly(served: Served) -> None:
+    """A client that sends half a body and disconnects, on /v1/jobs and /b24/*: a counter in /metrics, no
+    traceback."""
+    heads = [
+        f"POST /v1/jobs HTTP/1.1\r\nHost: b24q\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n",
+        "POST /b24/events HTTP/1.1\r\nHost: b24q\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        "POST /b24/install HTTP/1.1\r\nHost: b24q\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+    ]
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", served.port)) as conn:
+            conn.sendall(f"{head}Content-Length: 1000\r\n\r\n[{{".encode())
+
+    def disconnects() -> float:
+        text = httpx.get(f"{served.url}/metrics").text
+        found = re.search(r"^b24q_http_client_disconnects_total (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    until(lambda: disconnects() == len(heads), why="3 disconnects counted")
+    log = served.settled()
+    assert "Traceback" not in log and "ClientDisconnect" not in log and "Exception in ASGI" not in log, log
 
 
 # --- the filter on its own --------------------------------------------------------------------------------------
