@@ -109,7 +109,7 @@ def flower(redis_server: RedisServer, tmp_path: Path) -> Iterator[Flower]:
 def test_the_documented_flower_command_listens_on_loopback_with_a_login_on_our_redis(
     flower: Flower, redis_server: RedisServer
 ) -> None:
-    login = re.search(r"FLOWER_BASIC_AUTH=(\S+):(\S+)", flower.command)
+    login = re.search(r"(?:FLOWER_BASIC_AUTH=|--basic[_-]auth=)([^\s:]+):(\S+)", flower.command)
     assert login, f"the README's Flower command sets no login: {flower.command}"
     user, password = login.groups()
     # bound to 127.0.0.1, not to every interface: another loopback address (Linux routes all of 127/8 to this
