@@ -1,10 +1,13 @@
 """Every way b24q keeps secrets out of what people read: logs, Flower, the CLI and status views.
 
 - `redact(text)`: secret query and form parameters (`client_secret=`, `refresh_token=`, `auth[access_token]=`,
-  `AUTH_ID=`, ...), the same secrets as JSON or repr fields (`"access_token": "…"`, `"auth": "…"`, escaped
-  JSON too), webhook codes in `/rest/{user}/{code}/` paths and URL passwords, masked in free text.
+  `AUTH_ID=`, and API keys or tokens a client put in a URL: `api_key=`, `key=`, `token=`, ...), the same
+  secrets as JSON or repr fields (`"access_token": "…"`, `"auth": "…"`, escaped JSON too), webhook codes in
+  `/rest/{user}/{code}/` paths and URL passwords, masked in free text.
   `RedactSecrets` applies it to every log record that reaches a handler it is on (`install_redaction`: the
-  worker's root and task-logger handlers, so third-party loggers' records and traceback text too). httpx
+  worker's root and task-logger handlers, the HTTP app's uvicorn loggers; so third-party loggers' records
+  and traceback text too), to the arguments in place (a formatter may read them: uvicorn's access line),
+  and never drops or breaks a record. httpx
   logs every request's full URL at INFO, and the OAuth refresh (a GET, as Bitrix24 documents it) carries
   client_secret and refresh_token in its query: `workers.celery` turns httpx's request lines off (b24q's
   observer hooks report requests without URLs); a user who turns them on gets them masked.
