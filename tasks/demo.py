@@ -271,7 +271,10 @@ def run(args: argparse.Namespace) -> int:
         sample = ids[0]
         print(f"One job's history: b24q job show {sample}")
         print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
-        print(f"Flower: celery -A workers flower --broker={stack.settings.redis_url}  (then http://localhost:5555)")
+        print(
+            f"Flower: B24Q_REDIS_URL={stack.settings.redis_url} FLOWER_BASIC_AUTH=ops:change-me "
+            "celery -A workers flower --address=127.0.0.1 --port=5555  (then http://127.0.0.1:5555)"
+        )
         if not args.keep:
             print(
                 "(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "

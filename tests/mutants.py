@@ -131,6 +131,14 @@ MUTANTS = [
         "tests/integration/test_secrets.py::test_no_secret_leaks_anywhere_in_a_full_run",
     ),
     Mutant(
+        "redaction-access-line",
+        "uvicorn's access line of a URL carrying a secret is written, masked, without a traceback",
+        "workers/redaction.py",
+        "    args = record.args\n",
+        "    record.msg, record.args = redact(message), None  # mutant: the arguments dropped\n    return\n",
+        "tests/security/test_logs.py::test_urls_carrying_secrets_leave_their_access_line_masked_and_no_traceback",
+    ),
+    Mutant(
         "application-token",
         "an event is acted on only with the portal's application_token",
         "tasks/lifecycle.py",

@@ -1,10 +1,13 @@
 """Every way b24q keeps secrets out of what people read: logs, Flower, the CLI and status views.
 
 - `redact(text)`: secret query and form parameters (`client_secret=`, `refresh_token=`, `auth[access_token]=`,
-  `AUTH_ID=`, ...), the same secrets as JSON or repr fields (`"access_token": "…"`, `"auth": "…"`, escaped
-  JSON too), webhook codes in `/rest/{user}/{code}/` paths and URL passwords, masked in free text.
+  `AUTH_ID=`, and API keys or tokens a client put in a URL: `api_key=`, `key=`, `token=`, ...), the same
+  secrets as JSON or repr fields (`"access_token": "…"`, `"auth": "…"`, escaped JSON too), webhook codes in
+  `/rest/{user}/{code}/` paths and URL passwords, masked in free text.
   `RedactSecrets` applies it to every log record that reaches a handler it is on (`install_redaction`: the
-  worker's root and task-logger handlers, so third-party loggers' records and traceback text too). httpx
+  worker's root and task-logger handlers, the HTTP app's uvicorn loggers; so third-party loggers' records
+  and traceback text too), to the arguments in place (a formatter may read them: uvicorn's access line),
+  and never drops or breaks a record. httpx
   logs every request's full URL at INFO, and the OAuth refresh (a GET, as Bitrix24 documents it) carries
   client_secret and refresh_token in its query: `workers.celery` turns httpx's request lines off (b24q's
   observer hooks report requests without URLs); a user who turns them on gets them masked.
@@ -20,8 +23,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,9 +36,20 @@ MASK = "***"
 
 #: what a secret is called: OAuth fields, the install's form fields (`AUTH_ID`, `REFRESH_ID`), REST's `auth`
 _NAMES = r"client_secret|refresh_token|access_token|application_token|auth_id|refresh_id|auth|password"
+#: what else names a secret in a URL's query: API keys and tokens a client put there. b24q takes its API keys
+#: only in headers, but the access log shows whatever URL was requested.
+_QUERY_NAMES = (
+    r"api[_-]?key|x-api-key|access[_-]?key|secret[_-]?key|private[_-]?key|key|auth[_-]?token|id_token|token"
+    r"|secret|signature|sig|passwd|pwd"
+)
+#: a parameter name starts a word (`key=`, not `monkey=`; `code=`, not `error_code=`), or follows an encoded
+#: `[`, `?` or `&` (`auth%5Baccess_token%5D=`, a URL inside a parameter)
+_NAME_START = r"(?:(?<![\w-])|(?<=%5B)|(?<=%3F)|(?<=%26))"
 #: query and form parameters (and an OAuth `code=`), PHP-bracket ones too (`auth[access_token]=…`,
 #: `auth%5Baccess_token%5D=…`: the install and event POSTs Bitrix24 sends)
-_SECRET_PARAM = re.compile(rf"((?:{_NAMES}|code)(?:\]|%5D)?(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    rf"({_NAME_START}(?:{_NAMES}|{_QUERY_NAMES}|code)(?:\]|%5D)?(?:=|%3D))[^&\s\"'<>]+", re.IGNORECASE
+)
 #: the same secrets as JSON or Python-repr fields: `"access_token": "…"`, `'refresh_token': '…'` (event payloads,
 #: OAuth answers and auth blocks that end up in an exception's text), REST's `{"auth": "…"}`, and JSON inside a
 #: JSON string (`\"access_token\": \"…\"`). (A `"code"` field is an SMS provider's name, not a secret.)
@@ -50,21 +66,69 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
 
 
+def _is_clean(text: str) -> bool:
+    return redact(text) == text
+
+
+def _redacted(value: Any) -> Any:
+    """A log argument with its secrets masked: a string redacted, an object whose text carries a secret (an
+    `httpx.URL`) replaced by that text redacted, anything else (numbers, clean objects) as it is."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = str(value)
+    clean = redact(text)
+    return value if clean == text else clean
+
+
+def _masked(value: Any) -> Any:
+    """A log argument replaced by the mask unless it is a number: for a secret split across arguments."""
+    return value if value is None or isinstance(value, bool | int | float) else MASK
+
+
+def _map_args(args: Any, change: Callable[[Any], Any]) -> Any:
+    if isinstance(args, tuple):
+        return tuple(change(a) for a in args)
+    if isinstance(args, Mapping):
+        return {k: change(v) for k, v in args.items()}
+    return change(args)
+
+
+def _redact_message(record: logging.LogRecord) -> None:
+    message = record.getMessage()
+    if _is_clean(message):
+        return
+    if not record.args:
+        record.msg = redact(message)
+        return
+    # the template and the arguments' shape stay: a formatter may read the arguments (uvicorn's access
+    # formatter unpacks a 5-tuple), and a redacted template could lose its placeholders
+    args = record.args
+    for change in (_redacted, _masked):
+        record.args = _map_args(args, change)
+        if _is_clean(record.getMessage()):
+            return
+    record.msg, record.args = redact(message), None  # the secret is in the template itself
+
+
 class RedactSecrets(logging.Filter):
-    """A handler filter: the message (with its arguments) and any traceback text are redacted."""
+    """A handler filter: the message (its arguments redacted in place) and any traceback text are redacted.
+
+    It never drops a record nor raises: a filter that raises loses the line and prints a traceback instead
+    (on uvicorn's access logger, one per request, for any client that puts `access_token=` in a URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        with contextlib.suppress(Exception):
+            _redact_message(record)
         try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+        except Exception as exc:  # set, so that the handler's formatter does not fail on it in turn
+            record.exc_text = f"(the traceback could not be formatted: {type(exc).__name__})"
+        with contextlib.suppress(Exception):
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text)
         return True
 
 

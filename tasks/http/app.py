@@ -16,8 +16,9 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from tasks.http import appside, intake
 from tasks.http.body import BodyTooLarge
@@ -27,6 +28,8 @@ from workers.observe.metrics import Metrics
 from workers.redaction import install_redaction
 from workers.runtime import Runtime, get_runtime
 
+log = logging.getLogger(__name__)
+
 #: the loggers whose handlers get the redaction filter: the root logger and uvicorn's
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -35,6 +38,11 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     """The app, reading the process's `Runtime` through `runtime` (tests pass their own)."""
     registry = CollectorRegistry()
     metrics = Metrics(registry, portal_labels=0)
+    disconnects = Counter(
+        "b24q_http_client_disconnects",
+        "Requests whose client went away before sending its whole body",
+        registry=registry,
+    )
     lock = threading.Lock()
     state: dict[str, Runtime] = {}
 
@@ -66,6 +74,13 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
         return problem(413, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # no one is left to read an answer; a traceback per request would let any client flood the log
+        disconnects.inc()
+        log.debug("%s %s: the client went away before sending its whole body", request.method, request.url.path)
+        return problem(400, "the client went away before sending its whole body")
 
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))

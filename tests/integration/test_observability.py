@@ -184,10 +184,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                     "celery",
                     "-A",
                     "workers",
+                    f"--broker={stack.settings.redis_url}",  # Celery's option: before `flower`, or it is ignored
                     "flower",
                     f"--port={flower_port}",
                     "--address=127.0.0.1",
-                    f"--broker={stack.settings.redis_url}",
                 ],
                 env,
                 flower_log,
