@@ -171,14 +171,6 @@ class Lifecycle:
                 return self.rt.registry.get(key)
         return None
 
-    def _registered_by_hand(self, member_id: str, endpoint: str) -> Portal | None:
-        """A portal added with `b24q portal add` before the app was installed (no aliases yet): the install
-        takes it over rather than registering the same portal twice (two keys would be two buckets)."""
-        for portal in self.rt.registry.list():
-            if portal.kind == "oauth" and (portal.member_id == member_id or portal.endpoint == endpoint):
-                return portal
-        return None
-
     def _book_slot(self, portal: Portal) -> float:
         """Book a verification call's slot in the portal's bucket, as the lanes book theirs: the seconds
         until it comes (0 when the bucket has room now)."""
@@ -266,17 +258,14 @@ class Lifecycle:
             return Outcome("refused", detail=str(exc), status=403)
         except ConfigError as exc:
             return Outcome("refused", detail=str(exc), status=400)
-        # aliases only before the portal has verified the token: an unproven install costs a few reads
+        # by its names, a few reads (a portal added by hand has its member_id and domain as aliases too):
+        # never a scan of the registry, whatever an install claims
         existing = self._portal_of(auth) or self._portal_of({"domain": domain_of(endpoint)})
         if (refusal := self._install_refusal(existing, member_id, endpoint, auth)) is not None:
             return refusal
         info = self._verify(endpoint, access, existing)
         if info is None:
             return Outcome("refused", detail="the portal did not accept the install's token (app.info)", status=401)
-        if existing is None:  # a scan of the registry: only for a verified install
-            existing = self._registered_by_hand(member_id, endpoint)
-            if (refusal := self._install_refusal(existing, member_id, endpoint, auth)) is not None:
-                return refusal
         key = existing.key if existing is not None else member_id
         data = form.get("data") if isinstance(form.get("data"), Mapping) else {}
         version = str((data or {}).get("VERSION") or info.get("VERSION") or "")

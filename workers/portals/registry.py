@@ -226,9 +226,13 @@ class PortalRegistry:
         """Register an OAuth portal by hand (`b24q portal add`): the operator names its host, so any host
         passes; scheme, port and address still answer to `endpoints`."""
         endpoint = self.endpoints.check(client_endpoint, "client_endpoint", hosts=False)
-        return self._add_oauth(
+        portal = self._add_oauth(
             key, endpoint, access_token, refresh_token, expires, member_id, domain, plan, rate, burst
         )
+        # the app's install finds it by these (one read each) and takes it over instead of registering the
+        # portal a second time; names another portal already has stay its own
+        self.set_aliases(key, member_id, domain or domain_of(endpoint), replace=False)
+        return portal
 
     def _add_oauth(
         self,
@@ -331,13 +335,13 @@ class PortalRegistry:
         key = self._client.get(self._keys.alias(name))
         return key.decode() if key is not None else None
 
-    def set_aliases(self, key: str, *names: str) -> None:
+    def set_aliases(self, key: str, *names: str, replace: bool = True) -> None:
         """Let producers name the portal by these too (a domain, a member_id); a moved domain's old
-        name keeps pointing here until another portal takes it."""
+        name keeps pointing here until another portal takes it (`replace=False`: names taken stay)."""
         pipe = self._client.pipeline()
         for name in names:
             if name and name != key:
-                pipe.set(self._keys.alias(name), key)
+                pipe.set(self._keys.alias(name), key, nx=not replace)
         pipe.execute()
 
     def aliases(self, key: str) -> list[str]:
