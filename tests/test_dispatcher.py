@@ -360,3 +360,23 @@ def test_a_fill_that_sees_no_new_call_gives_up(settings: Settings, rclient: redi
         assert call.done.wait(15) and isinstance(call.outcome, CallResult)
     assert time.monotonic() - started < 5  # not the 10 s of fill_max
     assert [len(r["cmd"]) for r in portal.requests] == [10]
+
+
+def test_a_quiet_portal_keeps_no_thread(settings: Settings, rclient: redis.Redis) -> None:
+    """Thousands of portals, most quiet: a lane's sender thread ends as soon as its portal has nothing to send,
+    so threads follow the jobs waiting, not the portals that ever had one."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    names = [f"p{i}" for i in range(60)]
+    for name in names:
+        rt.registry.add_oauth(name, f"https://{name}.bitrix24.com/rest/", "A0", "R0", time.time() + 3600)
+    for name in names:  # one job each, one after another: a quiet portal's lone call
+        assert isinstance(
+            rt.dispatcher.run(name, "im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1}, 5), CallResult
+        )
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("b24q-lane-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lanes = [t.name for t in threading.enumerate() if t.name.startswith("b24q-lane-")]
+    assert not lanes, f"{len(lanes)} quiet portals kept a thread"
+    assert len(portal.requests) == len(names)

@@ -1,5 +1,9 @@
 """A lane: one portal's queue of calls in this process, and the thread that sends them as batches.
 
+The thread lives while the lane has calls of this process to send (it ends when the lane is empty), so
+lanes' threads never outnumber the jobs waiting on them: at most the worker's concurrency, whatever the
+number of portals.
+
 Every worker thread running a job hands its call to the portal's lane and waits for the outcome. The
 lane's sender thread reserves a slot from the pool-wide limiter, and while it waits for that slot more
 calls arrive, so each slot carries up to 50 of them in one `batch` (one unit of the portal's bucket).
@@ -81,7 +85,9 @@ class LaneConfig:
         gather_max: the longest it keeps gathering while calls keep arriving.
         merge_max: most items one merged call carries (1 turns merging off).
         max_reserve: the longest wait a lane books a slot for (keeps reservations short).
-        idle_exit: seconds without calls after which the sender thread ends.
+        idle_exit: seconds without calls after which the sender thread ends (0: as soon as the lane has
+            nothing to send, so that a quiet portal costs no thread: at thousands of portals, most quiet, a
+            thread kept per portal that sent recently was a thousand threads per worker).
         fill_max: the longest a booked slot waits for a full batch while more of the portal's jobs are
             known to be coming (and never longer than its slack: the bucket loses nothing meanwhile).
     """
@@ -91,7 +97,7 @@ class LaneConfig:
     gather_max: float = 0.25
     merge_max: int = 50
     max_reserve: float = 5.0
-    idle_exit: float = 30.0
+    idle_exit: float = 0.0
     fill_max: float = 1.0
 
 
