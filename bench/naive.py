@@ -5,7 +5,7 @@ Celery's per-worker `rate_limit` set to the portal's rate, default (early) acks,
 batching. Run it as `celery -A bench.naive worker --pool threads -c 8 -Q naive` on the same Redis as
 the stack (`B24Q_REDIS_URL`); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none).
 
-It deliberately imports nothing from b24q. The only additions are the two signal handlers at the
+It deliberately imports nothing from b24q. The only additions are the signal handlers at the
 bottom, which count outcomes in Redis so the benchmark knows when the run is over; the task itself
 does not see them. It does share one pooled `httpx.Client` per process (the kinder baseline: a
 fresh connection per call would make it slower still).
@@ -20,11 +20,13 @@ from typing import Any
 import httpx
 import redis
 from celery import Celery
-from celery.signals import task_failure, task_success
+from celery.signals import task_failure, task_postrun, task_success
 
 QUEUE = "naive"
 #: Redis hash the signal handlers count outcomes in: ok, failed, last (time of the last outcome).
 OUTCOMES = "bench:naive:outcomes"
+#: Redis list of seconds from enqueue to the task's end, for messages sent with a `sent_at` header.
+LATENCIES = "bench:naive:latencies"
 
 app = Celery("naive", broker=os.environ.get("B24Q_REDIS_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
@@ -90,3 +92,10 @@ def _on_success(**_: Any) -> None:
 @task_failure.connect(sender=call)
 def _on_failure(**_: Any) -> None:
     _count("failed")
+
+
+@task_postrun.connect(sender=call)
+def _on_done(task: Any = None, **_: Any) -> None:
+    sent_at = task.request.get("sent_at") if task is not None else None
+    if sent_at and _redis is not None:
+        _redis.rpush(LATENCIES, repr(time.time() - float(sent_at)))

@@ -33,6 +33,7 @@ from bench.scenarios import (
     producer,
     raw,
     saturation,
+    scale,
 )
 from bench.stack import MachineLoad, log
 
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "memory": memory.run,
     "thousand": many.thousand,
     "installs": installs.run,
+    "scale": scale.run,
 }
 
 

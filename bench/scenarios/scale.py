@@ -1,0 +1,197 @@
+"""Thousands of portals at the cost of a few (issue 21): one offered load, spread over N portals.
+
+A gateway reports 200 message statuses a second for 30 s, one enqueue per report as it learns them, each to
+a portal drawn at random from N (N = 10, 100, 1,000, 10,000; --quick: 10, 1,000 and 15 s), portal latency
+50 ms, standard plan. b24q: 2 workers at the default concurrency (B24Q_WORKER_CONCURRENCY, 128 threads);
+then, on the same stack and portals, the naive task (`bench.naive`: one httpx POST per job, no limiter) on
+2 workers of 16 threads, fed the same reports. Per N and per design: worker CPU per job, requests per job,
+peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s.
+
+With 10 portals each gets 20 reports/s, past what one request a slot could carry unbatched (the naive task
+loses jobs to 503s there); with 1,000 each gets one every 5 s: quiet portals, each job its own request.
+Portals are registered through the emulator's admin API (installs are timed by `bench.run installs`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bench import naive
+from bench.baseline import NaiveWorkers
+from bench.profiler import start_workers
+from bench.report import Table, fmt, percentile
+from bench.scenarios import Options
+from bench.scenarios.many import PeakSampler
+from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, records
+from tasks.jobs import STATUS_UPDATE
+from tasks.producer import enqueue
+
+RATE_PER_S = 200
+LATENCY = 0.05
+SENDER = "scalesms"
+
+
+def paced(seconds: float, every: float, send: Callable[[int], None]) -> int:
+    """Call `send(i)` every `every` s for `seconds` (catching up if late); how many were sent."""
+    start = time.monotonic()
+    i = 0
+    while True:
+        due = start + i * every
+        if due - start >= seconds:
+            return i
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        send(i)
+        i += 1
+
+
+def run(opts: Options) -> list[Table]:
+    sizes = (10, 1000) if opts.quick else (10, 100, 1000, 10000)
+    seconds = 15.0 if opts.quick else 30.0
+    table = Table(
+        f"scale: {RATE_PER_S} status reports/s for {seconds:g} s over N portals (50 ms latency), "
+        "b24q (2 workers, default concurrency) and the naive task (2 workers x 16 threads)",
+        (
+            "N portals / design",
+            "CPU ms/job",
+            "requests/job",
+            "peak threads",
+            "peak RSS MB",
+            "p50 / p99 s",
+            "lost",
+            "503s",
+        ),
+    )
+    for n in sizes:
+        for row in measure(opts, n, seconds):
+            table.add(*row)
+    table.note("CPU: the worker processes' user+system time over the jobs they ran (not the emulator's or Redis's)")
+    table.note("naive latency: enqueue -> the task's end; b24q's: the ledger's enqueue -> applied")
+    return [table]
+
+
+def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
+    rng = random.Random(n)
+    domains = [f"s{i:05d}.scale.test" for i in range(n)]
+    with bench_stack(log_dir=opts.dir_for(f"scale-{n}")) as stack:
+        log(f"scale: registering {n} portals")
+        infos: dict[str, dict[str, Any]] = {}
+        for domain in domains:
+            infos[domain] = add_portal(stack, domain, latency=LATENCY)
+            stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS"})
+        concurrency = stack.settings.worker_concurrency
+        start_workers(stack, 2, concurrency, opts.profile_dir(f"scale-{n}"))
+        before = {d: stack.emulator.state(d)["counters"] for d in domains}
+
+        # b24q
+        ids: list[str] = []
+        meter = CpuMeter({w.name: w.process.pid for w in stack.workers})
+        cpu0 = meter.sample()
+        with PeakSampler([w.process.pid for w in stack.workers]) as peak:
+
+            def report(i: int) -> None:
+                domain = domains[rng.randrange(n)]
+                payload = {"portal": domain, "code": SENDER, "message_id": f"m{i}", "status": "delivered"}
+                ids.append(enqueue(STATUS_UPDATE.name, payload))
+
+            sent = paced(seconds, 1.0 / RATE_PER_S, report)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if all(r.state in DONE for r in records(ids)):
+                    break
+                time.sleep(0.5)
+        cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
+        recs = records(ids)
+        middle = {d: stack.emulator.state(d)["counters"] for d in domains}
+        b24q_row = row(
+            f"{n} / b24q",
+            cpu,
+            sent,
+            requests(before, middle),
+            peak,
+            [r.latency for r in recs if r.state == "applied"],
+            sum(r.state not in DONE for r in recs),
+            refused(before, middle),
+        )
+        for worker in stack.workers:
+            worker.stop()
+
+        # the naive task, same portals, same reports
+        workers = NaiveWorkers(stack, count=2, threads=16, rate_limit="")
+        try:
+            workers.wait_ready()
+            naive.configure(stack.settings.redis_url)
+            client = redis.Redis.from_url(stack.settings.redis_url)
+            client.delete(naive.OUTCOMES, naive.LATENCIES)
+            meter = CpuMeter(workers.pids)
+            cpu0 = meter.sample()
+            with PeakSampler(list(workers.pids.values())) as naive_peak, naive.app.producer_or_acquire() as producer:
+                method = STATUS_UPDATE.method
+
+                def naive_report(i: int) -> None:
+                    domain = domains[rng.randrange(n)]
+                    info = infos[domain]
+                    params = STATUS_UPDATE.validate(
+                        {"portal": domain, "code": SENDER, "message_id": f"n{i}", "status": "delivered"}
+                    ).params()
+                    naive.call.apply_async(
+                        args=(info["client_endpoint"] + method, params, info["access_token"]),
+                        headers={"sent_at": time.time()},
+                        queue=naive.QUEUE,
+                        producer=producer,
+                    )
+
+                naive_sent = paced(seconds, 1.0 / RATE_PER_S, naive_report)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    raw = client.hgetall(naive.OUTCOMES)
+                    if int(raw.get(b"ok", 0)) + int(raw.get(b"failed", 0)) >= naive_sent:
+                        break
+                    time.sleep(0.2)
+            naive_cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
+            raw = client.hgetall(naive.OUTCOMES)
+            latencies = [float(x) for x in client.lrange(naive.LATENCIES, 0, -1)]
+            after = {d: stack.emulator.state(d)["counters"] for d in domains}
+            naive_row = row(
+                f"{n} / naive",
+                naive_cpu,
+                naive_sent,
+                requests(middle, after),
+                naive_peak,
+                latencies,
+                naive_sent - int(raw.get(b"ok", 0)),
+                refused(middle, after),
+            )
+            client.close()
+        finally:
+            workers.stop()
+    return [b24q_row, naive_row]
+
+
+def requests(before: dict[str, Any], after: dict[str, Any]) -> int:
+    return sum(int(after[d]["requests"]) - int(before[d]["requests"]) for d in after)
+
+
+def refused(before: dict[str, Any], after: dict[str, Any]) -> int:
+    return sum(int(after[d]["refused_503"]) - int(before[d]["refused_503"]) for d in after)
+
+
+def row(
+    name: str, cpu: float, jobs: int, reqs: int, peak: PeakSampler, latencies: list[float], lost: int, r503: int
+) -> list[str]:
+    return [
+        name,
+        fmt(1000 * cpu / max(jobs, 1), 2),
+        fmt(reqs / max(jobs, 1), 2),
+        str(peak.threads),
+        fmt(peak.rss / 2**20, 0),
+        f"{fmt(percentile(latencies, 50), 2)} / {fmt(percentile(latencies, 99), 2)}",
+        str(lost),
+        str(r503),
+    ]
