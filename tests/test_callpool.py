@@ -61,7 +61,13 @@ def _two_processes(settings: Settings, rclient: redis.Redis, portal: FakePortal)
     two = Runtime(settings, rclient, transport=httpx.MockTransport(portal))
     assert one.dispatcher.pool is not None and two.dispatcher.pool is not None
     assert one.dispatcher.pool.worker_id != two.dispatcher.pool.worker_id
+    for rt in (one, two):  # a busy portal (a full batch of jobs unfinished pool-wide): calls go through the pool
+        rt.dispatcher.pressure = busy
     return one, two
+
+
+def busy(portal: str) -> tuple[int, int]:
+    return 1000, 0
 
 
 def _run_many(rt: Runtime, ids: range, out: dict[int, Any]) -> list[threading.Thread]:
@@ -205,7 +211,7 @@ def test_a_stopping_worker_answers_the_other_workers_calls_it_is_sending(
     (own,) = _run_many(stopping, range(1, 2), out)  # its own job: its lane takes both calls
     try:
         assert portal.arrived.wait(10)
-        lane = stopping.dispatcher.lanes()["acme"]
+        lane = stopping.dispatcher.lanes()[("acme", True)]  # (another worker's call waits in the pool)
         assert not lane.drain(0.2)  # the request is on the wire: the drain waits for it
     finally:
         portal.release.set()
@@ -220,3 +226,26 @@ def test_a_stopping_worker_answers_the_other_workers_calls_it_is_sending(
     assert lane._take() == []  # the lane is closed: it takes no other worker's call
     assert rclient.llen(Keys(settings.key_prefix).calls("acme")) == 1
     other.close()
+
+
+def test_a_quiet_portals_call_stays_in_its_process_and_a_busy_portals_goes_through_the_pool(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """The pool lets any worker's request carry any worker's calls: worth its round trips for a portal with
+    more jobs than a request carries, not for a quiet one (whose call would travel alone anyway)."""
+    portal = FakePortal()
+    rt = Runtime(settings, rclient, transport=httpx.MockTransport(portal))
+    rt.registry.add_oauth("acme", "https://acme.bitrix24.com/rest/", "A0", "R0", time.time() + 3600)
+    assert rt.dispatcher.pooled("acme") is False  # nothing unfinished, nothing waiting
+    result = rt.dispatcher.run("acme", "im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1}, 5)
+    assert isinstance(result, CallResult)
+    assert list(rt.dispatcher.lanes()) == [("acme", False)]
+    other = CallPool(rclient, Keys(settings.key_prefix), "other-worker")
+    other.submit("acme", Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 2}))
+    assert rt.dispatcher.pooled("acme") is True  # another worker's call waits: ours may share its request
+    rclient.delete(rt.keys.calls("acme"))
+    assert rt.dispatcher.pooled("acme") is False
+    rt.dispatcher.pressure = lambda key: (settings.batch_max, 0)  # a full batch unfinished pool-wide
+    assert rt.dispatcher.pooled("acme") is True
+    other.close()
+    rt.close()

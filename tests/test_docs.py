@@ -1,9 +1,12 @@
-"""The README documents every setting and every error code the code knows (no drift)."""
+"""The README documents every setting and every error code the code knows, and docs/security.md names only tests
+that exist (no drift)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from tests.mutants import MUTANTS
 from workers.errors import ACTIONS
 from workers.settings import Settings
 
@@ -24,3 +27,25 @@ def test_the_readme_carries_exactly_the_two_setup_commands() -> None:
     block = README.split("## Two commands on a fresh machine")[1].split("```sh")[1].split("```")[0]
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
     assert commands == ["make demo", "make test"]
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    """docs/security.md names, for each row, the test that shows it holds: each one must be there, or the row
+    claims a proof it does not have. `::name` right after `path::other` is a test of the same file; a mutant
+    named in a row is one `make mutants` knows."""
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "security.md").read_text()
+    missing = []
+    for row in (line for line in text.splitlines() if line.startswith("|")):
+        current = ""
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?[^`]*`", row):
+            if path:
+                current = path
+                if not (root / path).is_file():
+                    missing.append(path)
+            if name and current and f"def {name}(" not in (root / current).read_text():
+                missing.append(f"{current}::{name}")
+        for mutant in re.findall(r"mutant `([\w-]+)`", row):
+            if mutant not in {m.name for m in MUTANTS}:
+                missing.append(f"mutant {mutant}")
+    assert not missing, f"docs/security.md names tests that do not exist: {missing}"

@@ -97,7 +97,16 @@ class Runtime:
             in_flight_timeout=s.request_timeout * 2 + s.oauth_timeout * 4 + 30,
             pool=self.calls,
             share_max_rate=s.share_max_rate,
+            pressure=self._pressure,
         )
+
+    def _pressure(self, portal: str) -> tuple[int, int]:
+        """A portal's unfinished jobs pool-wide and calls waiting in the call pool, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.ledger.read_backlog(portal, pipe)
+        self.calls.read_depth(portal, pipe)
+        backlog, waiting = pipe.execute()
+        return int(backlog or 0), int(waiting or 0)
 
     def finish_sending(self) -> None:
         """A stopping worker (its own jobs done): let each lane finish the request on the wire and answer the

@@ -181,6 +181,10 @@ class CallPool:
     def depth(self, portal: str) -> int:
         return int(self._redis.llen(self._keys.calls(portal)))
 
+    def read_depth(self, portal: str, pipe: Any) -> None:
+        """Queue the read of `depth(portal)` in a pipeline."""
+        pipe.llen(self._keys.calls(portal))
+
     def take(self, portal: str, count: int) -> list[Call]:
         """Pop up to `count` calls; tell their owners who has them. Calls of a worker that died are
         dropped: the broker redelivers its jobs, so sending them would only apply them twice."""

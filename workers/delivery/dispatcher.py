@@ -1,16 +1,19 @@
 """The dispatcher: this process's lanes, one per portal, and the wait of a job for its call's outcome.
 
 Each job stays its own Celery task and is acknowledged only after its own outcome, so packing does not
-widen the window in which a crash loses work. A call for a rate-limited portal (rate at most
-`share_max_rate`) goes through the pool-wide call queue, so that any worker's lane holding a slot can
-send it; the job then watches the sender's heartbeat while it waits.
+widen the window in which a crash loses work. A call for a busy rate-limited portal (rate at most
+`share_max_rate`, and a full batch of its jobs unfinished pool-wide, or calls of other workers already
+waiting in the pool) goes through the pool-wide call queue, so that any worker's lane holding a slot can
+send it; the job then watches the sender's heartbeat while it waits. A quiet portal's call stays in this
+process: packing across processes gains nothing for it, and the pool's round trips and hand-offs were most
+of what a quiet portal's job cost (bench.run scale).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from workers.bitrix.client import CallResult
@@ -29,7 +32,10 @@ class Dispatcher:
         config: how lanes pack (`LaneConfig`).
         in_flight_timeout: the longest a job waits for a sent call's outcome (a guard against a bug).
         pool: the pool-wide call lists (`workers.delivery.callpool`); used for portals whose rate is at
-            most `share_max_rate` requests/s, so that every request carries calls from any worker.
+            most `share_max_rate` requests/s while they are busy, so that every request carries calls from
+            any worker.
+        pressure: a portal's (unfinished jobs pool-wide, calls waiting in the pool), read in one round trip;
+            without it every call of a rate-limited portal goes through the pool.
     """
 
     def __init__(
@@ -39,26 +45,39 @@ class Dispatcher:
         in_flight_timeout: float = 300.0,
         pool: CallPool | None = None,
         share_max_rate: float = 0.0,
+        pressure: Callable[[str], tuple[int, int]] | None = None,
     ) -> None:
         self.wire = wire
         self.config = config or LaneConfig()
         self.in_flight_timeout = in_flight_timeout
         self.pool = pool
         self.share_max_rate = share_max_rate
-        self._lanes: dict[str, Lane] = {}
+        self.pressure = pressure
+        self._lanes: dict[tuple[str, bool], Lane] = {}
         self._lock = threading.Lock()
 
-    def lane(self, portal_key: str) -> Lane:
+    def pooled(self, portal_key: str) -> bool:
+        """Does a call for this portal go through the pool-wide call queue now?"""
+        if self.pool is None or self.share_max_rate <= 0:
+            return False
+        portals = self.wire.portals
+        if not 0 < portals.limits(portals(portal_key)).our_rate <= self.share_max_rate:
+            return False
+        if self.pressure is None:
+            return True
+        backlog, waiting = self.pressure(portal_key)
+        return waiting > 0 or backlog >= self.config.batch_max
+
+    def lane(self, portal_key: str, pooled: bool | None = None) -> Lane:
+        """The portal's lane that sends through the pool (`pooled`), or its lane of this process alone;
+        by default the one a call for it takes now."""
+        if pooled is None:
+            pooled = self.pooled(portal_key)
         with self._lock:
-            lane = self._lanes.get(portal_key)
-        if lane is None:
-            pool = None
-            if self.pool is not None and self.share_max_rate > 0:
-                portals = self.wire.portals
-                rate = portals.limits(portals(portal_key)).our_rate
-                pool = self.pool if 0 < rate <= self.share_max_rate else None
-            with self._lock:
-                lane = self._lanes.setdefault(portal_key, Lane(portal_key, self.wire, self.config, pool))
+            lane = self._lanes.get((portal_key, pooled))
+            if lane is None:
+                pool = self.pool if pooled else None
+                lane = self._lanes[(portal_key, pooled)] = Lane(portal_key, self.wire, self.config, pool)
         return lane
 
     def run(
@@ -115,12 +134,14 @@ class Dispatcher:
         """Every lane finishes the round under way and takes no more calls (`Lane.drain`); the portals whose
         lanes were still busy after `timeout` s."""
         deadline = time.monotonic() + timeout
-        return [key for key, lane in self.lanes().items() if not lane.drain(max(0.0, deadline - time.monotonic()))]
+        busy = {key for (key, _), lane in self.lanes().items() if not lane.drain(max(0.0, deadline - time.monotonic()))}
+        return sorted(busy)
 
     def forget(self, portal_key: str) -> None:
         """Drop any cached copy of the portal's record (its tokens changed)."""
         self.wire.portals.forget(portal_key)
 
-    def lanes(self) -> dict[str, Lane]:
+    def lanes(self) -> dict[tuple[str, bool], Lane]:
+        """Every lane by (portal, whether it sends through the pool)."""
         with self._lock:
             return dict(self._lanes)
