@@ -13,15 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from tasks.http import appside, intake
 from tasks.http.body import BodyTooLarge
-from tasks.http.problems import problem
+from tasks.http.problems import answer_refusals, problem, responses
 from workers.events import add_observer, remove_observer
 from workers.observe.metrics import Metrics
 from workers.redaction import install_redaction
@@ -67,6 +66,7 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
         return problem(413, str(exc))
 
+    answer_refusals(app)
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))
     intake.document(app)
@@ -75,15 +75,23 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.get("/readyz", tags=["operations"], summary="Redis answers")
-    async def readyz() -> Response:
-        try:
-            await run_in_threadpool(rt().redis.ping)
-        except (redis.RedisError, OSError):
-            return problem(503, "Redis does not answer")
-        return JSONResponse({"ok": True})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Redis answers",
+        responses=responses({503: "Redis does not answer."}),
+    )
+    async def readyz() -> dict[str, Any]:
+        await run_in_threadpool(rt().redis.ping)  # not answering: 503 (`answer_refusals`)
+        return {"ok": True}
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process (events, moves)")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics of this process (events, moves)",
+        response_class=PlainTextResponse,
+        response_description="The Prometheus text format.",
+    )
     def prometheus() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

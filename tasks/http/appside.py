@@ -16,10 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from tasks.http.body import read_body
-from tasks.http.problems import problem
+from tasks.http.problems import problem, responses
 from tasks.lifecycle import Lifecycle
 from workers.bitrix import querystring
 from workers.runtime import Runtime
@@ -35,26 +36,122 @@ def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
         return None
 
 
+# --- the contract, for the OpenAPI document ----------------------------------------------------------------
+
+
+class EventAnswer(BaseModel):
+    """What an event led to (`tasks.lifecycle.Outcome`)."""
+
+    result: str = Field(description="applied, or ignored (nothing to do: an unknown portal, no newer tokens)")
+    portal: str = Field(description="The portal's key in the registry; empty when none was found.")
+    detail: str
+
+
+_REFUSALS = {
+    400: "The body is not a form or a JSON object; or an install lacks member_id, client_endpoint or a token "
+    "pair, names a client_endpoint that is not an https URL, or was posted to /b24/install with another event.",
+    401: "The event's application_token does not match, or the portal did not accept its access token.",
+    403: "An install's client_endpoint is not a host in B24Q_PORTAL_HOSTS.",
+    409: "The portal's domain or member_id belongs to another registered portal.",
+    413: "The body is larger than B24Q_HTTP_MAX_BODY.",
+    503: "The portal could not confirm the token just now, or Redis does not answer.",
+}
+
+_TEXT = {"type": "string", "minLength": 1}
+#: An install as ONAPPINSTALL posts it (§7.1): what b24q needs to try the token, and nothing that would be
+#: refused before the portal is asked (an endpoint that is not https). The installer page's POST (`AUTH_ID`,
+#: `REFRESH_ID`, `member_id`; `DOMAIN` in the query string) is accepted too.
+_INSTALL_AUTH = {
+    "type": "object",
+    "required": ["member_id", "access_token", "refresh_token", "client_endpoint"],
+    "properties": {
+        "member_id": _TEXT,
+        "access_token": _TEXT,
+        "refresh_token": _TEXT,
+        "application_token": {"type": "string"},
+        "domain": {"type": "string"},
+        "client_endpoint": {"type": "string", "pattern": r"^https://[a-z0-9-]+(\.[a-z0-9-]+)+/rest/$"},
+    },
+}
+_INSTALL = {"enum": ["ONAPPINSTALL"], "description": "ONAPPINSTALL, or none (the installer page's POST)."}
+
+
+def _form(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
+    """`auth`'s fields as the PHP-bracket form keys Bitrix24 posts (`auth[member_id]`)."""
+    return {
+        "type": "object",
+        "required": [f"auth[{name}]" for name in auth.get("required", [])],
+        "properties": {"event": event, **{f"auth[{k}]": v for k, v in auth.get("properties", {}).items()}},
+    }
+
+
+def _body(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
+    json_schema = {"type": "object", "properties": {"event": event, "auth": auth}}
+    if auth.get("required"):
+        json_schema["required"] = ["auth"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": _form(event, auth)},
+                "application/json": {"schema": json_schema},
+            },
+        }
+    }
+
+
+#: Any event: whatever its fields hold, it is answered (an event it cannot prove or place is refused or
+#: ignored by `tasks.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
+_OBJECT = {
+    "type": "object",
+    "description": "`event` (ONAPPUNINSTALL, ONAPPUPDATE, ...), `auth` (member_id, domain, application_token, "
+    "tokens), `data`; as a PHP-bracket form (`auth[member_id]=...`) or JSON.",
+}
+_ANY_EVENT = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": _OBJECT}, "application/json": {"schema": _OBJECT}},
+    }
+}
+
+
 def router(runtime: Any) -> APIRouter:
     """The routes, given a callable that returns the process's `Runtime`."""
     api = APIRouter(tags=["Bitrix24 application"])
 
-    async def _handle(request: Request) -> Response:
+    async def _handle(request: Request, install: bool = False) -> Response:
         rt: Runtime = runtime()
         body = await read_body(request, rt.settings.http_max_body)
         form = _parse(request.headers.get("content-type", ""), body)
         if form is None:
             return problem(400, "the body is not a form (application/x-www-form-urlencoded) or JSON object")
+        if install:
+            # the install URL hears installs only (§7.1); with no event name it is the installer page's POST
+            if str(form.get("event") or "ONAPPINSTALL").upper() != "ONAPPINSTALL":
+                return problem(400, "the install handler takes installs (ONAPPINSTALL); events go to /b24/events")
+            form = {**form, "event": "ONAPPINSTALL"}
         outcome = await run_in_threadpool(Lifecycle(rt).handle, form, dict(request.query_params))
         if outcome.result == "refused":
             return problem(outcome.status, outcome.detail)
         return JSONResponse(outcome.as_dict())
 
-    @api.post("/b24/install", summary="The application's install handler (ONAPPINSTALL or the installer page)")
+    @api.post(
+        "/b24/install",
+        summary="The application's install handler (ONAPPINSTALL or the installer page)",
+        response_model=EventAnswer,
+        responses=responses(_REFUSALS),
+        openapi_extra=_body(_INSTALL, _INSTALL_AUTH),
+    )
     async def install(request: Request) -> Response:
-        return await _handle(request)
+        return await _handle(request, install=True)
 
-    @api.post("/b24/events", summary="The application's event handler (ONAPPUNINSTALL, ONAPPUPDATE, ...)")
+    @api.post(
+        "/b24/events",
+        summary="The application's event handler (ONAPPUNINSTALL, ONAPPUPDATE, ...)",
+        response_model=EventAnswer,
+        responses=responses(_REFUSALS),
+        openapi_extra=_ANY_EVENT,
+    )
     async def event(request: Request) -> Response:
         return await _handle(request)
 

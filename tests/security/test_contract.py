@@ -1,0 +1,136 @@
+"""The contract is the server: what `/openapi.json` says each route answers (codes, media types, bodies,
+headers) is what a real uvicorn server answers, to unknown paths and methods, and with Redis gone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tasks.http.problems import RETRY_UNAVAILABLE
+from tests.test_http_intake import (  # the fixtures: a real server on loopback, its Runtime and two portals
+    ACME,
+    KEY,
+    Server,
+    is_problem,
+    rt,
+    serve,
+    server,
+    settings,
+    status,
+)
+from workers.localdev.redisserver import RedisServer
+from workers.runtime import Runtime
+from workers.settings import Settings
+
+__all__ = ["rt", "serve", "server", "settings"]  # fixtures, imported for pytest
+
+
+def operations(server: Server) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every operation the app's OpenAPI document names."""
+    document = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    return [(method.upper(), path, op) for path, ops in document["paths"].items() for method, op in ops.items()]
+
+
+# --- Redis down: 503 problem+json on every route -----------------------------------------------------------
+
+#: A valid request for each operation of the document: its path (ids filled in) and what it sends.
+VALID: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("POST", "/v1/jobs"): ("/v1/jobs", {"json": status()}),
+    ("GET", "/v1/jobs"): ("/v1/jobs", {"params": {"ids": "a,b"}}),
+    ("GET", "/v1/jobs/{job_id}"): ("/v1/jobs/a", {}),
+    ("POST", "/v1/dead/{job_id}/replay"): ("/v1/dead/a/replay", {}),
+    ("POST", "/b24/install"): (
+        "/b24/install",
+        {
+            "data": {
+                "event": "ONAPPINSTALL",
+                "auth[member_id]": "m-acme",
+                "auth[access_token]": "access",
+                "auth[refresh_token]": "refresh",
+                "auth[application_token]": "app-token",
+                "auth[client_endpoint]": "https://acme.bitrix24.com/rest/",
+                "auth[domain]": "acme.bitrix24.com",
+            }
+        },
+    ),
+    ("POST", "/b24/events"): (
+        "/b24/events",
+        {"data": {"event": "ONAPPUNINSTALL", "auth[member_id]": ACME, "auth[application_token]": "app-token"}},
+    ),
+    ("GET", "/healthz"): ("/healthz", {}),
+    ("GET", "/readyz"): ("/readyz", {}),
+    ("GET", "/metrics"): ("/metrics", {}),
+}
+
+
+@pytest.fixture
+def gone(settings: Settings) -> Iterator[Settings]:
+    """Settings naming a redis-server of this test's own, killed before the test uses it (the session's stays)."""
+    own = RedisServer(appendonly=False).start()
+    try:
+        url = own.url
+        own.kill()
+        yield settings.model_copy(update={"redis_url": url})
+    finally:
+        own.close()
+
+
+@pytest.mark.parametrize("http_rate", [10.0, 0.0], ids=["key-limited", "unlimited"])
+def test_with_redis_down_every_route_answers_503_problem_json(
+    serve: Callable[[Runtime], Server], gone: Settings, http_rate: float
+) -> None:
+    """A key's rate is a Redis call before the route runs (an unlimited key skips it: then the route's own
+    calls meet the dead Redis); either way every route that needs Redis is 503 with Retry-After, /readyz
+    too, and only /healthz and /metrics, which do not need it, answer 200."""
+    import redis
+
+    dead = serve(Runtime(gone.model_copy(update={"http_rate": http_rate}), redis.Redis.from_url(gone.redis_url)))
+    with httpx.Client(base_url=dead.url, headers={"X-API-Key": KEY}, timeout=30) as client:
+        for method, path, operation in operations(dead):
+            url, request = VALID[(method, path)]
+            answer = client.request(method, url, **request)
+            if "503" in operation["responses"]:
+                assert is_problem(answer, 503), (method, path)
+                assert answer.headers["retry-after"] == str(RETRY_UNAVAILABLE)
+            else:
+                assert answer.status_code == 200, (method, path, answer.text)
+        assert {path for _, path, _ in operations(dead)} >= {"/v1/jobs", "/b24/install", "/readyz"}
+
+
+# --- 404 and 405 ----------------------------------------------------------------------------------------
+
+
+def test_unknown_paths_and_methods_are_problems_and_allow_names_every_method(server: Server) -> None:
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=30) as client:
+        is_problem(client.get("/no/such/path"), 404)
+        is_problem(client.get("/v1/jobs/a/b"), 404)
+        for method in ("OPTIONS", "PUT", "DELETE", "PATCH"):
+            answer = client.request(method, "/v1/jobs")
+            is_problem(answer, 405)
+            assert answer.headers["allow"] == "GET, POST", method  # two routes
+        answer = client.get("/b24/events")
+        assert is_problem(answer, 405) and answer.headers["allow"] == "POST"
+        answer = client.post("/healthz")
+        assert is_problem(answer, 405) and answer.headers["allow"] == "GET"
+
+
+# --- what the document declares ---------------------------------------------------------------------------
+
+
+def test_every_answer_is_declared_with_its_media_type(server: Server) -> None:
+    declared = {(m, p): op["responses"] for m, p, op in operations(server)}
+    assert set(declared[("GET", "/metrics")]["200"]["content"]) == {"text/plain"}
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for route in ("/b24/install", "/b24/events"):
+        responses = declared[("POST", route)]
+        assert set(responses) == {"200", "400", "401", "403", "409", "413", "503"}, route
+        assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EventAnswer"}
+        assert all(set(r["content"]) == {"application/problem+json"} for s, r in responses.items() if s != "200")
+    for (_, path), responses in declared.items():
+        if path.startswith("/v1/"):
+            assert {"401", "429", "503"} <= set(responses), path
+            assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
