@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tasks.http import appside, intake
 from tasks.http.body import BodyTooLarge
+from tasks.http.docs import serve_docs
 from tasks.http.problems import answer_refusals, problem, responses
 from workers.events import add_observer, remove_observer
 from workers.observe.metrics import Metrics
@@ -60,6 +61,8 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         summary="Delivers message-state updates to Bitrix24 portals: the application's back end.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by `serve_docs`, from the app itself
+        redoc_url=None,
     )
 
     @app.exception_handler(BodyTooLarge)
@@ -67,6 +70,7 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         return problem(413, str(exc))
 
     answer_refusals(app)
+    serve_docs(app)
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))
     intake.document(app)

@@ -1,14 +1,17 @@
 """The contract is the server: what `/openapi.json` says each route answers (codes, media types, bodies,
-headers) is what a real uvicorn server answers, to unknown paths and methods, and with Redis gone."""
+headers) is what a real uvicorn server answers, to unknown paths and methods, and with Redis gone; and the
+documentation pages work with no internet access."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tasks.http.docs import ASSETS
 from tasks.http.problems import RETRY_UNAVAILABLE
 from tests.test_http_intake import (  # the fixtures: a real server on loopback, its Runtime and two portals
     ACME,
@@ -134,3 +137,32 @@ def test_every_answer_is_declared_with_its_media_type(server: Server) -> None:
         if path.startswith("/v1/"):
             assert {"401", "429", "503"} <= set(responses), path
             assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
+
+
+# --- /docs and /redoc offline ------------------------------------------------------------------------------
+
+
+def test_docs_pages_load_every_asset_from_the_app_itself(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        loaded: set[str] = set()
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+            urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html.text)
+            urls += re.findall(r"""url:\s*['"]([^'"]+)['"]""", html.text)  # the document Swagger UI loads
+            assert urls, page
+            for url in urls:
+                assert not re.match(r"^(https?:)?//", url), f"{page} loads {url} from another host"
+                answer = client.get(url)
+                assert answer.status_code == 200, url
+                loaded.add(url.rsplit("/", 1)[-1])
+                kind = answer.headers["content-type"]
+                if url.endswith(".js"):
+                    assert kind.startswith("text/javascript") and len(answer.content) > 100_000, url
+                elif url.endswith(".css"):
+                    assert kind.startswith("text/css"), url
+                elif url.endswith(".png"):
+                    assert kind == "image/png", url
+        assert set(ASSETS) <= loaded
+        assert is_problem(client.get("/docs/assets/..%2Fcore.py"), 404)
+        assert is_problem(client.get("/docs/assets/core.py"), 404)
