@@ -352,7 +352,15 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         responses=_answers(401, 422, 429, 503),
     )
     async def get_jobs(
-        ids: Annotated[str, Query(min_length=1, description=f"Job ids, comma-separated (up to {MAX_IDS}).")],
+        ids: Annotated[
+            str,
+            Query(
+                min_length=1,
+                description=f"Job ids, comma-separated (up to {MAX_IDS}).",
+                # at least one id: "," names none (the route counts them, the document says so)
+                json_schema_extra={"pattern": r"[^\s,]"},
+            ),
+        ],
         key: Caller,
     ) -> Response:
         wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))

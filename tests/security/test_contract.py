@@ -1,15 +1,25 @@
 """The contract is the server: what `/openapi.json` says each route answers (codes, media types, bodies,
-headers) is what a real uvicorn server answers, to unknown paths and methods, and with Redis gone; and the
+headers) is what a real uvicorn server answers, to requests schemathesis generates from it with every check
+it has (with a valid key, none and a wrong one), to unknown paths and methods, and with Redis gone; and the
 documentation pages work with no internet access."""
 
 from __future__ import annotations
 
 import re
+import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
 
 from tasks.http.docs import ASSETS
 from tasks.http.problems import RETRY_UNAVAILABLE
@@ -18,6 +28,7 @@ from tests.test_http_intake import (  # the fixtures: a real server on loopback,
     KEY,
     Server,
     is_problem,
+    queued,
     rt,
     serve,
     server,
@@ -29,6 +40,11 @@ from workers.runtime import Runtime
 from workers.settings import Settings
 
 __all__ = ["rt", "serve", "server", "settings"]  # fixtures, imported for pytest
+
+load_all_checks()
+#: Every check schemathesis has (status codes, content types, response schemas and headers conformance,
+#: positive data accepted, negative data refused, auth not ignored, ...), classes aside (stateful ones).
+ALL_CHECKS = [check for check in CHECKS.get_all() if callable(check) and not isinstance(check, type)]
 
 
 def operations(server: Server) -> list[tuple[str, str, dict[str, Any]]]:
@@ -166,3 +182,83 @@ def test_docs_pages_load_every_asset_from_the_app_itself(server: Server) -> None
         assert set(ASSETS) <= loaded
         assert is_problem(client.get("/docs/assets/..%2Fcore.py"), 404)
         assert is_problem(client.get("/docs/assets/core.py"), 404)
+
+
+# --- generated requests, every check --------------------------------------------------------------------
+
+WRONG = "b24q_" + "x" * 43
+
+
+#: A portal name as the job schemas take it: what a generated job names is pointed at a registered portal
+#: only if it is one, so that a job refused for its portal's form stays refused.
+PORTAL_NAME = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
+
+
+def _as_of_now(job: Any, valid: bool) -> None:
+    """Point a generated job at what the schema cannot say: which portals are registered (`acme`), and, if it
+    is a valid one, what time it is (`at` at most now; an invalid job's `at` may be what is wrong with it)."""
+    if not isinstance(job, dict):
+        return
+    if isinstance(job.get("portal"), str) and PORTAL_NAME.match(job["portal"]):
+        job["portal"] = ACME
+    at = job.get("at")
+    if valid and isinstance(at, float | int) and not isinstance(at, bool) and at > time.time():
+        job["at"] = time.time()
+
+
+def _without_credentials(case: Any) -> None:
+    """Remove the credentials schemathesis generated: the run's own are sent instead (or none), so that its
+    `ignored_auth` check knows them for the caller's and tries the route without them and with wrong ones."""
+    generated = case.headers or {}
+    case.headers = {k: v for k, v in generated.items() if k.lower() not in ("authorization", "x-api-key")}
+
+
+@pytest.mark.parametrize(("key", "runs"), [(KEY, 300), (None, 60), (WRONG, 60)], ids=["key", "no-key", "wrong-key"])
+def test_generated_requests_pass_every_check_and_refused_ones_touch_nothing(
+    server: Server, rt: Runtime, key: str | None, runs: int
+) -> None:
+    """Requests schemathesis generates from /openapi.json for every route, valid and invalid, answered as the
+    document says (every check of schemathesis: no 5xx, codes, media types, bodies and headers as declared,
+    valid input accepted, invalid refused); every refusal leaves the queue and the ledger as they were, and
+    every 202 enqueued each of its ids exactly once, and the same POST again (its Idempotency-Key) gets the same
+    ids and enqueues nothing. Valid posts are drawn more often, their jobs pointed at a registered portal and
+    their `at` kept from the future, so that some are accepted (derandomized: the same examples on every
+    run)."""
+    api = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    posts = api["/v1/jobs"]["POST"].as_strategy(GenerationMode.POSITIVE)
+    cases = st.one_of(posts, posts, api.as_strategy(GenerationMode.POSITIVE), api.as_strategy(GenerationMode.NEGATIVE))
+    credentials = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    seen: Counter[int] = Counter()
+
+    @examples(
+        max_examples=runs, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=cases, again=st.booleans())
+    def requests_from_the_document(case: Any, again: bool) -> None:
+        if case.method == "POST" and case.path == "/v1/jobs" and isinstance(case.body, dict | list):
+            for job in case.body if isinstance(case.body, list) else [case.body]:
+                _as_of_now(job, case.meta.generation.mode == GenerationMode.POSITIVE)
+        _without_credentials(case)
+        if "Idempotency-Key" in case.headers:  # each request its own key: a key reused is tried below
+            case.headers["Idempotency-Key"] = case.headers["Idempotency-Key"][:200] + uuid.uuid4().hex
+        before, records = queued(rt), rt.ledger.count()
+        response = case.call(base_url=server.url, headers=credentials)
+        seen[response.status_code] += 1
+        case.validate_response(response, checks=ALL_CHECKS, headers=credentials)
+        after = queued(rt)
+        if 400 <= response.status_code < 500:
+            assert after == before and rt.ledger.count() == records
+        if response.status_code == 202:
+            ids = response.json()["ids"]
+            assert after - before == Counter(dict.fromkeys(ids, 1))
+            if again and "Idempotency-Key" in case.headers:  # the same request again: the same ids, no job
+                retried = case.call(base_url=server.url, headers=credentials)
+                case.validate_response(retried, checks=ALL_CHECKS, headers=credentials)
+                assert retried.status_code == 202 and retried.json()["ids"] == ids
+                assert retried.headers.get("idempotent-replayed") == ["true"] and queued(rt) == after
+
+    requests_from_the_document()
+    if key == KEY:
+        assert seen[202] and seen[422] and seen[404], seen  # accepted, refused, and looked up
+    else:
+        assert seen[401] and not seen[202], seen
