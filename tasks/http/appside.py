@@ -48,8 +48,9 @@ class EventAnswer(BaseModel):
 
 
 _REFUSALS = {
-    400: "The body is not a form or a JSON object; or an install lacks member_id, client_endpoint or a token "
-    "pair, names a client_endpoint that is not an https URL, or was posted to /b24/install with another event.",
+    400: "The body is not a form or a JSON object, or is empty; or an install lacks member_id, client_endpoint or "
+    "a token pair, names a client_endpoint that is not an https URL, or was posted to /b24/install with another "
+    "event.",
     401: "The event's application_token does not match, or the portal did not accept its access token.",
     403: "An install's client_endpoint is not a host in B24Q_PORTAL_HOSTS.",
     409: "The portal's domain or member_id belongs to another registered portal.",
@@ -104,13 +105,16 @@ def _body(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
 #: ignored by `tasks.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
 _OBJECT = {
     "type": "object",
+    "minProperties": 1,
     "description": "`event` (ONAPPUNINSTALL, ONAPPUPDATE, ...), `auth` (member_id, domain, application_token, "
     "tokens), `data`; as a PHP-bracket form (`auth[member_id]=...`) or JSON.",
 }
+#: A form's fields are texts (a field with no text would not be sent at all)
+_FORM = {**_OBJECT, "additionalProperties": {"type": "string"}}
 _ANY_EVENT = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-www-form-urlencoded": {"schema": _OBJECT}, "application/json": {"schema": _OBJECT}},
+        "content": {"application/x-www-form-urlencoded": {"schema": _FORM}, "application/json": {"schema": _OBJECT}},
     }
 }
 
@@ -123,8 +127,8 @@ def router(runtime: Any) -> APIRouter:
         rt: Runtime = runtime()
         body = await read_body(request, rt.settings.http_max_body)
         form = _parse(request.headers.get("content-type", ""), body)
-        if form is None:
-            return problem(400, "the body is not a form (application/x-www-form-urlencoded) or JSON object")
+        if not form:  # nothing to read (an empty body, `{}`): refused before anything is looked up
+            return problem(400, "the body is not a form (application/x-www-form-urlencoded) or JSON object of fields")
         if install:
             # the install URL hears installs only (§7.1); with no event name it is the installer page's POST
             if str(form.get("event") or "ONAPPINSTALL").upper() != "ONAPPINSTALL":

@@ -5,11 +5,15 @@ documentation pages work with no internet access."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,6 +45,7 @@ from workers.settings import Settings
 
 __all__ = ["rt", "serve", "server", "settings"]  # fixtures, imported for pytest
 
+ROOT = Path(__file__).parent.parent.parent
 load_all_checks()
 #: Every check schemathesis has (status codes, content types, response schemas and headers conformance,
 #: positive data accepted, negative data refused, auth not ignored, ...), classes aside (stateful ones).
@@ -194,7 +199,7 @@ WRONG = "b24q_" + "x" * 43
 PORTAL_NAME = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
 
 
-def _as_of_now(job: Any, valid: bool) -> None:
+def as_of_now(job: Any, valid: bool) -> None:
     """Point a generated job at what the schema cannot say: which portals are registered (`acme`), and, if it
     is a valid one, what time it is (`at` at most now; an invalid job's `at` may be what is wrong with it)."""
     if not isinstance(job, dict):
@@ -237,7 +242,7 @@ def test_generated_requests_pass_every_check_and_refused_ones_touch_nothing(
     def requests_from_the_document(case: Any, again: bool) -> None:
         if case.method == "POST" and case.path == "/v1/jobs" and isinstance(case.body, dict | list):
             for job in case.body if isinstance(case.body, list) else [case.body]:
-                _as_of_now(job, case.meta.generation.mode == GenerationMode.POSITIVE)
+                as_of_now(job, case.meta.generation.mode == GenerationMode.POSITIVE)
         _without_credentials(case)
         if "Idempotency-Key" in case.headers:  # each request its own key: a key reused is tried below
             case.headers["Idempotency-Key"] = case.headers["Idempotency-Key"][:200] + uuid.uuid4().hex
@@ -262,3 +267,32 @@ def test_generated_requests_pass_every_check_and_refused_ones_touch_nothing(
         assert seen[202] and seen[422] and seen[404], seen  # accepted, refused, and looked up
     else:
         assert seen[401] and not seen[202], seen
+
+
+# --- the schemathesis command, every phase but the stateful one --------------------------------------------
+
+
+def test_the_schemathesis_command_with_all_checks_finds_nothing(server: Server) -> None:
+    """`schemathesis run --checks all` as a CI job would run it against the app, with its examples and coverage
+    phases too (the property test above draws from the fuzzing phase only): boundary values of every
+    parameter, missing required headers, and methods a path does not have (405 with an `Allow` that names
+    them). With a valid key (no key and a wrong one: the property test above). Bounded: a fixed seed and a
+    few examples per operation. Jobs pointed at a registered portal and
+    idempotency keys made unique by `tests.security.schemathesis_hooks`."""
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks=all",
+        "--phases=examples,coverage,fuzzing",
+        "--max-examples=15",
+        "--seed=24",
+        "--generation-deterministic",
+        "--workers=1",
+        "--no-color",
+        "--suppress-health-check=all",
+        f"--header=Authorization: Bearer {KEY}",
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.security.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
