@@ -272,7 +272,7 @@ def test_generated_requests_pass_every_check_and_refused_ones_touch_nothing(
 # --- the schemathesis command, every phase but the stateful one --------------------------------------------
 
 
-def test_the_schemathesis_command_with_all_checks_finds_nothing(server: Server) -> None:
+def test_the_schemathesis_command_with_all_checks_finds_nothing(server: Server, tmp_path: Path) -> None:
     """`schemathesis run --checks all` as a CI job would run it against the app, with its examples and coverage
     phases too (the property test above draws from the fuzzing phase only): boundary values of every
     parameter, missing required headers, and methods a path does not have (405 with an `Allow` that names
@@ -294,5 +294,6 @@ def test_the_schemathesis_command_with_all_checks_finds_nothing(server: Server) 
         f"--header=Authorization: Bearer {KEY}",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.security.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    # run in tmp_path: the command keeps what it replays in ./.schemathesis
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
