@@ -42,7 +42,10 @@ def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
 class EventAnswer(BaseModel):
     """What an event led to (`tasks.lifecycle.Outcome`)."""
 
-    result: str = Field(description="applied, or ignored (nothing to do: an unknown portal, no newer tokens)")
+    result: str = Field(
+        description="applied; ignored (nothing to do: an unknown portal, no newer tokens); or deferred (202: "
+        "proven later, when the portal can be asked)"
+    )
     portal: str = Field(description="The portal's key in the registry; empty when none was found.")
     detail: str
 
@@ -53,9 +56,15 @@ _REFUSALS = {
     "event.",
     401: "The event's application_token does not match, or the portal did not accept its access token.",
     403: "An install's client_endpoint is not a host in B24Q_PORTAL_HOSTS.",
-    409: "The portal's domain or member_id belongs to another registered portal.",
+    409: "The portal's domain or member_id belongs to another registered portal, or its app is uninstalled.",
     413: "The body is larger than B24Q_HTTP_MAX_BODY.",
-    503: "The portal could not confirm the token just now, or Redis does not answer.",
+    429: "The portal's budget for verifying unproven tokens is spent for now (Retry-After).",
+    503: "The portal could not confirm the token just now, too many events wait at once, or Redis does not answer.",
+}
+#: Answers that are not refusals: what the event led to (200), or that it will be proven later (202).
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    202: {"model": EventAnswer, "description": "Deferred: the event is proven once the portal can be asked."},
+    **responses(_REFUSALS),
 }
 
 _TEXT = {"type": "string", "minLength": 1}
@@ -143,7 +152,7 @@ def router(runtime: Any) -> APIRouter:
         "/b24/install",
         summary="The application's install handler (ONAPPINSTALL or the installer page)",
         response_model=EventAnswer,
-        responses=responses(_REFUSALS),
+        responses=_ANSWERS,
         openapi_extra=_body(_INSTALL, _INSTALL_AUTH),
     )
     async def install(request: Request) -> Response:
@@ -153,7 +162,7 @@ def router(runtime: Any) -> APIRouter:
         "/b24/events",
         summary="The application's event handler (ONAPPUNINSTALL, ONAPPUPDATE, ...)",
         response_model=EventAnswer,
-        responses=responses(_REFUSALS),
+        responses=_ANSWERS,
         openapi_extra=_ANY_EVENT,
     )
     async def event(request: Request) -> Response:

@@ -1,1 +1,1 @@
-"""The public face: what forged, flooding, huge, slow or malformed requests cost"""
+"""The public face: what forged, flooding, huge, slow or malformed requests cost."""
