@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from tasks.http import appside, intake
 from tasks.http.body import BodyTooLarge
-from tasks.http.problems import problem
+from tasks.http.docs import serve_docs
+from tasks.http.problems import answer_refusals, problem, responses
 from workers.events import add_observer, remove_observer
 from workers.observe.metrics import Metrics
 from workers.redaction import install_redaction
@@ -69,6 +69,8 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         summary="Delivers message-state updates to Bitrix24 portals: the application's back end.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by `serve_docs`, from the app itself
+        redoc_url=None,
     )
 
     @app.exception_handler(BodyTooLarge)
@@ -82,6 +84,8 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         log.debug("%s %s: the client went away before sending its whole body", request.method, request.url.path)
         return problem(400, "the client went away before sending its whole body")
 
+    answer_refusals(app)
+    serve_docs(app)
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))
     intake.document(app)
@@ -90,15 +94,23 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.get("/readyz", tags=["operations"], summary="Redis answers")
-    async def readyz() -> Response:
-        try:
-            await run_in_threadpool(rt().redis.ping)
-        except (redis.RedisError, OSError):
-            return problem(503, "Redis does not answer")
-        return JSONResponse({"ok": True})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Redis answers",
+        responses=responses({503: "Redis does not answer."}),
+    )
+    async def readyz() -> dict[str, Any]:
+        await run_in_threadpool(rt().redis.ping)  # not answering: 503 (`answer_refusals`)
+        return {"ok": True}
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process (events, moves)")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics of this process (events, moves)",
+        response_class=PlainTextResponse,
+        response_description="The Prometheus text format.",
+    )
     def prometheus() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

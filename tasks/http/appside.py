@@ -22,9 +22,10 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from tasks.http.body import parse_json, read_body
-from tasks.http.problems import problem
+from tasks.http.problems import problem, responses
 from tasks.lifecycle import Lifecycle
 from workers.bitrix import querystring
 from workers.runtime import Runtime
@@ -45,19 +46,116 @@ def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
         return None
 
 
+# --- the contract, for the OpenAPI document ----------------------------------------------------------------
+
+
+class EventAnswer(BaseModel):
+    """What an event led to (`tasks.lifecycle.Outcome`)."""
+
+    result: str = Field(
+        description="applied; ignored (nothing to do: an unknown portal, no newer tokens); or deferred (202: "
+        "proven later, when the portal can be asked)"
+    )
+    portal: str = Field(description="The portal's key in the registry; empty when none was found.")
+    detail: str
+
+
+_REFUSALS = {
+    400: "The body is not a form or a JSON object, or is empty; or an install lacks member_id, client_endpoint or "
+    "a token pair, names a client_endpoint that is not an https URL, or was posted to /b24/install with another "
+    "event.",
+    401: "The event's application_token does not match, or the portal did not accept its access token.",
+    403: "An install's client_endpoint is not a host in B24Q_PORTAL_HOSTS.",
+    409: "The portal's domain or member_id belongs to another registered portal, or its app is uninstalled.",
+    413: "The body is larger than B24Q_HTTP_MAX_BODY.",
+    429: "The portal's budget for verifying unproven tokens is spent for now (Retry-After).",
+    503: "The portal could not confirm the token just now, too many events wait at once, or Redis does not answer.",
+}
+#: Answers that are not refusals: what the event led to (200), or that it will be proven later (202).
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    202: {"model": EventAnswer, "description": "Deferred: the event is proven once the portal can be asked."},
+    **responses(_REFUSALS),
+}
+
+_TEXT = {"type": "string", "minLength": 1}
+#: An install as ONAPPINSTALL posts it (§7.1): what b24q needs to try the token, and nothing that would be
+#: refused before the portal is asked (an endpoint that is not https). The installer page's POST (`AUTH_ID`,
+#: `REFRESH_ID`, `member_id`; `DOMAIN` in the query string) is accepted too.
+_INSTALL_AUTH = {
+    "type": "object",
+    "required": ["member_id", "access_token", "refresh_token", "client_endpoint"],
+    "properties": {
+        "member_id": _TEXT,
+        "access_token": _TEXT,
+        "refresh_token": _TEXT,
+        "application_token": {"type": "string"},
+        "domain": {"type": "string"},
+        "client_endpoint": {"type": "string", "pattern": r"^https://[a-z0-9-]+(\.[a-z0-9-]+)+/rest/$"},
+    },
+}
+_INSTALL = {"enum": ["ONAPPINSTALL"], "description": "ONAPPINSTALL, or none (the installer page's POST)."}
+
+
+def _form(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
+    """`auth`'s fields as the PHP-bracket form keys Bitrix24 posts (`auth[member_id]`)."""
+    return {
+        "type": "object",
+        "required": [f"auth[{name}]" for name in auth.get("required", [])],
+        "properties": {"event": event, **{f"auth[{k}]": v for k, v in auth.get("properties", {}).items()}},
+    }
+
+
+def _body(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
+    json_schema = {"type": "object", "properties": {"event": event, "auth": auth}}
+    if auth.get("required"):
+        json_schema["required"] = ["auth"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": _form(event, auth)},
+                "application/json": {"schema": json_schema},
+            },
+        }
+    }
+
+
+#: Any event: whatever its fields hold, it is answered (an event it cannot prove or place is refused or
+#: ignored by `tasks.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
+_OBJECT = {
+    "type": "object",
+    "minProperties": 1,
+    "description": "`event` (ONAPPUNINSTALL, ONAPPUPDATE, ...), `auth` (member_id, domain, application_token, "
+    "tokens), `data`; as a PHP-bracket form (`auth[member_id]=...`) or JSON.",
+}
+#: A form's fields are texts (a field with no text would not be sent at all)
+_FORM = {**_OBJECT, "additionalProperties": {"type": "string"}}
+_ANY_EVENT = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": _FORM}, "application/json": {"schema": _OBJECT}},
+    }
+}
+
+
 def router(runtime: Any) -> APIRouter:
     """The routes, given a callable that returns the process's `Runtime`."""
     api = APIRouter(tags=["Bitrix24 application"])
     threads: list[anyio.CapacityLimiter] = []  # made on first use, inside the server's event loop
     waiting = 0
 
-    async def _handle(request: Request) -> Response:
+    async def _handle(request: Request, install: bool = False) -> Response:
         nonlocal waiting
         rt: Runtime = runtime()
         body = await read_body(request, min(MAX_BODY, rt.settings.http_max_body))
         form = _parse(request.headers.get("content-type", ""), body)
-        if form is None:
-            return problem(400, "the body is not a form (application/x-www-form-urlencoded) or JSON object")
+        if not form:  # nothing to read (an empty body, `{}`): refused before anything is looked up
+            return problem(400, "the body is not a form (application/x-www-form-urlencoded) or JSON object of fields")
+        if install:
+            # the install URL hears installs only (§7.1); with no event name it is the installer page's POST
+            if str(form.get("event") or "ONAPPINSTALL").upper() != "ONAPPINSTALL":
+                return problem(400, "the install handler takes installs (ONAPPINSTALL); events go to /b24/events")
+            form = {**form, "event": "ONAPPINSTALL"}
         if not threads:
             threads.append(anyio.CapacityLimiter(rt.settings.http_event_concurrency))
         if waiting >= threads[0].total_tokens * (QUEUE_FACTOR + 1):
@@ -74,11 +172,23 @@ def router(runtime: Any) -> APIRouter:
             return problem(outcome.status, outcome.detail, headers)
         return JSONResponse(outcome.as_dict(), status_code=outcome.status)
 
-    @api.post("/b24/install", summary="The application's install handler (ONAPPINSTALL or the installer page)")
+    @api.post(
+        "/b24/install",
+        summary="The application's install handler (ONAPPINSTALL or the installer page)",
+        response_model=EventAnswer,
+        responses=_ANSWERS,
+        openapi_extra=_body(_INSTALL, _INSTALL_AUTH),
+    )
     async def install(request: Request) -> Response:
-        return await _handle(request)
+        return await _handle(request, install=True)
 
-    @api.post("/b24/events", summary="The application's event handler (ONAPPUNINSTALL, ONAPPUPDATE, ...)")
+    @api.post(
+        "/b24/events",
+        summary="The application's event handler (ONAPPUNINSTALL, ONAPPUPDATE, ...)",
+        response_model=EventAnswer,
+        responses=_ANSWERS,
+        openapi_extra=_ANY_EVENT,
+    )
     async def event(request: Request) -> Response:
         return await _handle(request)
 

@@ -27,8 +27,6 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-import kombu.exceptions
-import redis
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -41,7 +39,7 @@ from tasks import schema
 from tasks.http import apikeys
 from tasks.http.apikeys import ApiKey
 from tasks.http.body import NotJson, parse_json, read_body
-from tasks.http.problems import Problem, ProblemDocument, field_error, problem
+from tasks.http.problems import Problem, ProblemDocument, field_error, problem, responses
 from tasks.jobs import KINDS
 from tasks.producer import enqueue_many, replay
 from workers.errors import JobsRefused, PortalUninstalled
@@ -103,12 +101,7 @@ _WHY = {
 
 
 def _answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    content = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
-    out: dict[int | str, dict[str, Any]] = {s: {"description": _WHY[s], "content": content} for s in statuses}
-    if 429 in statuses:
-        seconds = {"description": "Seconds until the key's next request is allowed.", "schema": {"type": "integer"}}
-        out[429] = {**out[429], "headers": {"Retry-After": seconds}}
-    return out
+    return responses({s: _WHY[s] for s in statuses})
 
 
 class _ProblemRoute(APIRoute):
@@ -202,8 +195,6 @@ def _enqueue(rt: Runtime, key: ApiKey, items: list[Any], single: bool) -> list[s
         return enqueue_many(jobs, rt)
     except JobsRefused as exc:
         raise _refused(exc, len(jobs), single) from None
-    except (redis.RedisError, kombu.exceptions.OperationalError, OSError):
-        raise Problem(503, "the queue does not answer; try again", {"Retry-After": "1"}) from None
 
 
 def _state(record: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +334,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         response_model=JobState,
         summary="A job's state, attempts, last error and history",
         response_description="The job, as the ledger records it (no payload; secrets masked).",
-        responses=_answers(401, 404, 422, 429),
+        responses=_answers(401, 404, 422, 429, 503),
     )
     async def get_job(job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller) -> Response:
         rt = runtime()
@@ -357,10 +348,18 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         response_model=JobStates,
         summary=f"Many jobs' states at once (up to {MAX_IDS})",
         response_description="The jobs found, and the ids of those not found.",
-        responses=_answers(401, 422, 429),
+        responses=_answers(401, 422, 429, 503),
     )
     async def get_jobs(
-        ids: Annotated[str, Query(min_length=1, description=f"Job ids, comma-separated (up to {MAX_IDS}).")],
+        ids: Annotated[
+            str,
+            Query(
+                min_length=1,
+                description=f"Job ids, comma-separated (up to {MAX_IDS}).",
+                # at least one id: "," names none (the route counts them, the document says so)
+                json_schema_extra={"pattern": r"[^\s,]"},
+            ),
+        ],
         key: Caller,
     ) -> Response:
         wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
@@ -398,11 +397,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         responses=_answers(401, 404, 409, 422, 429, 503),
     )
     async def replay_dead(job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller) -> Response:
-        rt = runtime()
-        try:
-            ids = await run_in_threadpool(replay_one, rt, key, job_id)
-        except (redis.RedisError, kombu.exceptions.OperationalError, OSError):
-            raise Problem(503, "the queue does not answer; try again", {"Retry-After": "1"}) from None
+        ids = await run_in_threadpool(replay_one, runtime(), key, job_id)
         return JSONResponse({"ids": ids}, 202)
 
     return api
