@@ -295,15 +295,18 @@ def cmd_portal_list(args: argparse.Namespace) -> int:
         rows.append(
             [
                 p.key,
+                p.domain or "-",
                 p.kind,
                 p.state,
+                p.plan,
                 f"{limits.rate:g}/s burst {limits.burst}" if limits.rate > 0 else "unlimited",
                 _when(p.expires) if p.kind == "oauth" else "-",
                 rt.parking.count(p.key),
                 p.reason or "",
             ]
         )
-    print(text_table(rows, ["portal", "kind", "state", "limit", "token expires", "parked", "reason"]))
+    headers = ["portal", "domain", "kind", "state", "plan", "limit", "token expires", "parked", "reason"]
+    print(text_table(rows, headers))
     return 0
 
 
@@ -422,9 +425,16 @@ def cmd_apikey_new(args: argparse.Namespace) -> int:
 # --- dead letters --------------------------------------------------------------------------------
 
 
+def _portal_filter(rt: Runtime, name: str | None) -> str | None:
+    """The registry key of a --portal filter given by key, member_id, domain or alias (dead letters
+    record the key)."""
+    return (rt.registry.resolve(name) or name) if name else None
+
+
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    dead = get_runtime().dead
-    letters = list(dead.iter(args.portal, args.code, args.kind))
+    rt = get_runtime()
+    dead = rt.dead
+    letters = list(dead.iter(_portal_filter(rt, args.portal), args.code, args.kind))
     if args.json:
         _print_json([d.as_dict() for d in letters])
         return 0
@@ -450,7 +460,8 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
 
-    ids = args.ids or [d.id for d in get_runtime().dead.iter(args.portal, args.code, args.kind)]
+    rt = get_runtime()
+    ids = args.ids or [d.id for d in rt.dead.iter(_portal_filter(rt, args.portal), args.code, args.kind)]
     done: list[str] = []
     refused: list[tuple[str, JobRefused]] = []
     progress = Progress(len(ids), "replayed")
@@ -467,11 +478,12 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
-    dead = get_runtime().dead
+    rt = get_runtime()
+    dead = rt.dead
     if not (args.ids or args.all or args.portal or args.code or args.kind):
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
-    ids = args.ids or [d.id for d in dead.iter(args.portal, args.code, args.kind)]
+    ids = args.ids or [d.id for d in dead.iter(_portal_filter(rt, args.portal), args.code, args.kind)]
     print(f"purged {sum(dead.remove(i) for i in ids)}")
     return 0
 
@@ -592,9 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apikey_new)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default: Redis, emulator, workers, jobs")
-    p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=6000,
+        help="jobs to enqueue, of all four kinds (a message's 'sent' and final reports are two jobs)",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--keep", action="store_true", help="keep everything running at the end (for Flower)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep everything running at the end, start Flower, and print the lines to use it from another shell",
+    )
+    p.add_argument(
+        "--http-port", type=int, default=8024, help="port of the HTTP app on 127.0.0.1 (taken: any free one)"
+    )
+    p.add_argument("--flower-port", type=int, default=5555, help="port of Flower with --keep (taken: any free one)")
     p.set_defaults(func=demo.run)
     return parser
 
