@@ -10,10 +10,12 @@ itself; prints progress while the jobs run and a table of outcomes at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -295,11 +297,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nFlower: {flower.url}  (user {login.split(':')[0]}, password {login.split(':', 1)[1]})")
         print("--keep: everything stays up until Ctrl-C. To use it from another shell, paste:\n")
         print(paste_block(stack.settings.redis_url, api_key, http.url), flush=True)
-        try:
+        # Ctrl-C or a plain `kill`: either way the stack's processes are stopped, none left behind
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
     return _exit_code(outcome)
 
 
