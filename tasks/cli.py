@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -37,12 +38,14 @@ from tasks.schema import job_schema, job_schemas
 from workers.broker.recovery import Presence
 from workers.celery import app
 from workers.errors import B24QError, ConfigError, JobRefused
-from workers.observe import metrics, status
+from workers.observe import logs, metrics, status
 from workers.observe.status import text_table
 from workers.portals.crypto import generate_key
 from workers.redaction import redis_url
 from workers.runtime import Runtime, get_runtime
-from workers.settings import API_KEY_ENTRY
+from workers.settings import API_KEY_ENTRY, get_settings
+
+log = logging.getLogger("tasks.cli")
 
 
 def _print_json(data: Any) -> None:
@@ -383,10 +386,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = get_runtime().settings
     host = args.host or s.http_host
     port = s.http_port if args.port is None else args.port
-    print(
-        f"b24q serve: http://{host}:{port} (install: /b24/install, events: /b24/events, jobs: /v1, "
-        f"API document: /docs){'' if s.api_keys else '; /v1 answers 401 until B24Q_API_KEYS is set'}",
-        file=sys.stderr,
+    log.info(
+        "b24q serve: http://%s:%s (install: /b24/install, events: /b24/events, jobs: /v1, API document: /docs)%s",
+        host,
+        port,
+        "" if s.api_keys else "; /v1 answers 401 until B24Q_API_KEYS is set",
     )
     uvicorn.run(
         "tasks.http.app:app",
@@ -394,6 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         log_level="info",
+        log_config=logs.uvicorn_config(s.log_format),
         h11_max_incomplete_event_size=HEAD_LIMIT,
         http=server.PROTOCOL,
     )
@@ -631,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        logs.setup(get_settings().log_format)
         return int(args.func(args) or 0)
     except B24QError as exc:
         print(f"b24q: {exc}", file=sys.stderr)
