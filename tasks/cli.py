@@ -636,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logs.setup(get_settings().log_format)
+        if not logging.getLogger().handlers:  # a program that calls main() (a test) keeps its own logging
+            logs.setup(get_settings().log_format)
         return int(args.func(args) or 0)
     except B24QError as exc:
         print(f"b24q: {exc}", file=sys.stderr)
