@@ -171,8 +171,8 @@ def test_every_readme_block_runs_against_the_demo(demo: Demo, tmp_path: Path) ->
                 failures.append(f"{block}: not JSON: {exc}")
             continue
         if block.lang == "python":
-            (tmp_path / "snippet.py").write_text(text)
-            script = f"{demo.paste}\npython snippet.py\n"
+            (tmp_path / "produce.py").write_text(text)  # the name the README gives it
+            script = f"{demo.paste}\npython produce.py\n"
         elif block.lang == "js":
             (tmp_path / "post-job.mjs").write_text(text)  # the name the README gives it
             script = f"{demo.paste}\nnode post-job.mjs\n"
