@@ -282,14 +282,11 @@ def run(args: argparse.Namespace) -> int:
         sample = ids[0]
         print(f"One job's history: b24q job show {sample}")
         if not args.keep:
-            print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
             print(
-                f"Flower: B24Q_REDIS_URL={stack.settings.redis_url} FLOWER_BASIC_AUTH=ops:change-me "
-                "celery -A workers flower --address=127.0.0.1 --port=5555  (then http://127.0.0.1:5555)"
-            )
-            print(
-                "(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "
-                "the commands above and for Flower.)"
+                "The demo's Redis, emulator, HTTP app and workers stop now. `b24q demo --keep` keeps them up, starts "
+                "Flower (127.0.0.1, with a login)\nand prints the lines to paste so that the README's examples run "
+                "against them. Flower for a pool of your own (B24Q_REDIS_URL set):\n"
+                "  FLOWER_BASIC_AUTH=ops:change-me celery -A workers flower --address=127.0.0.1 --port=5555"
             )
             return _exit_code(outcome)
         login = f"ops:{secrets.token_urlsafe(12)}"
