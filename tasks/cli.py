@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -37,12 +38,14 @@ from tasks.schema import job_schema, job_schemas
 from workers.broker.recovery import Presence
 from workers.celery import app
 from workers.errors import B24QError, ConfigError, JobRefused
-from workers.observe import metrics, status
+from workers.observe import logs, metrics, status
 from workers.observe.status import text_table
 from workers.portals.crypto import generate_key
 from workers.redaction import redis_url
 from workers.runtime import Runtime, get_runtime
-from workers.settings import API_KEY_ENTRY
+from workers.settings import API_KEY_ENTRY, get_settings
+
+log = logging.getLogger("tasks.cli")
 
 
 def _print_json(data: Any) -> None:
@@ -295,15 +298,18 @@ def cmd_portal_list(args: argparse.Namespace) -> int:
         rows.append(
             [
                 p.key,
+                p.domain or "-",
                 p.kind,
                 p.state,
+                p.plan,
                 f"{limits.rate:g}/s burst {limits.burst}" if limits.rate > 0 else "unlimited",
                 _when(p.expires) if p.kind == "oauth" else "-",
                 rt.parking.count(p.key),
                 p.reason or "",
             ]
         )
-    print(text_table(rows, ["portal", "kind", "state", "limit", "token expires", "parked", "reason"]))
+    headers = ["portal", "domain", "kind", "state", "plan", "limit", "token expires", "parked", "reason"]
+    print(text_table(rows, headers))
     return 0
 
 
@@ -380,10 +386,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = get_runtime().settings
     host = args.host or s.http_host
     port = s.http_port if args.port is None else args.port
-    print(
-        f"b24q serve: http://{host}:{port} (install: /b24/install, events: /b24/events, jobs: /v1, "
-        f"API document: /docs){'' if s.api_keys else '; /v1 answers 401 until B24Q_API_KEYS is set'}",
-        file=sys.stderr,
+    log.info(
+        "b24q serve: http://%s:%s (install: /b24/install, events: /b24/events, jobs: /v1, API document: /docs)%s",
+        host,
+        port,
+        "" if s.api_keys else "; /v1 answers 401 until B24Q_API_KEYS is set",
     )
     uvicorn.run(
         "tasks.http.app:app",
@@ -391,6 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         log_level="info",
+        log_config=logs.uvicorn_config(s.log_format),
         h11_max_incomplete_event_size=HEAD_LIMIT,
         http=server.PROTOCOL,
     )
@@ -422,9 +430,16 @@ def cmd_apikey_new(args: argparse.Namespace) -> int:
 # --- dead letters --------------------------------------------------------------------------------
 
 
+def _portal_filter(rt: Runtime, name: str | None) -> str | None:
+    """The registry key of a --portal filter given by key, member_id, domain or alias (dead letters
+    record the key)."""
+    return (rt.registry.resolve(name) or name) if name else None
+
+
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    dead = get_runtime().dead
-    letters = list(dead.iter(args.portal, args.code, args.kind))
+    rt = get_runtime()
+    dead = rt.dead
+    letters = list(dead.iter(_portal_filter(rt, args.portal), args.code, args.kind))
     if args.json:
         _print_json([d.as_dict() for d in letters])
         return 0
@@ -450,7 +465,8 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
 
-    ids = args.ids or [d.id for d in get_runtime().dead.iter(args.portal, args.code, args.kind)]
+    rt = get_runtime()
+    ids = args.ids or [d.id for d in rt.dead.iter(_portal_filter(rt, args.portal), args.code, args.kind)]
     done: list[str] = []
     refused: list[tuple[str, JobRefused]] = []
     progress = Progress(len(ids), "replayed")
@@ -467,11 +483,12 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
-    dead = get_runtime().dead
+    rt = get_runtime()
+    dead = rt.dead
     if not (args.ids or args.all or args.portal or args.code or args.kind):
         print("name job ids, a filter (--portal/--code/--kind) or --all", file=sys.stderr)
         return 2
-    ids = args.ids or [d.id for d in dead.iter(args.portal, args.code, args.kind)]
+    ids = args.ids or [d.id for d in dead.iter(_portal_filter(rt, args.portal), args.code, args.kind)]
     print(f"purged {sum(dead.remove(i) for i in ids)}")
     return 0
 
@@ -487,23 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", choices=list(KINDS), help="job kind")
     p.add_argument("--file", help="JSON array or JSON-lines file of jobs ('-' for stdin), each with a kind field")
     p.add_argument("--json", help="the job's fields as a JSON object")
-    p.add_argument("--portal")
-    p.add_argument("--code")
-    p.add_argument("--message-id", dest="message_id")
-    p.add_argument("--status")
-    p.add_argument("--connector")
-    p.add_argument("--line", type=int)
+    p.add_argument("--portal", help="the portal: its key, member_id, domain or alias (every kind)")
+    p.add_argument("--code", help="the SMS provider's CODE (status-update, sender-update)")
+    p.add_argument("--message-id", dest="message_id", help="the message's id (status-update, mark-unread)")
+    p.add_argument("--status", help="queued, sent, delivered, undelivered or failed (status-update)")
+    p.add_argument("--connector", help="the open-line connector's CONNECTOR (delivery-confirmation)")
+    p.add_argument("--line", type=int, help="the open line's LINE id (delivery-confirmation)")
     p.add_argument("--messages", help="delivery-confirmation MESSAGES as a JSON array")
-    p.add_argument("--handler")
-    p.add_argument("--name")
-    p.add_argument("--description")
-    p.add_argument("--dialog-id", dest="dialog_id")
+    p.add_argument("--handler", help="the provider's HANDLER URL (sender-update)")
+    p.add_argument("--name", help="the provider's NAME (sender-update), a string or a JSON object by language")
+    p.add_argument("--description", help="the provider's DESCRIPTION (sender-update)")
+    p.add_argument("--dialog-id", dest="dialog_id", help="the dialog: chatN, sgN or a user id (mark-unread)")
     p.set_defaults(func=cmd_enqueue)
 
     job = sub.add_parser("job", help="show a job's state and history").add_subparsers(dest="sub", required=True)
-    p = job.add_parser("show")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p = job.add_parser("show", help="a job's state, attempts, last error, history, dead letter or parked payload")
+    p.add_argument("id", help="the job id (printed at enqueue)")
+    p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(func=cmd_job_show)
 
     p = sub.add_parser("status", help="queues, workers, portals and dead letters on one screen")
@@ -513,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("metrics", help="serve Prometheus metrics: this host's worker counters and Redis gauges")
-    p.add_argument("--port", type=int, default=9808)
+    p.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
     p.add_argument("--address", default="0.0.0.0", help="address to listen on")
     p.add_argument("--no-redis", action="store_true", help="leave out the Redis gauges (another host serves them)")
     p.add_argument("--no-workers", action="store_true", help="leave out the worker counters (B24Q_METRICS_DIR)")
@@ -524,34 +541,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = portal.add_parser("add", help="add or replace a portal")
     p.add_argument("key", help="stable portal key (member_id or domain); jobs name this")
     p.add_argument("--endpoint", help="client_endpoint, e.g. https://acme.bitrix24.com/rest/")
-    p.add_argument("--access-token", dest="access_token")
-    p.add_argument("--refresh-token", dest="refresh_token")
+    p.add_argument("--access-token", dest="access_token", help="the portal's OAuth access token")
+    p.add_argument("--refresh-token", dest="refresh_token", help="the portal's OAuth refresh token")
     p.add_argument("--expires", type=float, help="access token expiry, unix time")
-    p.add_argument("--member-id", dest="member_id")
+    p.add_argument("--member-id", dest="member_id", help="the portal's member_id (an alias of the key)")
     p.add_argument("--webhook", help="incoming webhook URL instead of OAuth")
     p.add_argument("--plan", choices=["standard", "enterprise", "box"], help="box: self-hosted, no rate limit")
     p.add_argument("--rate", type=float, help="custom drain rate, requests/s")
     p.add_argument("--burst", type=int, help="custom burst threshold")
     p.set_defaults(func=cmd_portal_add)
-    p = portal.add_parser("list")
-    p.add_argument("--json", action="store_true")
+    p = portal.add_parser("list", help="every portal: key, domain, state, plan, limit, token expiry, parked jobs")
+    p.add_argument("--json", action="store_true", help="machine-readable, every field but secrets")
     p.set_defaults(func=cmd_portal_list)
-    p = portal.add_parser("remove")
-    p.add_argument("key")
+    p = portal.add_parser("remove", help="forget a portal (its jobs then end UNKNOWN_PORTAL)")
+    p.add_argument("key", help="the portal's key")
     p.set_defaults(func=cmd_portal_remove)
     p = portal.add_parser("auth", help="store a fresh token pair and resume parked jobs")
-    p.add_argument("key")
+    p.add_argument("key", help="the portal: its key, member_id, domain or alias")
     p.add_argument("--json", help="Bitrix24 auth block as JSON")
-    p.add_argument("--access-token", dest="access_token")
-    p.add_argument("--refresh-token", dest="refresh_token")
-    p.add_argument("--expires", type=float)
-    p.add_argument("--endpoint")
+    p.add_argument("--access-token", dest="access_token", help="the new access token")
+    p.add_argument("--refresh-token", dest="refresh_token", help="the new refresh token")
+    p.add_argument("--expires", type=float, help="the access token's expiry, unix time")
+    p.add_argument("--endpoint", help="the portal's client_endpoint, if it changed")
     p.set_defaults(func=cmd_portal_auth)
     p = portal.add_parser("resume", help="mark a portal active and resume its parked jobs")
-    p.add_argument("key")
+    p.add_argument("key", help="the portal's key")
     p.set_defaults(func=cmd_portal_resume)
     p = portal.add_parser("providers", help="the SMS providers a portal should have (re-added after app updates)")
-    p.add_argument("key")
+    p.add_argument("key", help="the portal: its key, member_id, domain or alias")
     p.add_argument("--set", help='JSON list [{"code", "name", "handler", "description"?}] ("" = B24Q_PROVIDERS)')
     p.add_argument("--register", action="store_true", help="enqueue messageservice.sender.add for them now")
     p.set_defaults(func=cmd_portal_providers)
@@ -561,19 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_portal_rekey)
 
     dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="sub", required=True)
-    for name, func in (("list", cmd_dead_list), ("replay", cmd_dead_replay), ("purge", cmd_dead_purge)):
-        p = dead.add_parser(name)
+    for name, func, what in (
+        ("list", cmd_dead_list, "list dead letters, with counts per reason"),
+        ("replay", cmd_dead_replay, "re-validate and re-enqueue dead letters under their job ids"),
+        ("purge", cmd_dead_purge, "delete dead letters"),
+    ):
+        p = dead.add_parser(name, help=what)
         if name != "list":
-            p.add_argument("ids", nargs="*")
-            p.add_argument("--all", action="store_true")
+            p.add_argument("ids", nargs="*", help="job ids (or a filter, or --all)")
+            p.add_argument("--all", action="store_true", help="every dead letter")
         else:
-            p.add_argument("--json", action="store_true")
-        p.add_argument("--portal")
-        p.add_argument("--code")
-        p.add_argument("--kind")
+            p.add_argument("--json", action="store_true", help="machine-readable")
+        p.add_argument("--portal", help="only this portal's (its key, member_id, domain or alias)")
+        p.add_argument("--code", help="only this reason, e.g. ERROR_MESSAGE_NOT_FOUND")
+        p.add_argument("--kind", help="only this job kind, e.g. status-update")
         p.set_defaults(func=func)
-    p = dead.add_parser("show")
-    p.add_argument("id")
+    p = dead.add_parser("show", help="one dead letter: payload (secrets masked), reason, attempts, when")
+    p.add_argument("id", help="the job id")
     p.set_defaults(func=cmd_dead_show)
 
     p = sub.add_parser("serve", help="serve the HTTP app: the Bitrix24 application's install and event handlers")
@@ -583,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a job kind (all kinds if none is named)")
-    p.add_argument("kind", nargs="?", choices=list(KINDS))
+    p.add_argument("kind", nargs="?", choices=list(KINDS), help="the job kind (all kinds if none)")
     p.set_defaults(func=cmd_schema)
 
     apikey = sub.add_parser("apikey", help="API keys of the HTTP intake").add_subparsers(dest="sub", required=True)
@@ -592,9 +613,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apikey_new)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default: Redis, emulator, workers, jobs")
-    p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=6000,
+        help="jobs to enqueue, of all four kinds (a message's 'sent' and final reports are two jobs)",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--keep", action="store_true", help="keep everything running at the end (for Flower)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep everything running at the end, start Flower, and print the lines to use it from another shell",
+    )
+    p.add_argument(
+        "--http-port", type=int, default=8024, help="port of the HTTP app on 127.0.0.1 (taken: any free one)"
+    )
+    p.add_argument("--flower-port", type=int, default=5555, help="port of Flower with --keep (taken: any free one)")
     p.set_defaults(func=demo.run)
     return parser
 
@@ -602,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not logging.getLogger().handlers:  # a program that calls main() (a test) keeps its own logging
+            logs.setup(get_settings().log_format)
         return int(args.func(args) or 0)
     except B24QError as exc:
         print(f"b24q: {exc}", file=sys.stderr)

@@ -10,13 +10,19 @@ itself; prints progress while the jobs run and a table of outcomes at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import secrets
+import signal
+import socket
+import sys
 import time
 from collections import Counter
 from typing import Any
 
+from tasks.http import apikeys
 from tasks.jobs import KINDS
 from tasks.producer import enqueue, enqueue_many
 from workers.errors import JobRefused
@@ -24,14 +30,19 @@ from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
 
 PORTALS = {"acme.bitrix24.test": 0.7, "globex.bitrix24.test": 0.3}
-SENDER = "smsgw.demo"
+#: the names the README's examples use for the demo's portals (registered as aliases, next to the domain)
+ALIASES = {"acme.bitrix24.test": "acme", "globex.bitrix24.test": "globex"}
+SENDER = "smsgw"
 #: the SMS provider every portal gets at install (B24Q_PROVIDERS), with messageservice.sender.add
 PROVIDERS = [{"code": SENDER, "name": "SMS gateway", "handler": "https://sms.example.com/b24"}]
 
 
 def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
+    """`count` jobs (a message's two reports are two jobs)."""
     jobs: list[tuple[str, dict[str, Any]]] = []
-    for i in range(count):
+    i = -1
+    while len(jobs) < count:
+        i += 1
         portal = rng.choices(list(PORTALS), weights=list(PORTALS.values()))[0]
         roll = rng.random()
         if roll < 0.5:
@@ -72,7 +83,7 @@ def _jobs(count: int, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
                     {"portal": portal, "dialog_id": rng.choice(["chat12", "sg3", "42"]), "message_id": 9000 + i},
                 )
             )
-    return jobs
+    return jobs[:count]
 
 
 def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) -> float:
@@ -126,28 +137,28 @@ def run(args: argparse.Namespace) -> int:
         "+ the Bitrix24 emulator + worker processes…",
         flush=True,
     )
-    with LocalStack(redis_url=redis_url, settings={"gather_ms": 20, "providers": json.dumps(PROVIDERS)}) as stack:
+    api_key, api_entry = apikeys.new()
+    settings = {"gather_ms": 20, "providers": json.dumps(PROVIDERS), "api_keys": api_entry}
+    with LocalStack(redis_url=redis_url, settings=settings) as stack:
         print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
         stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
         print(
             f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
             f"{stack.settings.worker_concurrency} threads each)"
         )
-        http = stack.start_http()
+        http = stack.start_http(_free_or_any(args.http_port, "the HTTP app"))
         print(f"  HTTP app ready: {http.url} (uvicorn tasks.http.app:app; install handler /b24/install)")
         for domain in PORTALS:
-            installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True)
+            # auto_messages: the portal knows any message id of a registered sender (the README's too)
+            installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True, auto_messages=True)
+            stack_runtime().registry.set_aliases(installed["key"], ALIASES[domain])
             portal = stack_runtime().registry.get(installed["key"])
             assert portal is not None
             limits = portal.limits(stack.settings)
-            stack.emulator.admin(
-                "POST",
-                f"portals/{domain}/messages",
-                {"code": SENDER, "message_ids": [f"sms-{i:06d}" for i in range(args.jobs)]},
-            )
             print(
-                f"  installed on {domain}: ONAPPINSTALL → member_id {portal.key[:12]}…, plan {portal.plan} from "
-                f"app.info ({limits.rate:g} req/s, burst {limits.burst}), SMS provider {SENDER} registered"
+                f"  installed on {domain} (alias {ALIASES[domain]!r}): ONAPPINSTALL → member_id "
+                f"{portal.key[:12]}…, plan {portal.plan} from app.info ({limits.rate:g} req/s, burst "
+                f"{limits.burst}), SMS provider {SENDER} registered"
             )
         print()
 
@@ -270,21 +281,52 @@ def run(args: argparse.Namespace) -> int:
             print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
         sample = ids[0]
         print(f"One job's history: b24q job show {sample}")
-        print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
-        print(
-            f"Flower: B24Q_REDIS_URL={stack.settings.redis_url} FLOWER_BASIC_AUTH=ops:change-me "
-            "celery -A workers flower --address=127.0.0.1 --port=5555  (then http://127.0.0.1:5555)"
-        )
         if not args.keep:
             print(
-                "(The demo's Redis, emulator and workers stop now; run `b24q demo --keep` to keep them up for "
-                "the commands above and for Flower.)"
+                "The demo's Redis, emulator, HTTP app and workers stop now. `b24q demo --keep` keeps them up, starts "
+                "Flower (127.0.0.1, with a login)\nand prints the lines to paste so that the README's examples run "
+                "against them. Flower for a pool of your own (B24Q_REDIS_URL set):\n"
+                "  FLOWER_BASIC_AUTH=ops:change-me celery -A workers flower --address=127.0.0.1 --port=5555"
             )
-        if args.keep:
-            print("\n--keep: the stack stays up; Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            return _exit_code(outcome)
+        login = f"ops:{secrets.token_urlsafe(12)}"
+        flower = stack.start_flower(_free_or_any(args.flower_port, "Flower"), login)
+        print(f"\nFlower: {flower.url}  (user {login.split(':')[0]}, password {login.split(':', 1)[1]})")
+        print("--keep: everything stays up until Ctrl-C. To use it from another shell, paste:\n")
+        print(paste_block(stack.settings.redis_url, api_key, http.url), flush=True)
+        # Ctrl-C or a plain `kill`: either way the stack's processes are stopped, none left behind
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return _exit_code(outcome)
+
+
+def _exit_code(outcome: dict[str, Counter[str]]) -> int:
     return 0 if outcome and sum(c["applied"] for c in outcome.values()) > 0 else 1
+
+
+def paste_block(redis_url: str, api_key: str, http_url: str) -> str:
+    """The lines `b24q demo --keep` prints for another shell: the README's examples then run as written."""
+    lines = []
+    if sys.prefix != sys.base_prefix:  # the venv this demo runs in: `b24q`, `celery` and the Python examples
+        lines.append(f". {sys.prefix}/bin/activate")
+    lines += [
+        f"export B24Q_REDIS_URL={redis_url}",
+        f"export B24Q_API_KEY={api_key}",
+        f"export B24Q_HTTP_URL={http_url}",
+    ]
+    return "\n".join(lines)
+
+
+def _free_or_any(port: int, what: str) -> int:
+    """`port` if it is free on 127.0.0.1, else 0 (any free port), saying so."""
+    if port == 0:
+        return 0
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"  (port {port} is taken: {what} listens on another, shown below)")
+            return 0
+    return port

@@ -178,6 +178,22 @@ MUTANTS = [
         "        pass  # mutant",
         "tests/test_portal_lifecycle.py::test_a_move_is_stored_once_and_never_off_the_allowed_hosts",
     ),
+    Mutant(
+        "demo-aliases",
+        "the README's examples run as written against `b24q demo --keep` (its portals answer to acme, globex)",
+        "tasks/demo.py",
+        'stack_runtime().registry.set_aliases(installed["key"], ALIASES[domain])',
+        "pass  # mutant: the portals answer to their member_id and domain only",
+        "tests/integration/test_readme.py::test_every_readme_block_runs_against_the_demo",
+    ),
+    Mutant(
+        "log-format-json",
+        "B24Q_LOG_FORMAT=json: one JSON object per log line, from serve and the workers",
+        "workers/observe/logs.py",
+        'return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT)',
+        "return logging.Formatter(TEXT)  # mutant: text whatever the setting",
+        "tests/integration/test_log_lines.py",
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     before_task_publish,
+    celeryd_init,
     task_internal_error,
     task_rejected,
     task_unknown,
@@ -25,9 +26,9 @@ from celery.signals import (
 
 from workers import redaction
 from workers.broker import consumer, recovery
-from workers.observe import metrics
+from workers.observe import logs, metrics
 from workers.runtime import get_runtime
-from workers.settings import Settings
+from workers.settings import Settings, get_settings
 
 app = Celery("b24q")
 app.config_from_object("celeryconfig")
@@ -63,9 +64,18 @@ before_task_publish.connect(redaction.mask_published_arguments, weak=False)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+@celeryd_init.connect
+def _log_before_celery_does(**_: Any) -> None:
+    """What a worker says before Celery sets up its logging (the warning about running as root) is written
+    as the rest is; Celery then replaces the root's handlers with its own, formatted below."""
+    logging.captureWarnings(True)
+    logs.setup(get_settings().log_format)
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _redact_worker_logs(logger: Any = None, **_: Any) -> None:
+def _format_worker_logs(logger: Any = None, **_: Any) -> None:
+    logs.format_celery_handlers(logger or logging.getLogger(), get_settings().log_format)
     redaction.install_redaction(logger)
     redaction.install_redaction()
 

@@ -243,6 +243,11 @@ class Settings(BaseSettings):
         50.0, ge=0.0, description="Requests per second each API key may make to /v1 (0: unlimited); 429 above it."
     )
     http_burst: int = Field(100, ge=1, description="Requests an API key may make at once before http_rate applies.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="How workers, `b24q serve` and the CLI write their log lines on stderr: `text` (time, level, "
+        "logger, message) or `json` (one object per line: time, level, logger, message, exc), for log shippers.",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -24,9 +24,11 @@ from tasks.http.body import BodyTooLarge
 from tasks.http.docs import serve_docs
 from tasks.http.problems import answer_refusals, problem, responses
 from workers.events import add_observer, remove_observer
+from workers.observe import logs
 from workers.observe.metrics import Metrics
 from workers.redaction import install_redaction
 from workers.runtime import Runtime, get_runtime
+from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         # token (an install POST's fields), so its handlers mask secrets as the worker's do
         for name in LOGGERS:
             install_redaction(logging.getLogger(name))
+        if not logging.getLogger().handlers:  # plain `uvicorn tasks.http.app:app`: b24q's own lines shown too
+            logs.setup(get_settings().log_format)
         add_observer(metrics)
         try:
             yield

@@ -171,11 +171,15 @@ class HttpApp:
     """The HTTP app (`uvicorn tasks.http.app:app`) as a child process, on a loopback socket bound here so that
     its URL is known before it starts (uvicorn `--fd`: no race for the port)."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int = 0) -> None:
         self.log_path = log_dir / "http.log"
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        try:
+            self._sock.bind(("127.0.0.1", port))
+        except OSError:
+            self._sock.close()
+            raise
         self._sock.listen(128)
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._log = open(self.log_path, "ab")  # noqa: SIM115
@@ -214,6 +218,49 @@ class HttpApp:
     def stop(self) -> None:
         _terminate(self.process, self.http)
         self._sock.close()
+        self._log.close()
+
+
+class Flower:
+    """Flower (`celery -A workers flower`) on loopback with a login, for the stack's broker; `url` once it
+    listens."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int, login: str) -> None:
+        self.log_path = log_dir / "flower.log"
+        if port == 0:  # Flower would not say which port it took
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.login = login
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "flower", "--address=127.0.0.1", f"--port={port}"]
+        # the broker from B24Q_REDIS_URL through the b24q app; the login from the environment, not from `ps`
+        self.process = subprocess.Popen(
+            cmd, env={**env, "FLOWER_BASIC_AUTH": login}, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        host, port = self.url.removeprefix("http://").split(":")
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Flower exited; see {self.log_path}")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"Flower did not listen in {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self._log.close()
 
 
@@ -256,11 +303,13 @@ class LocalStack:
         self.env.pop("REDIS_URL", None)
         self.workers: list[Worker] = []
         self.http: HttpApp | None = None
+        self.flower: Flower | None = None
 
-    def start_http(self) -> HttpApp:
-        """Serve the HTTP app, and make it the emulator's install handler for the stack's application."""
+    def start_http(self, port: int = 0) -> HttpApp:
+        """Serve the HTTP app (on `port` of 127.0.0.1; 0: any free one; OSError if it is taken), and make it
+        the emulator's install handler for the stack's application."""
         if self.http is None:
-            self.http = HttpApp(self.env, self.dir)
+            self.http = HttpApp(self.env, self.dir, port)
             self.http.wait_ready()
             self.emulator.admin(
                 "POST", "apps", {"client_id": CLIENT_ID, "install_handler": f"{self.http.url}/b24/install"}
@@ -312,6 +361,13 @@ class LocalStack:
                 worker.wait_ready()
         return new
 
+    def start_flower(self, port: int, login: str) -> Flower:
+        """Flower on 127.0.0.1:`port` (0: a free one) for this stack's Redis, asking for `login` (`user:password`)."""
+        if self.flower is None:
+            self.flower = Flower(self.env, self.dir, port, login)
+            self.flower.wait_ready()
+        return self.flower
+
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.alive]
 
@@ -358,6 +414,8 @@ class LocalStack:
             worker.kill(signal.SIGTERM)
         for worker in self.workers:
             worker.stop(signalled=True)
+        if self.flower is not None:
+            self.flower.stop()
         if self.http is not None:
             self.http.stop()
         self.emulator.stop()

@@ -1,1 +1,1 @@
-"""Watching the pool: Prometheus metrics and the status snapshot (`b24q status`)."""
+"""Watching the pool: Prometheus metrics, the status snapshot (`b24q status`) and the log lines' format."""
