@@ -94,9 +94,11 @@ class Dispatcher:
         gate (it may end `Superseded`)."""
         lane = self.lane(portal_key)
         call = Call(method, params, merge, order)
-        lane.submit(call)
+        deadline = time.monotonic() + wait
+        if lane.offer(call):
+            lane.lead(wait)  # a quiet portal: this thread sends, no hand-off
         try:
-            if not call.done.wait(wait) and lane.cancel(call):
+            if not call.done.wait(max(0.0, deadline - time.monotonic())) and lane.cancel(call):
                 # still queued: free the worker slot, come back when the backlog ahead has gone out
                 ahead = lane.depth()
                 portals = self.wire.portals

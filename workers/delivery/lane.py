@@ -127,10 +127,12 @@ class Lane:
         self._own = 0  # calls of this process submitted through the pool and not yet finished
         self._thread: threading.Thread | None = None
         self._busy = False  # a round is under way: calls taken, maybe other workers' (see `drain`)
+        self._leading = False  # a caller sends a round in its own thread (`offer`, `lead`)
         self._closing = False
         self.stats = LaneStats()
 
     def submit(self, call: Call) -> None:
+        """Queue a call for the lane's sender thread (started if there is none)."""
         if self.pool is not None:
             self.pool.submit(self.key, call)
         with self._cond:
@@ -138,10 +140,48 @@ class Lane:
                 self._own += 1
             else:
                 self._queue.append(call)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=f"b24q-lane-{self.key}", daemon=True)
-                self._thread.start()
+            self._start_sender()
             self._cond.notify()
+
+    def offer(self, call: Call) -> bool:
+        """Queue a call; True when the caller is to send it itself (`lead`): a lane of this process alone with
+        no sender at work, as a quiet portal's is. Its call then costs no thread and no hand-off."""
+        if self.pool is not None:
+            self.submit(call)
+            return False
+        with self._cond:
+            self._queue.append(call)
+            if not self._leading and (self._thread is None or not self._thread.is_alive()) and not self._closing:
+                self._leading = True
+                return True
+            self._start_sender()
+            self._cond.notify()
+            return False
+
+    def lead(self, within: float) -> None:
+        """One round in the caller's thread (after `offer` said so), with a slot no further than `within` s
+        away; calls left then go to a sender thread."""
+        with self._cond:
+            self._busy = True
+        try:
+            self._gather()
+            self._send_round(within)
+        except Exception as exc:  # never leave calls without an outcome
+            log.exception("lane %s: unexpected error", self.key)
+            self._fail_all(exc)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._leading = False
+                if self._queue:
+                    self._start_sender()
+                self._cond.notify_all()
+
+    def _start_sender(self) -> None:
+        """(Under the lock.) A sender thread, unless one is at work or a caller leads a round."""
+        if not self._leading and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(target=self._run, name=f"b24q-lane-{self.key}", daemon=True)
+            self._thread.start()
 
     def release(self, call: Call) -> None:
         """The owner is done with a call submitted through the pool."""
@@ -342,12 +382,15 @@ class Lane:
                 call.sent = False
                 self._queue.appendleft(call)
 
-    def _send_round(self) -> None:
+    def _send_round(self, within: float | None = None) -> None:
+        """Book a slot, gather, send; a caller leading the round books one only `within` its own wait."""
         portal = self._wire.portals(self.key)
         limits = self._wire.portals.limits(portal)
-        permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
+        longest = self._config.max_reserve if within is None else min(within, self._config.max_reserve)
+        permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         if not permit.granted:
-            time.sleep(min(permit.wait, self._config.max_reserve))
+            if within is None:
+                time.sleep(min(permit.wait, self._config.max_reserve))
             return
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
