@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from tasks.http import appside, intake
+from tasks.http import appside, console, intake
 from tasks.http.body import BodyTooLarge
 from tasks.http.problems import problem
 from workers.events import add_observer, remove_observer
@@ -84,6 +84,7 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
 
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))
+    app.include_router(console.router(rt))
     intake.document(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process answers")

@@ -106,7 +106,10 @@ class DeadLetters:
         return letter
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self._client.hgetall(self._keys.dead(job_id))
+        return self._letter(self._client.hgetall(self._keys.dead(job_id)))
+
+    @staticmethod
+    def _letter(raw: dict[bytes, bytes]) -> DeadLetter | None:
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
@@ -144,6 +147,34 @@ class DeadLetters:
 
     def count(self) -> int:
         return int(self._client.zcard(self._keys.dead_index()))
+
+    def page(
+        self, portal: str | None = None, code: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[DeadLetter]]:
+        """The letters matching the filter, newest first: how many match, and `limit` of them from `offset`.
+        Two pipelined round trips whatever the count (the filter's fields of every letter, then the page's
+        letters), so a page stays fast with tens of thousands of letters."""
+        ids = [i.decode() for i in self._client.zrevrange(self._keys.dead_index(), 0, -1)]
+        if portal or code:
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self._keys.dead(job_id), ["portal", "code"])
+            ids = [
+                job_id
+                for job_id, (p, c) in zip(ids, pipe.execute(), strict=True)
+                if (not portal or p == portal.encode()) and (not code or c == code.encode())
+            ]
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids[offset : offset + limit]:
+            pipe.hgetall(self._keys.dead(job_id))
+        return len(ids), [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+
+    def counts_by_portal(self) -> dict[str, int]:
+        """Dead letters per portal."""
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in self.ids():
+            pipe.hget(self._keys.dead(job_id), "portal")
+        return dict(Counter(p.decode() for p in pipe.execute() if p is not None))
 
     def counts(self) -> dict[str, int]:
         """Dead letters per reason (error code)."""

@@ -159,6 +159,17 @@ class Ledger:
         raw = self._client.get(self._backlog(portal))
         return int(raw) if raw else 0
 
+    def outcomes(self, portals: Iterable[str]) -> dict[str, int]:
+        """How many jobs of these portals ended in each terminal state, summed (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        for portal in portals:
+            pipe.hgetall(self._keys.outcomes(portal))
+        totals: dict[str, int] = {}
+        for counts in pipe.execute():
+            for state, n in counts.items():
+                totals[state.decode()] = totals.get(state.decode(), 0) + int(n)
+        return totals
+
     def read_backlog(self, portal: str, pipe: Any) -> None:
         """Queue the read of `backlog(portal)` in a pipeline (its reply: the count, or None for 0)."""
         pipe.get(self._backlog(portal))
