@@ -178,6 +178,14 @@ MUTANTS = [
         "        pass  # mutant",
         "tests/test_portal_lifecycle.py::test_a_move_is_stored_once_and_never_off_the_allowed_hosts",
     ),
+    Mutant(
+        "console-replay",
+        "the console's Replay button replays the dead letter (it is applied)",
+        "tasks/http/console.py",
+        "        replayed, refused = await run_in_threadpool(\n            lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt)\n        )",
+        "        replayed: list[str] = []  # mutant: the button does nothing\n        refused: list[str] = []",
+        "tests/browser/test_console_browser.py::test_an_operator_replays_one_dead_letter_and_purges_another",
+    ),
 ]
 
 
