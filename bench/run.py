@@ -20,7 +20,20 @@ from pathlib import Path
 
 from bench import profiler
 from bench.report import Table
-from bench.scenarios import Options, dlr, fairness, fullstart, intake, light, many, memory, producer, raw, saturation
+from bench.scenarios import (
+    Options,
+    console,
+    dlr,
+    fairness,
+    fullstart,
+    intake,
+    light,
+    many,
+    memory,
+    producer,
+    raw,
+    saturation,
+)
 from bench.stack import MachineLoad, log
 
 SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
@@ -35,6 +48,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "fullstart": fullstart.run,
     "memory": memory.run,
     "thousand": many.thousand,
+    "console": console.run,
 }
 
 
