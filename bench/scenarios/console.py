@@ -31,7 +31,8 @@ def fill(rt: Runtime) -> None:
     """The portals (every tenth in reauth, with parked jobs), finished jobs, and the dead letters."""
     for n in range(PORTALS):
         key = f"portal-{n:04}"
-        rt.registry.add_oauth(key, f"https://{key}.bitrix24.com/rest/", "acc", "ref", time.time() + 3600, f"m{n}", key)
+        # loopback endpoints: no DNS here, and the console never calls a portal
+        rt.registry.add_oauth(key, f"http://127.0.0.1:9/{key}/rest/", "acc", "ref", time.time() + 3600, f"m{n}", key)
         rt.registry.set_aliases(key, f"{key}.bitrix24.com", f"m{n}")
         if n % 10 == 0:
             rt.registry.mark_reauth(key, "invalid_grant: the refresh token was revoked")
@@ -50,7 +51,13 @@ def run(opts: Options) -> list[Table]:
     requests = 30 if opts.quick else 100
     admin, entry = apikeys.new(admin=True)
     with RedisServer(appendonly=False) as server, tempfile.TemporaryDirectory(prefix="b24q-console-") as tmp:
-        fields = {"redis_url": server.url, "api_keys": entry, "http_rate": 0.0, "client_secret": "bench-secret"}
+        fields = {
+            "redis_url": server.url,
+            "api_keys": entry,
+            "http_rate": 0.0,
+            "client_secret": "bench-secret",
+            "allow_private_portals": True,
+        }
         rt = Runtime(Settings(**fields))  # type: ignore[arg-type]
         try:
             started = time.monotonic()

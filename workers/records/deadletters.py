@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from workers.keys import DEFAULT_KEYS, Keys
+
+_LUA = Path(__file__).parent / "lua"
 
 #: A dead letter keeps at most this much of an invalid payload (raw messages can be megabytes).
 MAX_STORED_PAYLOAD = 64 * 1024
@@ -70,6 +72,8 @@ class DeadLetters:
         self._client = client
         self._keys = keys
         self._clock = clock
+        self._counts = client.register_script((_LUA / "dead_counts.lua").read_text())
+        self._page = client.register_script((_LUA / "dead_page.lua").read_text())
 
     def add(
         self,
@@ -152,33 +156,24 @@ class DeadLetters:
         self, portal: str | None = None, code: str | None = None, offset: int = 0, limit: int = 50
     ) -> tuple[int, list[DeadLetter]]:
         """The letters matching the filter, newest first: how many match, and `limit` of them from `offset`.
-        Two pipelined round trips whatever the count (the filter's fields of every letter, then the page's
-        letters), so a page stays fast with tens of thousands of letters."""
-        ids = [i.decode() for i in self._client.zrevrange(self._keys.dead_index(), 0, -1)]
-        if portal or code:
-            pipe = self._client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hmget(self._keys.dead(job_id), ["portal", "code"])
-            ids = [
-                job_id
-                for job_id, (p, c) in zip(ids, pipe.execute(), strict=True)
-                if (not portal or p == portal.encode()) and (not code or c == code.encode())
-            ]
+        Two round trips whatever the count (the page is chosen inside Redis), so a page stays fast with tens
+        of thousands of letters."""
+        total, *ids = self._page(
+            keys=[self._keys.dead_index()], args=[self._keys.dead(""), portal or "", code or "", offset, limit]
+        )
         pipe = self._client.pipeline(transaction=False)
-        for job_id in ids[offset : offset + limit]:
-            pipe.hgetall(self._keys.dead(job_id))
-        return len(ids), [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+        for job_id in ids:
+            pipe.hgetall(self._keys.dead(job_id.decode()))
+        return int(total), [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+
+    def _count_by(self, field: str) -> dict[str, int]:
+        flat = self._counts(keys=[self._keys.dead_index()], args=[self._keys.dead(""), field])
+        return {value.decode(): int(n) for value, n in zip(flat[::2], flat[1::2], strict=True)}
 
     def counts_by_portal(self) -> dict[str, int]:
         """Dead letters per portal."""
-        pipe = self._client.pipeline(transaction=False)
-        for job_id in self.ids():
-            pipe.hget(self._keys.dead(job_id), "portal")
-        return dict(Counter(p.decode() for p in pipe.execute() if p is not None))
+        return self._count_by("portal")
 
     def counts(self) -> dict[str, int]:
         """Dead letters per reason (error code)."""
-        pipe = self._client.pipeline()
-        for job_id in self.ids():
-            pipe.hget(self._keys.dead(job_id), "code")
-        return dict(Counter(c.decode() for c in pipe.execute() if c is not None))
+        return self._count_by("code")
