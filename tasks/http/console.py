@@ -181,8 +181,10 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         return rt, session
 
     def portal_rows(rt: Runtime, names: list[str]) -> list[dict[str, Any]]:
-        rows = {row["key"]: row for row in snapshot(rt, names)["portals"]}
-        dead = rt.dead.counts_by_portal()
+        if not names:
+            return []
+        rows = {row["key"]: row for row in snapshot(rt, names, dead_letters=False)["portals"]}
+        dead = rt.dead.counts_by_portal(names)
         out = []
         for name in names:
             portal = rt.registry.get(name)

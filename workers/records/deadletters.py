@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,13 +166,13 @@ class DeadLetters:
             pipe.hgetall(self._keys.dead(job_id.decode()))
         return int(total), [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
 
-    def _count_by(self, field: str) -> dict[str, int]:
-        flat = self._counts(keys=[self._keys.dead_index()], args=[self._keys.dead(""), field])
+    def _count_by(self, field: str, values: Sequence[str] = ()) -> dict[str, int]:
+        flat = self._counts(keys=[self._keys.dead_index()], args=[self._keys.dead(""), field, *values])
         return {value.decode(): int(n) for value, n in zip(flat[::2], flat[1::2], strict=True)}
 
-    def counts_by_portal(self) -> dict[str, int]:
-        """Dead letters per portal."""
-        return self._count_by("portal")
+    def counts_by_portal(self, portals: Sequence[str] = ()) -> dict[str, int]:
+        """Dead letters per portal (of these portals only, if any are named)."""
+        return self._count_by("portal", portals)
 
     def counts(self) -> dict[str, int]:
         """Dead letters per reason (error code)."""
