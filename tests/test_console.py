@@ -218,11 +218,12 @@ def test_apikey_new_admin_prints_an_admin_entry(capsys: pytest.CaptureFixture[st
 def test_dead_letter_pages_and_counts_are_chosen_in_redis(rt: Runtime) -> None:
     for n in range(7):
         rt.dead.add(f"more-{n}", "b24q.status_update", "status-update", "m-globex", {"n": n}, "ACCESS_DENIED", "", 1)
-    total, letters = rt.dead.page(code="ACCESS_DENIED", offset=5, limit=5)
-    assert total == 7 and [d.id for d in letters] == ["more-1", "more-0"]  # newest first
-    total, letters = rt.dead.page(offset=0, limit=2)
-    assert total == 10 and [d.id for d in letters] == ["more-6", "more-5"]
-    assert rt.dead.page(portal="m-acme", code="INVALID_PAYLOAD")[0] == 1
+    page = rt.dead.page(code="ACCESS_DENIED", offset=5, limit=5)
+    assert page.total == 7 and [d.id for d in page.letters] == ["more-1", "more-0"]  # newest first
+    page = rt.dead.page(offset=0, limit=2)
+    assert page.total == 10 and [d.id for d in page.letters] == ["more-6", "more-5"]
+    assert page.by_reason == {"ACCESS_DENIED": 7, "ERROR_MESSAGE_NOT_FOUND": 2, "INVALID_PAYLOAD": 1}
+    assert rt.dead.page(portal="m-acme", code="INVALID_PAYLOAD").total == 1
     assert rt.dead.counts() == {"ERROR_MESSAGE_NOT_FOUND": 2, "INVALID_PAYLOAD": 1, "ACCESS_DENIED": 7}
     assert rt.dead.counts_by_portal() == {"m-acme": 3, "m-globex": 7}
     assert rt.dead.counts_by_portal(["m-acme", "nobody"]) == {"m-acme": 3}

@@ -180,11 +180,12 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
             return RedirectResponse("/console/login", status_code=303)
         return rt, session
 
-    def portal_rows(rt: Runtime, names: list[str]) -> list[dict[str, Any]]:
+    def portal_rows(rt: Runtime, names: list[str], dead: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """The rows of these portals; `dead`: their dead letters' counts, when the caller has them already."""
         if not names:
             return []
         rows = {row["key"]: row for row in snapshot(rt, names, dead_letters=False)["portals"]}
-        dead = rt.dead.counts_by_portal(names)
+        dead = rt.dead.counts_by_portal(names) if dead is None else dead
         out = []
         for name in names:
             portal = rt.registry.get(name)
@@ -228,10 +229,10 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
         found = rt.registry.get(key)
         if found is None:
             return _page("error.html", 404, session=session, message=f"No portal {key!r}.")
-        rows = portal_rows(rt, [key])
+        letters = rt.dead.page(portal=key, limit=PAGE)
+        rows = portal_rows(rt, [key], {key: letters.total})
         parked = rt.parking.parked(key)[:PAGE]
         parked_states = rt.ledger.states([p["id"] for p in parked], "state", "updated")
-        dead_total, letters = rt.dead.page(portal=key, limit=PAGE)
         return _page(
             "portal.html",
             session=session,
@@ -239,8 +240,8 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
             row=rows[0] if rows else None,
             parked=[{**p, "kwargs": summarise(p["kwargs"]), "state": parked_states[p["id"]]} for p in parked],
             parked_total=rt.parking.count(key),
-            letters=[_letter(letter) for letter in letters],
-            dead_total=dead_total,
+            letters=[_letter(letter) for letter in letters.letters],
+            dead_total=letters.total,
             providers=[summarise(p) for p in found.provider_list(rt.settings)] if found.kind == "oauth" else [],
             now=time.time(),
             done=done,
@@ -286,13 +287,13 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
             return who
         rt, session = who
         number = _int(page)
-        total, letters = rt.dead.page(portal or None, reason or None, (max(1, number) - 1) * PAGE, PAGE)
-        at = _pages(total, number)
+        found = rt.dead.page(portal or None, reason or None, (max(1, number) - 1) * PAGE, PAGE)
+        at = _pages(found.total, number)
         return _page(
             "dead.html",
             session=session,
-            letters=[_letter(letter) for letter in letters],
-            by_reason=sorted(rt.dead.counts().items()),
+            letters=[_letter(letter) for letter in found.letters],
+            by_reason=list(found.by_reason.items()),
             reason=reason,
             portal=portal,
             done=done,

@@ -65,6 +65,15 @@ class DeadLetter:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DeadPage:
+    """A page of dead letters: how many match its filter, its letters, and all letters' counts by reason."""
+
+    total: int
+    letters: list[DeadLetter]
+    by_reason: dict[str, int]
+
+
 class DeadLetters:
     """The dead-letter store."""
 
@@ -152,19 +161,21 @@ class DeadLetters:
     def count(self) -> int:
         return int(self._client.zcard(self._keys.dead_index()))
 
-    def page(
-        self, portal: str | None = None, code: str | None = None, offset: int = 0, limit: int = 50
-    ) -> tuple[int, list[DeadLetter]]:
-        """The letters matching the filter, newest first: how many match, and `limit` of them from `offset`.
-        Two round trips whatever the count (the page is chosen inside Redis), so a page stays fast with tens
-        of thousands of letters."""
-        total, *ids = self._page(
+    def page(self, portal: str | None = None, code: str | None = None, offset: int = 0, limit: int = 50) -> DeadPage:
+        """The letters matching the filter, newest first (`limit` of them from `offset`), how many match, and
+        every letter's count by reason: one pass inside Redis, then the page's letters, so a page stays fast
+        with tens of thousands of letters."""
+        reply = self._page(
             keys=[self._keys.dead_index()], args=[self._keys.dead(""), portal or "", code or "", offset, limit]
         )
+        total, count = int(reply[0]), int(reply[1])
+        ids, flat = reply[2 : 2 + count], reply[2 + count :]
         pipe = self._client.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self._keys.dead(job_id.decode()))
-        return int(total), [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+        letters = [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+        reasons = {value.decode(): int(n) for value, n in zip(flat[::2], flat[1::2], strict=True)}
+        return DeadPage(total, letters, dict(sorted(reasons.items())))
 
     def _count_by(self, field: str, values: Sequence[str] = ()) -> dict[str, int]:
         flat = self._counts(keys=[self._keys.dead_index()], args=[self._keys.dead(""), field, *values])
