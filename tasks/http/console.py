@@ -56,7 +56,10 @@ _HEADERS = {
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 
 _templates = Environment(
-    loader=PackageLoader("tasks.http", "templates"), autoescape=select_autoescape(default=True), trim_blocks=True
+    loader=PackageLoader("tasks.http", "templates"),
+    autoescape=select_autoescape(default=True),
+    trim_blocks=True,
+    auto_reload=False,  # the templates are package data: no stat() of each file at every page
 )
 _templates.filters["when"] = jobreport.when
 _templates.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
@@ -378,7 +381,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 def _letter(letter: Any) -> dict[str, Any]:
     """A dead letter as a page shows it: its payload summarised with secrets masked, its description redacted."""
     return {
-        **letter.as_dict(),
+        **vars(letter),  # shallow: the payload is summarised below, no need for asdict's deep copy
         "payload": summarise(letter.payload),
         "description": redact(letter.description),
     }
