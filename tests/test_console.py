@@ -227,3 +227,9 @@ def test_dead_letter_pages_and_counts_are_chosen_in_redis(rt: Runtime) -> None:
     assert rt.dead.counts() == {"ERROR_MESSAGE_NOT_FOUND": 2, "INVALID_PAYLOAD": 1, "ACCESS_DENIED": 7}
     assert rt.dead.counts_by_portal() == {"m-acme": 3, "m-globex": 7}
     assert rt.dead.counts_by_portal(["m-acme", "nobody"]) == {"m-acme": 3}
+
+
+def test_the_cookie_is_secure_behind_an_https_proxy(anonymous: httpx.Client) -> None:
+    # uvicorn trusts X-Forwarded-Proto from loopback (its default forwarded_allow_ips): the proxy's scheme
+    signed = anonymous.post("/console/login", data={"key": ADMIN}, headers={"X-Forwarded-Proto": "https"})
+    assert signed.status_code == 303 and "secure" in signed.headers["set-cookie"].lower()
