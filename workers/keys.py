@@ -91,6 +91,10 @@ class Keys:
     def bucket(self, portal: str) -> str:
         return f"{self.prefix}:rl:{{{portal}}}"
 
+    def refusals(self) -> str:
+        """QUERY_LIMIT_EXCEEDED answers so far, a hash by portal (the console's live counts)."""
+        return f"{self.prefix}:refused_503"
+
     def hold(self, portal: str, method: str) -> str:
         return f"{self.prefix}:hold:{{{portal}}}:{method}"
 

@@ -11,7 +11,8 @@ portals, a page of letters), so thousands of portals and dead letters keep it fa
     GET  /console/portals/{key}           one portal; POST …/resume, …/providers, …/replay
     GET  /console/dead?reason=&portal=    dead letters by reason; POST /console/dead/replay|purge (ids or filter)
     GET  /console/jobs?id=                a job as `b24q job show` prints it
-    GET  /console/live.json               counts for the live panel (refreshed by static/console.js)
+    GET  /console/live.json               counts for the live panel (refreshed by static/console.js): jobs applied,
+                                          superseded, dead, 503s (QUERY_LIMIT_EXCEEDED) so far
 """
 
 from __future__ import annotations
@@ -363,6 +364,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
                 "superseded": counts.get("superseded", 0),
                 "dead": counts.get("dead", 0),
                 "parked": counts.get("parked", 0),
+                "refused_503": sum(rt.limiter.refusals().values()),
                 "dead_letters": rt.dead.count(),
             },
             headers={"Cache-Control": "no-store"},
