@@ -174,6 +174,19 @@ def test_resume_marks_the_portal_active_and_requeues_its_parked_jobs(rt: Runtime
     assert rt.ledger.record("p-1")["state"] == "queued"
 
 
+def test_a_portal_page_lists_its_recent_jobs_newest_first(rt: Runtime, operator: httpx.Client) -> None:
+    for n in range(25):
+        rt.ledger.enqueued(f"r-{n}", "status-update", "m-acme")
+        rt.ledger.finish(f"r-{n}", "m-acme", "applied" if n % 2 else "dead", error="" if n % 2 else "ERROR_X")
+    rt.ledger.enqueued("other", "status-update", "m-globex")
+    rt.ledger.finish("other", "m-globex", "applied")
+    assert [j["id"] for j in rt.ledger.recent("m-acme")] == [f"r-{n}" for n in range(24, 4, -1)]
+    page = operator.get("/console/portals/m-acme").text
+    table = page[page.index('class="recent"') : page.index("Parked jobs")]
+    assert table.index("r-24") < table.index("r-23") and "r-4<" not in table and "other" not in table
+    assert table.count('<td class="outcome">dead</td>') == 10
+
+
 def test_the_portal_list_is_paginated(rt: Runtime, operator: httpx.Client) -> None:
     for n in range(120):
         rt.registry.add_oauth(f"p{n:03}", "http://127.0.0.1:9/p/rest/", "a", "r", 4102444800.0)

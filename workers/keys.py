@@ -54,6 +54,10 @@ class Keys:
         """How many of a portal's jobs ended in each terminal state (applied, superseded, dead, parked)."""
         return f"{self.prefix}:outcomes:{{{portal}}}"
 
+    def recent(self, portal: str) -> str:
+        """The ids of a portal's last finished jobs, newest first (`Ledger.RECENT` of them)."""
+        return f"{self.prefix}:recent:{{{portal}}}"
+
     def open_jobs(self) -> str:
         return f"{self.prefix}:open"
 

@@ -244,6 +244,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
             row=rows[0] if rows else None,
             parked=[{**p, "kwargs": summarise(p["kwargs"]), "state": parked_states[p["id"]]} for p in parked],
             parked_total=rt.parking.count(key),
+            recent=[{**job, "last_error": redact(job.get("last_error", ""))} for job in rt.ledger.recent(key)],
             letters=[_letter(letter) for letter in letters.letters],
             dead_total=letters.total,
             providers=[summarise(p) for p in found.provider_list(rt.settings)] if found.kind == "oauth" else [],

@@ -145,6 +145,7 @@ def test_an_operator_resumes_a_reauth_portals_parked_jobs(stack: LocalStack, pag
     until(lambda: states(rt, ids) == {"applied"}, what="resumed jobs applied")
     page.reload()
     expect(page.locator("[data-outcome=applied]")).to_have_text("2")
+    expect(page.locator("table.recent td.outcome", has_text="applied")).to_have_count(2)
     shot(page, "portal")
     assert {s["message_id"] for s in stack.emulator.state(REAUTH)["statuses"]} >= {"p1", "p2"}
 
