@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 PROMTOOL := .tools/promtool
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint bench mutants clean
+.PHONY: demo test lint bench mutants clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +25,18 @@ $(PROMTOOL):
 	cp .tools/deb/root/usr/bin/promtool $(PROMTOOL)
 	rm -rf .tools/deb
 
+# Chromium for the console's browser tests (tests/browser, driven by playwright): Debian's package, installed
+# once (the target is the binary, so this is a no-op when it is there); root, or sudo, for apt-get
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y chromium
+
+chromium: $(CHROMIUM)
+
 demo: $(STAMP)
 	$(BIN)/b24q demo
 
-test: $(STAMP) $(PROMTOOL)
+test: $(STAMP) $(PROMTOOL) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -22,6 +22,7 @@ from bench import profiler
 from bench.report import Table
 from bench.scenarios import (
     Options,
+    console,
     dlr,
     fairness,
     fullstart,
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "thousand": many.thousand,
     "installs": installs.run,
     "scale": scale.run,
+    "console": console.run,
 }
 
 

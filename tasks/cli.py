@@ -29,13 +29,12 @@ from typing import Any
 import redis
 from prometheus_client import generate_latest
 
-from tasks import demo
+from tasks import demo, jobreport
 from tasks.http import apikeys, server
 from tasks.jobs import KINDS, SENDER_ADD
 from tasks.lifecycle import Lifecycle
-from tasks.producer import check, enqueue, enqueue_many, job_state, replay, resume_parked, store_tokens
+from tasks.producer import check, enqueue, enqueue_many, reactivate, replay, store_tokens
 from tasks.schema import job_schema, job_schemas
-from workers.broker.recovery import Presence
 from workers.celery import app
 from workers.errors import B24QError, ConfigError, JobRefused
 from workers.observe import logs, metrics, status
@@ -52,11 +51,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def _when(ts: Any) -> str:
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
-    except (TypeError, ValueError):
-        return "-"
+_when = jobreport.when
 
 
 class Progress:
@@ -152,68 +147,16 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-def _running_on(rt: Runtime, record: dict[str, Any]) -> str:
-    """Where a running job runs: `w3@host`, or `w3@host (dead since 12:01:07)` once its heartbeat is gone
-    (dead-worker recovery then puts its message back in the queue)."""
-    runs = [e.get("worker", "") for e in record["events"] if e.get("state") == "running"]
-    worker = str(runs[-1]) if runs and runs[-1] else ""
-    if not worker:
-        return "?"
-    presence = Presence(rt.redis, rt.keys, rt.settings.worker_dead_after)
-    if presence.alive(worker):
-        return worker
-    last = presence.last_beat(worker)
-    return f"{worker} (dead since {_when(last)})" if last else f"{worker} (no heartbeat)"
-
-
 def cmd_job_show(args: argparse.Namespace) -> int:
     rt = get_runtime()
-    record = job_state(args.id, rt)
-    letter = rt.dead.get(args.id)
-    portal = (record or {}).get("portal") or (letter.portal if letter else "")
-    parked = rt.parking.get(portal, args.id) if portal else None
-    if record is None and letter is None:
+    report = jobreport.data(rt, args.id) if args.json else jobreport.text(rt, args.id)
+    if report is None:
         print(f"no job {args.id}", file=sys.stderr)
         return 1
-    if args.json:
-        _print_json(
-            {
-                **(record or {"id": args.id, "events": []}),
-                "dead_letter": letter.as_dict() if letter else None,
-                "parked": parked,
-            }
-        )
-        return 0
-    if record is None:
-        print(f"job {args.id}: its ledger record has expired (ledger_ttl); the dead letter is kept")
+    if isinstance(report, str):
+        print(report)
     else:
-        for key in ("id", "kind", "portal", "state", "runs", "failures", "last_error"):
-            print(f"{key:>10}: {record.get(key, '')}")
-        if record.get("state") == "running":
-            print(f"{'worker':>10}: {_running_on(rt, record)}")
-        print(f"{'created':>10}: {_when(record.get('created'))}")
-        print(f"{'updated':>10}: {_when(record.get('updated'))}")
-        created = float(record.get("created") or 0)
-        events = record["events"]
-        trimmed = " (the ledger keeps the last 50 events)" if len(events) >= 50 else ""
-        print(f"   history:{trimmed}")
-        for event in events:
-            extra = {k: v for k, v in event.items() if k not in ("t", "state")}
-            offset = f"+{max(0.0, float(event['t']) - created):.3f}s" if created else ""
-            print(
-                f"    {_when(event['t'])} {offset:>10}  {event['state']:<9} "
-                f"{json.dumps(extra, ensure_ascii=False) if extra else ''}".rstrip()
-            )
-    if letter is not None:
-        print(
-            f"dead letter: {letter.code} after {letter.attempts} run(s); first {_when(letter.first_seen)}, "
-            f"last {_when(letter.last_seen)}"
-        )
-        print(f"             {letter.description}")
-        print(f"    payload: {json.dumps(letter.payload, ensure_ascii=False)}")
-    if parked is not None:
-        print(f"     parked: until portal {portal} is re-authorised (b24q portal auth {portal} …)")
-        print(f"    payload: {json.dumps(parked.get('kwargs'), ensure_ascii=False)}")
+        _print_json(report)
     return 0
 
 
@@ -350,11 +293,7 @@ def cmd_portal_rekey(args: argparse.Namespace) -> int:
 
 
 def cmd_portal_resume(args: argparse.Namespace) -> int:
-    rt = get_runtime()
-    portal = rt.registry.get(args.key)
-    if portal is not None and portal.state == "reauth":
-        rt.registry.mark_active(args.key)
-    print(f"{resume_parked(args.key)} parked job(s) resumed")
+    print(f"{reactivate(args.key)} parked job(s) resumed")
     return 0
 
 
@@ -417,10 +356,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_apikey_new(args: argparse.Namespace) -> int:
     """A fresh API key, printed once, and its B24Q_API_KEYS entry (the key's hash, never the key)."""
     portals = [p.strip() for p in (args.portals or "").split(",") if p.strip()]
-    key, entry = apikeys.new(portals)
+    if args.admin and portals:
+        raise ConfigError("--admin: an operator's key acts for every portal; give no --portals")
+    key, entry = apikeys.new(portals, admin=args.admin)
     if not API_KEY_ENTRY.fullmatch(entry):
         raise ConfigError("--portals: portals are named by key, member_id or domain (letters, digits, . - _ :)")
-    print("API key (shown only now: b24q keeps its hash, not the key; give it to the producer):")
+    who = "sign in to the console at /console with it" if args.admin else "give it to the producer"
+    print(f"API key (shown only now: b24q keeps its hash, not the key; {who}):")
     print(f"  {key}")
     print("B24Q_API_KEYS entry (comma-separated with the others):")
     print(f"  {entry}")
@@ -610,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     apikey = sub.add_parser("apikey", help="API keys of the HTTP intake").add_subparsers(dest="sub", required=True)
     p = apikey.add_parser("new", help="print a new API key once, and its B24Q_API_KEYS entry")
     p.add_argument("--portals", help="comma-separated portals the key may post and read (default: every portal)")
+    p.add_argument("--admin", action="store_true", help="an operator's key: signs in to the console at /console")
     p.set_defaults(func=cmd_apikey_new)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default: Redis, emulator, workers, jobs")

@@ -147,6 +147,15 @@ def resume_parked(portal: str, rt: Runtime | None = None) -> int:
     return count
 
 
+def reactivate(portal: str, rt: Runtime | None = None) -> int:
+    """Mark a portal in `reauth` active (its credentials were fixed by hand) and resume its parked jobs."""
+    rt = rt or get_runtime()
+    found = rt.registry.get(portal)
+    if found is not None and found.state == "reauth":
+        rt.registry.mark_active(portal)
+    return resume_parked(portal, rt)
+
+
 def store_tokens(portal: str, auth: Mapping[str, Any], rt: Runtime | None = None) -> int:
     """Store a fresh token pair from Bitrix24's `auth` block and resume the portal's parked jobs.
 

@@ -126,6 +126,7 @@ def test_503_sets_the_limiter_full_and_the_calls_go_with_the_next_slot(
     out = run_concurrently(rt, 10)
     assert all(r.result is True for r in out)
     assert len(portal.requests) == 2  # the refused one and the retry, no job failed
+    assert rt.limiter.refusals() == {"acme": 1}  # counted for the console's live 503s
     # full at 50, ours is 45: the server must drain 6 requests at 2/s before the next slot
     assert 2.5 < time.monotonic() - start < 5
 

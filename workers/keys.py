@@ -54,6 +54,10 @@ class Keys:
         """How many of a portal's jobs ended in each terminal state (applied, superseded, dead, parked)."""
         return f"{self.prefix}:outcomes:{{{portal}}}"
 
+    def recent(self, portal: str) -> str:
+        """The ids of a portal's last finished jobs, newest first (`Ledger.RECENT` of them)."""
+        return f"{self.prefix}:recent:{{{portal}}}"
+
     def open_jobs(self) -> str:
         return f"{self.prefix}:open"
 
@@ -90,6 +94,10 @@ class Keys:
     # delivery: the limiter, operating holds, the pool-wide call queue
     def bucket(self, portal: str) -> str:
         return f"{self.prefix}:rl:{{{portal}}}"
+
+    def refusals(self) -> str:
+        """QUERY_LIMIT_EXCEEDED answers so far, a hash by portal (the console's live counts)."""
+        return f"{self.prefix}:refused_503"
 
     def hold(self, portal: str, method: str) -> str:
         return f"{self.prefix}:hold:{{{portal}}}:{method}"

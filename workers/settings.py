@@ -27,8 +27,9 @@ BITRIX24_CLOUD_ZONES = (
     "com", "eu", "de", "es", "fr", "it", "pl", "com.br", "com.tr", "in", "id", "vn", "jp", "cn", "ru", "ua", "by", "kz"
 )  # fmt: skip
 
-#: One entry of B24Q_API_KEYS: a key's SHA-256 in hex, then optionally the portals it is limited to.
-API_KEY_ENTRY = re.compile(r"[0-9a-fA-F]{64}(:[A-Za-z0-9.\-_:]+(\|[A-Za-z0-9.\-_:]+)*)?")
+#: One entry of B24Q_API_KEYS: a key's SHA-256 in hex, then optionally the portals it is limited to, or `*admin`
+#: (an operator's key, for the console).
+API_KEY_ENTRY = re.compile(r"[0-9a-fA-F]{64}(:\*admin|:[A-Za-z0-9.\-_:]+(\|[A-Za-z0-9.\-_:]+)*)?")
 
 
 class Settings(BaseSettings):
@@ -236,8 +237,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         "",
         description="API keys of the /v1 routes, as SHA-256 digests (never the keys): comma-separated "
-        "`sha256hex[:portal1|portal2]` entries, the portals limiting what the key may post and read; several "
-        "at once for rotation. `b24q apikey new` prints a key and its entry. Empty: /v1 answers 401 to everything.",
+        "`sha256hex[:portal1|portal2]` entries, the portals limiting what the key may post and read, or "
+        "`sha256hex:*admin` for an operator's key (the console at /console; every portal on /v1); several at once "
+        "for rotation. `b24q apikey new [--admin]` prints a key and its entry. Empty: /v1 answers 401 to everything.",
     )
     http_rate: float = Field(
         50.0, ge=0.0, description="Requests per second each API key may make to /v1 (0: unlimited); 429 above it."
@@ -254,7 +256,10 @@ class Settings(BaseSettings):
     def _api_key_entries(cls, value: str) -> str:
         for number, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), 1):
             if not API_KEY_ENTRY.fullmatch(entry):
-                raise ValueError(f"entry {number} is not sha256hex[:portal1|portal2] (`b24q apikey new` prints one)")
+                raise ValueError(
+                    f"entry {number} is not sha256hex[:portal1|portal2] or sha256hex:*admin"
+                    " (`b24q apikey new` prints one)"
+                )
         return value
 
     @field_validator("providers")

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from tasks.http import appside, intake
+from tasks.http import appside, console, intake
 from tasks.http.body import BodyTooLarge
 from tasks.http.docs import serve_docs
 from tasks.http.problems import answer_refusals, problem, responses
@@ -92,6 +92,7 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
     serve_docs(app)
     app.include_router(appside.router(rt))
     app.include_router(intake.router(rt))
+    app.include_router(console.router(rt))
     intake.document(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process answers")

@@ -54,6 +54,7 @@ class RateLimiter:
         self, client: redis.Redis, keys: Keys = DEFAULT_KEYS, bucket: Callable[[str], str] | None = None
     ) -> None:
         self._client = client
+        self._keys = keys
         self._bucket = bucket or keys.bucket
         self._script = client.register_script(_SCRIPT)
 
@@ -70,14 +71,19 @@ class RateLimiter:
     def set_full(self, portal: str, limits: Limits) -> float:
         """The portal answered QUERY_LIMIT_EXCEEDED: its bucket is at the plan's threshold.
 
-        Returns the seconds until the next slot.
+        Returns the seconds until the next slot. The refusal is counted (`refusals`).
         """
+        self._client.hincrby(self._keys.refusals(), portal, 1)
         if limits.our_rate <= 0:
             return 0.0
         _, wait = self._script(
             keys=[self._bucket(portal)], args=["full", 1.0 / limits.our_rate, limits.our_burst, limits.burst]
         )
         return max(0.0, float(wait))
+
+    def refusals(self) -> dict[str, int]:
+        """QUERY_LIMIT_EXCEEDED answers so far, by portal."""
+        return {k.decode(): int(v) for k, v in self._client.hgetall(self._keys.refusals()).items()}
 
     def level(self, portal: str, limits: Limits) -> float:
         """Requests the bucket holds now (0 = empty), from the stored TAT; for status views."""

@@ -21,8 +21,9 @@ from workers.runtime import Runtime
 _PORTAL_FIELDS = ("kind", "state", "reason", "plan", "rate", "burst", "expires")
 
 
-def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any]:
-    """Queues, portals and dead letters as plain data (see `b24q status --json`)."""
+def snapshot(rt: Runtime, portals: Sequence[str] | None = None, dead_letters: bool = True) -> dict[str, Any]:
+    """Queues, portals and dead letters as plain data (see `b24q status --json`); without `dead_letters`, their
+    counts by reason are left out (a read of every letter: a view that does not show them need not pay it)."""
     s = rt.settings
     r = rt.redis
     names = rt.registry.keys() if portals is None else list(portals)
@@ -84,7 +85,7 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None) -> dict[str, Any
                 "outcomes": {k.decode(): int(v) for k, v in sorted(ended.items())},
             }
         )
-    dead = rt.dead.counts()
+    dead = rt.dead.counts() if dead_letters else {}
     return {
         "time": now,
         "redis": redis_url(s.redis_url),

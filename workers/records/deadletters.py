@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from workers.keys import DEFAULT_KEYS, Keys
+
+_LUA = Path(__file__).parent / "lua"
 
 #: A dead letter keeps at most this much of an invalid payload (raw messages can be megabytes).
 MAX_STORED_PAYLOAD = 64 * 1024
@@ -63,6 +65,15 @@ class DeadLetter:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DeadPage:
+    """A page of dead letters: how many match its filter, its letters, and all letters' counts by reason."""
+
+    total: int
+    letters: list[DeadLetter]
+    by_reason: dict[str, int]
+
+
 class DeadLetters:
     """The dead-letter store."""
 
@@ -70,6 +81,8 @@ class DeadLetters:
         self._client = client
         self._keys = keys
         self._clock = clock
+        self._counts = client.register_script((_LUA / "dead_counts.lua").read_text())
+        self._page = client.register_script((_LUA / "dead_page.lua").read_text())
 
     def add(
         self,
@@ -106,7 +119,10 @@ class DeadLetters:
         return letter
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self._client.hgetall(self._keys.dead(job_id))
+        return self._letter(self._client.hgetall(self._keys.dead(job_id)))
+
+    @staticmethod
+    def _letter(raw: dict[bytes, bytes]) -> DeadLetter | None:
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
@@ -145,9 +161,30 @@ class DeadLetters:
     def count(self) -> int:
         return int(self._client.zcard(self._keys.dead_index()))
 
+    def page(self, portal: str | None = None, code: str | None = None, offset: int = 0, limit: int = 50) -> DeadPage:
+        """The letters matching the filter, newest first (`limit` of them from `offset`), how many match, and
+        every letter's count by reason: one pass inside Redis, then the page's letters, so a page stays fast
+        with tens of thousands of letters."""
+        reply = self._page(
+            keys=[self._keys.dead_index()], args=[self._keys.dead(""), portal or "", code or "", offset, limit]
+        )
+        total, count = int(reply[0]), int(reply[1])
+        ids, flat = reply[2 : 2 + count], reply[2 + count :]
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._keys.dead(job_id.decode()))
+        letters = [letter for letter in map(self._letter, pipe.execute()) if letter is not None]
+        reasons = {value.decode(): int(n) for value, n in zip(flat[::2], flat[1::2], strict=True)}
+        return DeadPage(total, letters, dict(sorted(reasons.items())))
+
+    def _count_by(self, field: str, values: Sequence[str] = ()) -> dict[str, int]:
+        flat = self._counts(keys=[self._keys.dead_index()], args=[self._keys.dead(""), field, *values])
+        return {value.decode(): int(n) for value, n in zip(flat[::2], flat[1::2], strict=True)}
+
+    def counts_by_portal(self, portals: Sequence[str] = ()) -> dict[str, int]:
+        """Dead letters per portal (of these portals only, if any are named)."""
+        return self._count_by("portal", portals)
+
     def counts(self) -> dict[str, int]:
         """Dead letters per reason (error code)."""
-        pipe = self._client.pipeline()
-        for job_id in self.ids():
-            pipe.hget(self._keys.dead(job_id), "code")
-        return dict(Counter(c.decode() for c in pipe.execute() if c is not None))
+        return self._count_by("code")

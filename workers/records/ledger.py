@@ -29,6 +29,8 @@ import redis
 from workers.keys import DEFAULT_KEYS, Keys
 
 TERMINAL = ("applied", "dead", "parked", "superseded")
+#: A portal's last finished jobs kept by id, for the operator's console.
+RECENT = 20
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ return {first, known[1], runs, known[2] or ''}
 
 _FINISH = """
 -- move a job to a terminal state; decrement its portal's backlog and count the outcome for the portal
--- only on the first such move (a replayed job counts again when it ends again). A job applied on its
+-- only on the first such move (a replayed job counts again when it ends again), and keep its id in the portal's
+-- list of recent jobs (the last ARGV[7]). A job applied on its
 -- first run with nothing else to tell (its history: queued, running) keeps no event list: its record
 -- says it all, for the shorter ARGV[6] seconds.
 local was = redis.call('HMGET', KEYS[1], 'state', 'runs')
@@ -90,6 +93,8 @@ if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' and state ~= 'su
   local n = redis.call('DECR', KEYS[3])
   if n < 0 then redis.call('SET', KEYS[3], 0) end
   redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
+  redis.call('LPUSH', KEYS[7], ARGV[5])
+  redis.call('LTRIM', KEYS[7], 0, ARGV[7] - 1)
   return 1
 end
 return 0
@@ -159,6 +164,23 @@ class Ledger:
         raw = self._client.get(self._backlog(portal))
         return int(raw) if raw else 0
 
+    def outcomes(self, portals: Iterable[str]) -> dict[str, int]:
+        """How many jobs of these portals ended in each terminal state, summed (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        for portal in portals:
+            pipe.hgetall(self._keys.outcomes(portal))
+        totals: dict[str, int] = {}
+        for counts in pipe.execute():
+            for state, n in counts.items():
+                totals[state.decode()] = totals.get(state.decode(), 0) + int(n)
+        return totals
+
+    def recent(self, portal: str) -> list[dict[str, Any]]:
+        """The portal's last finished jobs, newest first, with their histories (those whose records expired
+        are left out)."""
+        ids = [i.decode() for i in self._client.lrange(self._keys.recent(portal), 0, RECENT - 1)]
+        return [record for record in self.get_many(ids).values() if record is not None]
+
     def read_backlog(self, portal: str, pipe: Any) -> None:
         """Queue the read of `backlog(portal)` in a pipeline (its reply: the count, or None for 0)."""
         pipe.get(self._backlog(portal))
@@ -215,8 +237,9 @@ class Ledger:
                 self._open(),
                 self._keys.outcomes(portal),
                 self._payload_key(job_id),
+                self._keys.recent(portal),
             ],
-            args=[state, self._clock(), event, self._ttl, job_id, self._ttl_applied],
+            args=[state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT],
         )
 
     def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
