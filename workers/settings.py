@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr = Field(
         SecretStr(""), description="Password of the sentinels themselves, if they require one."
     )
+    broker_url: str = Field(
+        "",
+        description="Where the jobs' messages live: empty = the Redis of B24Q_REDIS_URL; "
+        "amqp://user:pw@host:5672/vhost (amqps:// for TLS) = RabbitMQ, with quorum queues and publisher confirms, "
+        "Redis then holding state only (README: Running workers, which broker to choose).",
+    )
+    broker_delivery_limit: int = Field(
+        10,
+        ge=1,
+        description="RabbitMQ: deliveries of one message (a worker died or stopped holding it) before it is moved "
+        "aside and kept as the dead letter DELIVERY_LIMIT.",
+    )
     key_prefix: str = Field("b24q", description="Prefix of every Redis key b24q writes (besides the broker's).")
     queue: str = Field("b24q", description="Celery queue the jobs go to.")
 
@@ -243,6 +255,18 @@ class Settings(BaseSettings):
         50.0, ge=0.0, description="Requests per second each API key may make to /v1 (0: unlimited); 429 above it."
     )
     http_burst: int = Field(100, ge=1, description="Requests an API key may make at once before http_rate applies.")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value.strip() and not value.strip().startswith(("amqp://", "amqps://")):
+            raise ValueError("must be empty (the Redis of B24Q_REDIS_URL) or an amqp:// or amqps:// URL (RabbitMQ)")
+        return value.strip()
+
+    @property
+    def on_rabbitmq(self) -> bool:
+        """Whether the jobs' messages live in RabbitMQ (B24Q_BROKER_URL), not in the Redis of the state."""
+        return bool(self.broker_url)
 
     @field_validator("api_keys")
     @classmethod

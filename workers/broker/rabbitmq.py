@@ -1,0 +1,170 @@
+"""b24q's queues on RabbitMQ (B24Q_BROKER_URL=amqp://...): their names, arguments and depths.
+
+Three durable quorum queues per `B24Q_QUEUE` (say `b24q`), all bound to one topic exchange named after it
+(kombu's native delayed delivery needs a topic exchange to route a countdown retry back to its queue):
+
+- `b24q`: fresh jobs, resumes and replays (the Redis broker's priority 0);
+- `b24q.bulk`: retries and the jobs of a portal with a deep backlog (the Redis broker's priority 6).
+  Quorum queues on RabbitMQ 3.10 have no message priorities, so the two lanes are two queues, each with
+  its own consumer and prefetch in every worker: the bulk lane can never take a worker's every slot
+  from fresh jobs (on Redis, fresh jobs pass bulk ones strictly; here each lane gets its share);
+- `b24q.dead`: a message delivered `B24Q_BROKER_DELIVERY_LIMIT` times without an outcome (each worker
+  that took it died or stopped) is dead-lettered here by RabbitMQ (at-least-once dead-lettering) and a
+  worker records it as the b24q dead letter `DELIVERY_LIMIT` (`workers.broker.consumer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from amqp import spec
+from amqp.exceptions import MessageNacked
+from kombu import Connection, Exchange, Producer, Queue
+
+#: Priorities the publishers use on Redis at or above which a job goes to the bulk lane here.
+BULK_FROM_PRIORITY = 1
+#: The dead-letter code of a message RabbitMQ moved aside after too many deliveries.
+DELIVERY_LIMIT = "DELIVERY_LIMIT"
+
+
+def bulk(queue: str) -> str:
+    return f"{queue}.bulk"
+
+
+def dead(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+def lane(queue: str, priority: int) -> str:
+    """The queue (and routing key) of a job published with this Redis-broker priority."""
+    return bulk(queue) if priority >= BULK_FROM_PRIORITY else queue
+
+
+def retry_options(queue: str, countdown: float) -> dict[str, Any]:
+    """How a retry is published here: to the bulk lane, after a countdown of whole seconds (kombu's delay
+    queues count in seconds and refuse a countdown below 1 s, so a shorter one waits 1 s)."""
+    return {"queue": bulk(queue), "countdown": max(1, math.ceil(countdown))}
+
+
+def exchange(queue: str) -> Exchange:
+    return Exchange(queue, type="topic", durable=True)
+
+
+def task_queues(queue: str, delivery_limit: int) -> list[Queue]:
+    """The queues a worker consumes and declares (Celery's `task_queues`)."""
+    ex = exchange(queue)
+    work = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": ex.name,
+        "x-dead-letter-routing-key": dead(queue),
+        # at-least-once dead-lettering (a message is never dropped on its way aside) requires reject-publish
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    return [
+        Queue(queue, ex, routing_key=queue, durable=True, queue_arguments=work),
+        Queue(bulk(queue), ex, routing_key=bulk(queue), durable=True, queue_arguments=work),
+        Queue(dead(queue), ex, routing_key=dead(queue), durable=True, queue_arguments={"x-queue-type": "quorum"}),
+    ]
+
+
+def dead_lettered(message: Any, queue: str) -> bool:
+    """Whether a delivered message is one RabbitMQ moved to the dead queue (countdown retries carry `x-death`
+    too, from the delay queues they expired from: the routing key tells them apart)."""
+    info = getattr(message, "delivery_info", None)
+    headers = getattr(message, "headers", None)
+    return (
+        isinstance(info, dict)
+        and info.get("routing_key") == dead(queue)
+        and isinstance(headers, dict)
+        and bool(headers.get("x-death"))
+    )
+
+
+def declare(producer: Producer, queues: Iterable[Queue]) -> None:
+    """Make sure b24q's exchange, queues and bindings exist before publishing to them (once per connection:
+    kombu remembers what it declared). RabbitMQ drops a message that no binding routes, and confirms it."""
+    for queue in queues:
+        producer.maybe_declare(queue)
+
+
+@contextlib.contextmanager
+def confirmed(producer: Producer, timeout: float = 30.0) -> Iterator[Producer]:
+    """A producer whose publishes RabbitMQ has all confirmed when the block ends, in one wait.
+
+    With `confirm_publish`, py-amqp waits for each message's confirm before the next publish (one round
+    trip per message). Inside this block messages go out back to back on a channel of their own, and the
+    block ends only once RabbitMQ has confirmed every one of them (a negative confirm, a closed connection
+    or the timeout raises): the same guarantee, for a whole batch at once.
+    """
+    channel = producer.connection.channel()
+    sent = 0
+    publish = channel._basic_publish
+
+    def publish_unconfirmed(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        kwargs.pop("confirm_timeout", None)
+        result = publish(*args, **kwargs)
+        sent += 1  # confirm mode numbers a channel's publishes 1, 2, ...
+        return result
+
+    try:
+        channel.confirm_select()
+        channel.basic_publish = publish_unconfirmed
+        yield Producer(channel, exchange=producer.exchange, serializer=producer.serializer)
+        _wait_for_confirms(channel, sent, timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+
+
+def _wait_for_confirms(channel: Any, sent: int, timeout: float) -> None:
+    """Until RabbitMQ has acknowledged publishes 1..sent of this channel (in any order, singly or up to a tag)."""
+    pending = set(range(1, sent + 1))
+
+    def on_confirm(method: Any, delivery_tag: int, multiple: bool) -> None:
+        if method == spec.Basic.Nack:
+            raise MessageNacked(f"RabbitMQ refused message {delivery_tag} (multiple={multiple})")
+        if multiple:
+            pending.difference_update(range(1, delivery_tag + 1))
+        else:
+            pending.discard(delivery_tag)
+
+    while pending:
+        channel.wait([spec.Basic.Ack, spec.Basic.Nack], callback=on_confirm, timeout=timeout)
+
+
+def depths(url: str, queue: str) -> dict[str, int | None]:
+    """Messages ready in each of b24q's queues (None: the queue does not exist yet)."""
+    out: dict[str, int | None] = {}
+    with Connection(url, connect_timeout=5) as conn:
+        for name in (queue, bulk(queue), dead(queue)):
+            channel = conn.channel()
+            try:
+                out[name] = int(channel.queue_declare(name, passive=True).message_count)
+            except conn.channel_errors:
+                out[name] = None  # a passive declare of a missing queue closes the channel
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return out
+
+
+def delete(url: str, queue: str) -> None:
+    """Delete b24q's queues and exchange for `queue` (test runs clean up their namespace with it)."""
+    with Connection(url, connect_timeout=5) as conn:
+        for name in (queue, bulk(queue), dead(queue)):
+            channel = conn.channel()
+            with contextlib.suppress(*conn.channel_errors):
+                channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                channel.close()
+        channel = conn.channel()
+        with contextlib.suppress(*conn.channel_errors):
+            channel.exchange_delete(queue)
+        with contextlib.suppress(Exception):
+            channel.close()
