@@ -86,8 +86,7 @@ def _batch(producer: Any, settings: Settings, size: int) -> Iterator[Any]:
     2, headers, the masking hook); on Redis kombu's publish batch writes them in one pipelined round trip
     per 1000; on RabbitMQ they go out back to back and the batch ends once RabbitMQ confirmed them all."""
     if settings.on_rabbitmq:
-        rabbitmq.declare(producer, app.amqp.queues.values())
-        with rabbitmq.confirmed(producer) if size > 1 else contextlib.nullcontext(producer) as sender:
+        with rabbitmq.confirmed(producer, app.amqp.queues.values()) as sender:
             yield sender
     else:
         with producer.batch(max_size=1000) if size > 1 else contextlib.nullcontext():

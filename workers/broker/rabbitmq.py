@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from amqp import spec
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Producer, Queue
+from kombu.common import maybe_declare
 
 #: Priorities the publishers use on Redis at or above which a job goes to the bulk lane here.
 BULK_FROM_PRIORITY = 1
@@ -85,57 +86,91 @@ def dead_lettered(message: Any, queue: str) -> bool:
     )
 
 
-def declare(producer: Producer, queues: Iterable[Queue]) -> None:
-    """Make sure b24q's exchange, queues and bindings exist before publishing to them (once per connection:
-    kombu remembers what it declared). RabbitMQ drops a message that no binding routes, and confirms it."""
-    for queue in queues:
-        producer.maybe_declare(queue)
-
-
 @contextlib.contextmanager
-def confirmed(producer: Producer, timeout: float = 30.0) -> Iterator[Producer]:
+def confirmed(producer: Producer, queues: Iterable[Queue], timeout: float = 30.0) -> Iterator[Producer]:
     """A producer whose publishes RabbitMQ has all confirmed when the block ends, in one wait.
 
     With `confirm_publish`, py-amqp waits for each message's confirm before the next publish (one round
     trip per message). Inside this block messages go out back to back on a channel of their own, and the
     block ends only once RabbitMQ has confirmed every one of them (a negative confirm, a closed connection
-    or the timeout raises): the same guarantee, for a whole batch at once.
+    or the timeout raises): the same guarantee, for a whole batch at once. b24q's exchange, queues and
+    bindings are declared first (once per connection): RabbitMQ drops, and confirms, a message no binding
+    routes.
     """
-    channel = producer.connection.channel()
-    sent = 0
+    channel = _fresh_channel(producer.connection)
+    confirms = _Confirms()
     publish = channel._basic_publish
 
     def publish_unconfirmed(*args: Any, **kwargs: Any) -> Any:
-        nonlocal sent
         kwargs.pop("confirm_timeout", None)
         result = publish(*args, **kwargs)
-        sent += 1  # confirm mode numbers a channel's publishes 1, 2, ...
+        confirms.sent += 1  # confirm mode numbers a channel's publishes 1, 2, ...
         return result
 
     try:
+        for queue in queues:
+            maybe_declare(queue, channel)
+        # py-amqp reads what has arrived before each publish (to see connection.blocked in time), and hands the
+        # confirms it finds to these listeners: they must be in place before the first publish
+        channel.events["basic_ack"].add(confirms.ack)
+        channel.events["basic_nack"].add(confirms.nack)
         channel.confirm_select()
         channel.basic_publish = publish_unconfirmed
         yield Producer(channel, exchange=producer.exchange, serializer=producer.serializer)
-        _wait_for_confirms(channel, sent, timeout)
+        confirms.wait(channel.connection, timeout)
     finally:
         with contextlib.suppress(Exception):
             channel.close()
 
 
-def _wait_for_confirms(channel: Any, sent: int, timeout: float) -> None:
-    """Until RabbitMQ has acknowledged publishes 1..sent of this channel (in any order, singly or up to a tag)."""
-    pending = set(range(1, sent + 1))
+class _Confirms:
+    """The publisher confirms of one channel: publishes 1..sent, and which of them RabbitMQ has acknowledged
+    (singly, or all up to a tag; in any order)."""
 
-    def on_confirm(method: Any, delivery_tag: int, multiple: bool) -> None:
-        if method == spec.Basic.Nack:
-            raise MessageNacked(f"RabbitMQ refused message {delivery_tag} (multiple={multiple})")
+    def __init__(self) -> None:
+        self.sent = 0
+        self.confirmed_through = 0
+        self.confirmed: set[int] = set()
+        self.refused: list[int] = []
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
         if multiple:
-            pending.difference_update(range(1, delivery_tag + 1))
+            self.confirmed_through = max(self.confirmed_through, delivery_tag)
         else:
-            pending.discard(delivery_tag)
+            self.confirmed.add(delivery_tag)
 
-    while pending:
-        channel.wait([spec.Basic.Ack, spec.Basic.Nack], callback=on_confirm, timeout=timeout)
+    def nack(self, delivery_tag: int, multiple: bool) -> None:
+        self.refused.append(delivery_tag)
+
+    def done(self) -> bool:
+        if self.refused:
+            raise MessageNacked(f"RabbitMQ refused message(s) {self.refused[:5]} of this batch")
+        if self.confirmed_through >= self.sent:
+            return True
+        return all(tag in self.confirmed for tag in range(self.confirmed_through + 1, self.sent + 1))
+
+    def wait(self, connection: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"RabbitMQ did not confirm this batch's messages in {timeout} s")
+            connection.drain_events(timeout=left)
+
+
+def _fresh_channel(connection: Connection) -> Any:
+    """A new channel on the pooled connection, or on a new connection when that one has died (the broker
+    restarted or cut it): nothing is published yet, so trying again is safe, and a producer recovers by
+    itself instead of failing on a dead socket until its process restarts."""
+    try:
+        if connection.connected:  # (False once the pool closed it after an error, or py-amqp dropped it)
+            return connection.channel()
+    except (*connection.connection_errors, OSError):
+        pass  # a socket that died unnoticed: found out on the first write
+    with contextlib.suppress(Exception):
+        connection.collect()
+    connection.connect()
+    return connection.channel()
 
 
 def depths(url: str, queue: str) -> dict[str, int | None]:
