@@ -211,3 +211,39 @@ def test_a_connection_cut_mid_batch_loses_no_acknowledged_enqueue(domain: str) -
         found = set(queued_ids(queue))
         missing = [i for i in acked if i not in found]
         assert not missing, f"{len(missing)} of {len(acked)} acknowledged jobs are not on the broker"
+
+
+def test_a_message_no_worker_finishes_ends_as_a_dead_letter(domain: str) -> None:
+    """Each delivery of this job ends without an outcome (here: handed back, as by a worker that dies holding
+    it): after B24Q_BROKER_DELIVERY_LIMIT deliveries RabbitMQ moves it to the dead queue, and a worker
+    records it as the dead letter DELIVERY_LIMIT instead of running it again."""
+    with rabbitmq_stack(broker_delivery_limit=2) as stack:
+        add_portal(stack, domain)
+        (job_id,) = producer.enqueue_many(mixed_jobs(domain, 1))
+        rt = get_runtime()
+        queue = rt.settings.queue
+        deliveries = 0
+        with Connection(RABBITMQ_URL) as conn:
+            channel = conn.channel()
+            deadline = time.monotonic() + 30
+            while True:
+                message = channel.basic_get(queue, no_ack=False)
+                if message is None:
+                    if rabbitmq.depths(RABBITMQ_URL, queue)[rabbitmq.dead(queue)]:
+                        break
+                    assert time.monotonic() < deadline, f"never dead-lettered after {deliveries} deliveries"
+                    time.sleep(0.05)
+                    continue
+                assert message.headers["id"] == job_id
+                deliveries += 1
+                channel.basic_reject(message.delivery_tag, requeue=True)
+        assert deliveries == 3  # the first delivery and two more: then the limit is passed
+        stack.start_workers(1, concurrency=4, extra=["--without-mingle", "--without-gossip"])
+        deadline = time.monotonic() + 30
+        while (rt.ledger.record(job_id) or {}).get("state") != "dead":
+            assert time.monotonic() < deadline, rt.ledger.get(job_id)
+            time.sleep(0.1)
+        letter = rt.dead.get(job_id)
+        assert letter is not None and letter.code == rabbitmq.DELIVERY_LIMIT, letter
+        assert letter.portal == domain
+        assert rabbitmq.depths(RABBITMQ_URL, queue) == {queue: 0, rabbitmq.bulk(queue): 0, rabbitmq.dead(queue): 0}
