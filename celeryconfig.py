@@ -7,7 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from workers.broker import rabbitmq
+from workers import rabbitmq
 from workers.keys import PRIORITY_STEPS
 from workers.redisurl import broker_options
 from workers.settings import Settings, get_settings
@@ -56,7 +56,7 @@ def _broker(_s: Settings) -> dict[str, Any]:
             # producer saw succeed is on the broker (tests/faults/test_rabbitmq.py cuts the connection after it)
             broker_transport_options={"confirm_publish": True},
             broker_use_ssl=_s.broker_url.startswith("amqps://"),
-            # durable quorum queues, two lanes and a dead-letter queue (workers.broker.rabbitmq)
+            # durable quorum queues, two lanes and a dead-letter queue (workers.rabbitmq)
             task_queues=rabbitmq.task_queues(_s.queue, _s.broker_delivery_limit),
             task_default_exchange=_s.queue,
             task_default_exchange_type="topic",

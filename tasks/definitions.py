@@ -17,7 +17,8 @@ from celery.signals import worker_ready
 
 from tasks.jobs import KINDS, JobKind
 from tasks.publishing import republish
-from workers.broker import rabbitmq, reconcile
+from workers import rabbitmq
+from workers.broker import reconcile
 from workers.celery import app
 from workers.pipeline import PRIORITY_BULK, run_job
 from workers.runtime import get_runtime

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tasks.jobs import KINDS, JobKind
-from workers import redaction
-from workers.broker import rabbitmq
+from workers import rabbitmq, redaction
 from workers.celery import app
 from workers.delivery.ordering import StateKey
 from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL

@@ -29,7 +29,7 @@ import pytest
 
 from tasks import producer
 from tests.integration.conftest import FAST, RABBITMQ_URL
-from workers.broker import rabbitmq
+from workers import rabbitmq
 from workers.localdev.localstack import LocalStack
 from workers.records.ledger import TERMINAL
 from workers.runtime import get_runtime

@@ -19,7 +19,8 @@ from kombu import Connection
 from tasks import producer
 from tests.faults.conftest import add_portal, make_fault_stack, mixed_jobs
 from tests.integration.conftest import RABBITMQ_URL, on_broker
-from workers.broker import rabbitmq
+from workers import rabbitmq
+from workers.observe.status import render, snapshot
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
@@ -247,3 +248,20 @@ def test_a_message_no_worker_finishes_ends_as_a_dead_letter(domain: str) -> None
         assert letter is not None and letter.code == rabbitmq.DELIVERY_LIMIT, letter
         assert letter.portal == domain
         assert rabbitmq.depths(RABBITMQ_URL, queue) == {queue: 0, rabbitmq.bulk(queue): 0, rabbitmq.dead(queue): 0}
+
+
+def test_status_shows_each_rabbitmq_queue(domain: str) -> None:
+    """`b24q status` and the metrics' queue depth read RabbitMQ's queues, not Redis lists."""
+    with rabbitmq_stack() as stack:
+        add_portal(stack, domain)
+        producer.enqueue_many(mixed_jobs(domain, 3))
+        rt = get_runtime()
+        queue = rt.settings.queue
+        found = snapshot(rt)
+        assert found["queues"] == [
+            {"name": queue, "depth": 3, "by_priority": {"-": 3}},
+            {"name": rabbitmq.bulk(queue), "depth": 0, "by_priority": {"-": 0}},
+            {"name": rabbitmq.dead(queue), "depth": 0, "by_priority": {"-": 0}},
+        ]
+        assert found["unacked"] is None
+        assert "not reported over AMQP" in render({**found, "workers": {"answered": []}})

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from workers.broker import rabbitmq
+from workers import rabbitmq
 from workers.runtime import get_runtime
 
 #: Dead-letter reasons of messages that never reached a job (see `b24q dead list --code ...`).

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from workers.broker import rabbitmq
+from workers import rabbitmq
 from workers.celery import configure
 from workers.localdev.redisserver import RedisServer
 from workers.runtime import Runtime, get_runtime, set_runtime

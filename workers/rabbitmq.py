@@ -39,6 +39,11 @@ def dead(queue: str) -> str:
     return f"{queue}.dead"
 
 
+def names(queue: str) -> tuple[str, str, str]:
+    """b24q's queues for `queue`: fresh jobs, the bulk lane, the dead letters."""
+    return (queue, bulk(queue), dead(queue))
+
+
 def lane(queue: str, priority: int) -> str:
     """The queue (and routing key) of a job published with this Redis-broker priority."""
     return bulk(queue) if priority >= BULK_FROM_PRIORITY else queue
@@ -177,7 +182,7 @@ def depths(url: str, queue: str) -> dict[str, int | None]:
     """Messages ready in each of b24q's queues (None: the queue does not exist yet)."""
     out: dict[str, int | None] = {}
     with Connection(url, connect_timeout=5) as conn:
-        for name in (queue, bulk(queue), dead(queue)):
+        for name in names(queue):
             channel = conn.channel()
             try:
                 out[name] = int(channel.queue_declare(name, passive=True).message_count)
@@ -192,7 +197,7 @@ def depths(url: str, queue: str) -> dict[str, int | None]:
 def delete(url: str, queue: str) -> None:
     """Delete b24q's queues and exchange for `queue` (test runs clean up their namespace with it)."""
     with Connection(url, connect_timeout=5) as conn:
-        for name in (queue, bulk(queue), dead(queue)):
+        for name in names(queue):
             channel = conn.channel()
             with contextlib.suppress(*conn.channel_errors):
                 channel.queue_delete(name)
