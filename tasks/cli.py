@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -595,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=6000, help="how many jobs to enqueue")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--keep", action="store_true", help="keep everything running at the end (for Flower)")
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("B24Q_BROKER_URL", ""),
+        help="amqp://... : the jobs' messages in this RabbitMQ (queues of the demo's own, deleted at the end); "
+        "default B24Q_BROKER_URL, or the demo's Redis",
+    )
     p.set_defaults(func=demo.run)
     return parser
 

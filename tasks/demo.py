@@ -19,6 +19,7 @@ from typing import Any
 
 from tasks.jobs import KINDS
 from tasks.producer import enqueue, enqueue_many
+from workers import redaction
 from workers.errors import JobRefused
 from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
@@ -120,13 +121,19 @@ def stack_runtime() -> Runtime:
 
 def run(args: argparse.Namespace) -> int:
     redis_url = os.environ.get("B24Q_REDIS_URL") or os.environ.get("REDIS_URL")
+    broker: dict[str, Any] = {}
+    if getattr(args, "broker", ""):
+        # queues of the demo's own: a pool's `b24q` queues on the same RabbitMQ are never touched
+        broker = {"broker_url": args.broker, "queue": f"b24q-demo-{os.getpid()}"}
     print(
         "b24q demo: starting",
         "Redis at " + redis_url if redis_url else "a private Redis",
+        f"+ RabbitMQ at {redaction.redis_url(args.broker)} (queue {broker['queue']})" if broker else "",
         "+ the Bitrix24 emulator + worker processes…",
         flush=True,
     )
-    with LocalStack(redis_url=redis_url, settings={"gather_ms": 20, "providers": json.dumps(PROVIDERS)}) as stack:
+    settings = {"gather_ms": 20, "providers": json.dumps(PROVIDERS), **broker}
+    with LocalStack(redis_url=redis_url, settings=settings) as stack:
         print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
         stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
         print(
@@ -270,9 +277,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
         sample = ids[0]
         print(f"One job's history: b24q job show {sample}")
-        print(f"With this run's Redis: B24Q_REDIS_URL={stack.settings.redis_url}")
+        env = f"B24Q_REDIS_URL={stack.settings.redis_url}"
+        if broker:
+            env += f" B24Q_BROKER_URL={redaction.redis_url(args.broker)} B24Q_QUEUE={broker['queue']}"
+        print(f"With this run's Redis and broker: {env}")
         print(
-            f"Flower: B24Q_REDIS_URL={stack.settings.redis_url} FLOWER_BASIC_AUTH=ops:change-me "
+            f"Flower: {env} FLOWER_BASIC_AUTH=ops:change-me "
             "celery -A workers flower --address=127.0.0.1 --port=5555  (then http://127.0.0.1:5555)"
         )
         if not args.keep:
