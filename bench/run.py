@@ -20,12 +20,26 @@ from pathlib import Path
 
 from bench import profiler
 from bench.report import Table
-from bench.scenarios import Options, dlr, fairness, fullstart, intake, light, many, memory, producer, raw, saturation
+from bench.scenarios import (
+    Options,
+    brokers,
+    dlr,
+    fairness,
+    fullstart,
+    intake,
+    light,
+    many,
+    memory,
+    producer,
+    raw,
+    saturation,
+)
 from bench.stack import MachineLoad, log
 
 SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "saturation": saturation.run,
     "raw": raw.run,
+    "brokers": brokers.run,
     "light": light.run,
     "fairness": fairness.run,
     "many": many.run,
