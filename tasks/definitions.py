@@ -33,7 +33,10 @@ def _define(kind: JobKind) -> Task:
                 raise self.retry(exc=exc, max_retries=None, **rabbitmq.retry_options(settings.queue, countdown))
             raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=PRIORITY_BULK)
 
-        return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+        def run() -> dict[str, Any]:
+            return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+
+        return rabbitmq.held_through_outages(run) if get_runtime().settings.on_rabbitmq else run()
 
     job.__doc__ = f"{kind.name}: {kind.method} ({kind.model.__doc__})"
     return job

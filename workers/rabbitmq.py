@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from amqp.exceptions import MessageNacked
+from celery.exceptions import Reject
 from kombu import Connection, Exchange, Producer, Queue
 from kombu.common import maybe_declare
+
+T = TypeVar("T")
 
 #: Priorities the publishers use on Redis at or above which a job goes to the bulk lane here.
 BULK_FROM_PRIORITY = 1
@@ -53,6 +56,28 @@ def retry_options(queue: str, countdown: float) -> dict[str, Any]:
     """How a retry is published here: to the bulk lane, after a countdown of whole seconds (kombu's delay
     queues count in seconds and refuse a countdown below 1 s, so a shorter one waits 1 s)."""
     return {"queue": bulk(queue), "countdown": max(1, math.ceil(countdown))}
+
+
+#: How long a job whose run met Redis (or the broker) down keeps its message and tries again in place.
+OUTAGE_HOLD = 300.0
+
+
+def held_through_outages(run: Callable[[], T], hold: float = OUTAGE_HOLD) -> T:
+    """Run a job; when the run asks for its message to be requeued (Redis or the broker unavailable: the
+    pipeline raises `Reject(requeue=True)`), wait and run it again here, the message still held, for up to
+    `hold` seconds before requeueing it after all. RabbitMQ counts every return of a message to its queue
+    towards `x-delivery-limit`: requeued at once, a job met Redis down ten times in a fraction of a second
+    and ended as the dead letter DELIVERY_LIMIT (tests/faults/test_redis_restart.py)."""
+    waited, pause = 0.0, 0.25
+    while True:
+        try:
+            return run()
+        except Reject as exc:
+            if not exc.requeue or waited >= hold:
+                raise
+        time.sleep(pause)
+        waited += pause
+        pause = min(pause * 2, 5.0)
 
 
 def exchange(queue: str) -> Exchange:
