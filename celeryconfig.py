@@ -7,6 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from workers import rabbitmq
 from workers.keys import PRIORITY_STEPS
 from workers.redisurl import broker_options
 from workers.settings import Settings, get_settings
@@ -46,12 +47,26 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return options
 
 
-def build(_s: Settings) -> dict[str, Any]:
-    """The Celery settings for a b24q `Settings` (also used to re-point a producer in tests)."""
+def _broker(_s: Settings) -> dict[str, Any]:
+    """Where the messages live: the Redis of the state (kombu's Redis transport, hardened by b24q), or RabbitMQ."""
+    if _s.on_rabbitmq:
+        return dict(
+            broker_url=_s.broker_url,
+            # publish returns only once RabbitMQ has taken the message (publisher confirms): an enqueue the
+            # producer saw succeed is on the broker (tests/faults/test_rabbitmq.py cuts the connection after it)
+            broker_transport_options={"confirm_publish": True},
+            broker_use_ssl=_s.broker_url.startswith("amqps://"),
+            # durable quorum queues, two lanes and a dead-letter queue (workers.rabbitmq)
+            task_queues=rabbitmq.task_queues(_s.queue, _s.broker_delivery_limit),
+            task_default_exchange=_s.queue,
+            task_default_exchange_type="topic",
+            task_default_routing_key=_s.queue,
+            # countdown retries wait in RabbitMQ's delay queues (kombu's native delayed delivery), not in a
+            # worker's memory: a worker's death does not touch them
+            broker_native_delayed_delivery_queue_type="quorum",
+        )
     return dict(
         broker_url=_s.redis_url,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # keep reconnecting through a Redis restart
         broker_transport_options={
             # must exceed the longest countdown (backoff_max) plus the longest job run, or a scheduled
             # retry is redelivered while it waits (Celery's Redis caveat)
@@ -69,6 +84,21 @@ def build(_s: Settings) -> dict[str, Any]:
             **broker_options(_s.redis_url, _s.redis_sentinel_master, _s.redis_sentinel_password.get_secret_value()),
         },
         broker_use_ssl=_tls_options(_s.redis_url) or False,
+        task_default_priority=0,
+        # Celery's defaults, spelled out so that `workers.celery.configure` can point a process back at Redis
+        task_queues=None,
+        task_default_exchange=None,
+        task_default_exchange_type="direct",
+        task_default_routing_key=None,
+    )
+
+
+def build(_s: Settings) -> dict[str, Any]:
+    """The Celery settings for a b24q `Settings` (also used to re-point a producer in tests)."""
+    return dict(
+        **_broker(_s),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # keep reconnecting through a broker restart
         # JSON only: any Celery-protocol client can produce, and nothing executable crosses the wire
         task_serializer="json",
         result_serializer="json",
@@ -85,7 +115,6 @@ def build(_s: Settings) -> dict[str, Any]:
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
         task_default_queue=_s.queue,
-        task_default_priority=0,
         # I/O-bound work: threads share one dispatcher per process, so concurrent jobs pack into batches
         worker_pool="threads",
         worker_concurrency=_s.worker_concurrency,

@@ -22,6 +22,7 @@ from bench import profiler
 from bench.report import Table
 from bench.scenarios import (
     Options,
+    brokers,
     console,
     dlr,
     fairness,
@@ -41,6 +42,7 @@ from bench.stack import MachineLoad, log
 SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "saturation": saturation.run,
     "raw": raw.run,
+    "brokers": brokers.run,
     "light": light.run,
     "fairness": fairness.run,
     "many": many.run,

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -572,6 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, default=8024, help="port of the HTTP app on 127.0.0.1 (taken: any free one)"
     )
     p.add_argument("--flower-port", type=int, default=5555, help="port of Flower with --keep (taken: any free one)")
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("B24Q_BROKER_URL", ""),
+        help="amqp://... : the jobs' messages in this RabbitMQ (queues of the demo's own, deleted at the end); "
+        "default B24Q_BROKER_URL, or the demo's Redis",
+    )
     p.set_defaults(func=demo.run)
     return parser
 

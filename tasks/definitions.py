@@ -17,6 +17,7 @@ from celery.signals import worker_ready
 
 from tasks.jobs import KINDS, JobKind
 from tasks.publishing import republish
+from workers import rabbitmq
 from workers.broker import reconcile
 from workers.celery import app
 from workers.pipeline import PRIORITY_BULK, run_job
@@ -27,9 +28,15 @@ def _define(kind: JobKind) -> Task:
     @app.task(name=kind.task_name, bind=True, max_retries=None, acks_late=True)
     def job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         def retry(countdown: float, exc: BaseException) -> NoReturn:
+            settings = get_runtime().settings
+            if settings.on_rabbitmq:
+                raise self.retry(exc=exc, max_retries=None, **rabbitmq.retry_options(settings.queue, countdown))
             raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=PRIORITY_BULK)
 
-        return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+        def run() -> dict[str, Any]:
+            return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+
+        return rabbitmq.held_through_outages(run) if get_runtime().settings.on_rabbitmq else run()
 
     job.__doc__ = f"{kind.name}: {kind.method} ({kind.model.__doc__})"
     return job

@@ -25,6 +25,7 @@ from typing import Any
 from tasks.http import apikeys
 from tasks.jobs import KINDS
 from tasks.producer import enqueue, enqueue_many
+from workers import redaction
 from workers.errors import JobRefused
 from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime
@@ -131,14 +132,25 @@ def stack_runtime() -> Runtime:
 
 def run(args: argparse.Namespace) -> int:
     redis_url = os.environ.get("B24Q_REDIS_URL") or os.environ.get("REDIS_URL")
+    broker: dict[str, Any] = {}
+    if getattr(args, "broker", ""):
+        # queues of the demo's own: a pool's `b24q` queues on the same RabbitMQ are never touched
+        broker = {"broker_url": args.broker, "queue": f"b24q-demo-{os.getpid()}"}
     print(
         "b24q demo: starting",
         "Redis at " + redis_url if redis_url else "a private Redis",
+        f"+ RabbitMQ at {redaction.redis_url(args.broker)} (queue {broker['queue']})" if broker else "",
         "+ the Bitrix24 emulator + worker processes…",
         flush=True,
     )
     api_key, api_entry = apikeys.new()
-    settings = {"gather_ms": 20, "providers": json.dumps(PROVIDERS), "api_keys": api_entry}
+    admin_key, admin_entry = apikeys.new(admin=True)  # the operator's console's
+    settings = {
+        "gather_ms": 20,
+        "providers": json.dumps(PROVIDERS),
+        "api_keys": f"{api_entry},{admin_entry}",
+        **broker,
+    }
     with LocalStack(redis_url=redis_url, settings=settings) as stack:
         print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
         stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
@@ -292,8 +304,10 @@ def run(args: argparse.Namespace) -> int:
         login = f"ops:{secrets.token_urlsafe(12)}"
         flower = stack.start_flower(_free_or_any(args.flower_port, "Flower"), login)
         print(f"\nFlower: {flower.url}  (user {login.split(':')[0]}, password {login.split(':', 1)[1]})")
+        print(f"Operator's console: {http.url}/console  (sign in with the admin key {admin_key})")
         print("--keep: everything stays up until Ctrl-C. To use it from another shell, paste:\n")
-        print(paste_block(stack.settings.redis_url, api_key, http.url), flush=True)
+        extra = {"B24Q_BROKER_URL": args.broker, "B24Q_QUEUE": broker["queue"]} if broker else {}
+        print(paste_block(stack.settings.redis_url, api_key, http.url, extra), flush=True)
         # Ctrl-C or a plain `kill`: either way the stack's processes are stopped, none left behind
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
@@ -306,8 +320,9 @@ def _exit_code(outcome: dict[str, Counter[str]]) -> int:
     return 0 if outcome and sum(c["applied"] for c in outcome.values()) > 0 else 1
 
 
-def paste_block(redis_url: str, api_key: str, http_url: str) -> str:
-    """The lines `b24q demo --keep` prints for another shell: the README's examples then run as written."""
+def paste_block(redis_url: str, api_key: str, http_url: str, extra: dict[str, str] | None = None) -> str:
+    """The lines `b24q demo --keep` prints for another shell: the README's examples then run as written
+    (`extra`: more variables, the broker's when the demo runs on RabbitMQ)."""
     lines = []
     if sys.prefix != sys.base_prefix:  # the venv this demo runs in: `b24q`, `celery` and the Python examples
         lines.append(f". {sys.prefix}/bin/activate")
@@ -315,6 +330,7 @@ def paste_block(redis_url: str, api_key: str, http_url: str) -> str:
         f"export B24Q_REDIS_URL={redis_url}",
         f"export B24Q_API_KEY={api_key}",
         f"export B24Q_HTTP_URL={http_url}",
+        *(f"export {name}={value}" for name, value in (extra or {}).items()),
     ]
     return "\n".join(lines)
 

@@ -10,14 +10,16 @@ their `argsrepr`/`kwargsrepr` headers are masked at publish time (`workers.redac
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from tasks.jobs import KINDS, JobKind
-from workers import redaction
+from workers import rabbitmq, redaction
 from workers.celery import app
 from workers.delivery.ordering import StateKey
 from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
 from workers.runtime import Runtime
+from workers.settings import Settings
 
 #: A portal with more unfinished jobs than this goes to the bulk lane, so other portals pass it.
 FAIR_BACKLOG = 200
@@ -56,13 +58,10 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
         backlog[kwargs["portal"]] += 1
     published: list[str] = []
     try:
-        with app.producer_or_acquire() as producer:
-            # kombu's publish batch: Celery builds each message as always (protocol 2, headers, the
-            # masking hook), and the Redis transport writes them in one pipelined round trip per 1000
-            with producer.batch(max_size=1000) if len(jobs) > 1 else contextlib.nullcontext():
-                for (k, kwargs, job_id), priority in zip(jobs, priorities, strict=True):
-                    _send(k, kwargs, job_id, priority, rt.settings.queue, producer)
-            published = [job_id for _, _, job_id in jobs]
+        with app.producer_or_acquire() as producer, _batch(producer, rt.settings, len(jobs)) as sender:
+            for (k, kwargs, job_id), priority in zip(jobs, priorities, strict=True):
+                _send(k, kwargs, job_id, priority, rt.settings, sender)
+        published = [job_id for _, _, job_id in jobs]
     except Exception:
         # the caller learns the enqueue failed (Redis down), so the records of jobs not published are
         # rolled back rather than left `queued` forever; best effort, Redis may still be down
@@ -80,20 +79,34 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
     return published
 
 
+@contextlib.contextmanager
+def _batch(producer: Any, settings: Settings, size: int) -> Iterator[Any]:
+    """The producer a batch of `size` messages goes through. Celery builds each message as always (protocol
+    2, headers, the masking hook); on Redis kombu's publish batch writes them in one pipelined round trip
+    per 1000; on RabbitMQ they go out back to back and the batch ends once RabbitMQ confirmed them all."""
+    if settings.on_rabbitmq:
+        with rabbitmq.confirmed(producer, app.amqp.queues.values()) as sender:
+            yield sender
+    else:
+        with producer.batch(max_size=1000) if size > 1 else contextlib.nullcontext():
+            yield producer
+
+
 def republish(rt: Runtime, kind: str, job_id: str, kwargs: dict[str, Any]) -> str | None:
     """Publish a lost job's message again under its id (the reconciler's `Republish`); its task name, or
     None for a kind this version does not know."""
     k = KINDS.get(kind)
     if k is None:
         return None
-    _send(k, kwargs, job_id, PRIORITY_NORMAL, rt.settings.queue)
+    with app.producer_or_acquire() as producer, _batch(producer, rt.settings, 1) as sender:
+        _send(k, kwargs, job_id, PRIORITY_NORMAL, rt.settings, sender)
     return k.task_name
 
 
-def _send(kind: JobKind, kwargs: dict[str, Any], job_id: str, priority: int, queue: str, producer: Any = None) -> None:
+def _send(kind: JobKind, kwargs: dict[str, Any], job_id: str, priority: int, settings: Settings, producer: Any) -> None:
     """Publish one job's message: built by Celery's own protocol-2 builder (`as_task_v2`: the headers and
     body any Celery worker and Flower read), with the masked summaries Flower shows (`workers.redaction`),
-    and handed to kombu for the queue (a batch's pipeline when one is open). `send_task` would do the same
+    and handed to kombu for the queue (through the batch `_batch` opened). `send_task` would do the same
     with routing and option merging that b24q does not use, at three times the cost per message; it also
     fires Celery's publish signals, which b24q's own publishing does not need."""
     message = app.amqp.as_task_v2(
@@ -104,16 +117,11 @@ def _send(kind: JobKind, kwargs: dict[str, Any], job_id: str, priority: int, que
         argsrepr=redaction.argsrepr(()),
         kwargsrepr=redaction.kwargsrepr(kwargs),
     )
-    with contextlib.ExitStack() as stack:
-        if producer is None:
-            producer = stack.enter_context(app.producer_or_acquire())
-        producer.publish(
-            message.body,
-            exchange="",  # the default exchange: routing_key names the queue, as send_task's messages do
-            routing_key=queue,
-            serializer="json",
-            headers=message.headers,
-            priority=priority,
-            retry=False,
-            **message.properties,
-        )
+    queue = settings.queue
+    if settings.on_rabbitmq:  # the lane is a queue of its own, behind b24q's topic exchange
+        route = {"exchange": queue, "routing_key": rabbitmq.lane(queue, priority), "delivery_mode": 2}
+    else:  # Redis: the default exchange (routing_key names the queue, as send_task's), the lane a priority
+        route = {"exchange": "", "routing_key": queue, "priority": priority}
+    producer.publish(
+        message.body, serializer="json", headers=message.headers, retry=False, **route, **message.properties
+    )

@@ -72,7 +72,7 @@ MUTANTS = [
         "workers/broker/recovery.py",
         "        seconds, micros = self._client.time()",
         "        return []  # mutant\n        seconds, micros = self._client.time()",
-        "tests/faults/test_dead_workers.py::test_a_killed_workers_jobs_are_applied_within_seconds[8]",
+        "tests/faults/test_dead_workers.py::test_a_killed_workers_jobs_are_applied_within_seconds[redis-8]",
     ),
     Mutant(
         "graceful-stop",
@@ -80,7 +80,7 @@ MUTANTS = [
         "workers/broker/consumer.py",
         "        if isinstance(value, list) and len(value) == 3 and _envelope_ok(value[0]):",
         "        if False:  # mutant: an unacked entry kombu hands back is taken for garbage",
-        "tests/faults/test_graceful_stop.py::test_sigterm_under_load_finishes_or_requeues_every_job",
+        "tests/faults/test_graceful_stop.py::test_sigterm_under_load_finishes_or_requeues_every_job[redis]",
     ),
     Mutant(
         "stop-drain",

@@ -32,6 +32,7 @@ LAYERS: list[grimp.Layer | str] = [
         "workers.events",
         "workers.redaction",
         "workers.redisurl",
+        "workers.rabbitmq",
         independent=False,
     ),
 ]

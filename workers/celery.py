@@ -45,6 +45,7 @@ def configure(settings: Settings) -> None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
+    app.__dict__.pop("amqp", None)  # its queues and router are cached from the old broker's settings
     # `app.pool` is kombu's process-wide pool for this broker URL: without a reset, the closed pool came
     # back on the next publish to the same URL ("Acquire on closed pool")
     pools.reset()

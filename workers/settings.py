@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr = Field(
         SecretStr(""), description="Password of the sentinels themselves, if they require one."
     )
+    broker_url: str = Field(
+        "",
+        description="Where the jobs' messages live: empty = the Redis of B24Q_REDIS_URL; "
+        "amqp://user:pw@host:5672/vhost (amqps:// for TLS) = RabbitMQ, with quorum queues and publisher confirms, "
+        "Redis then holding state only (README: Running workers, which broker to choose).",
+    )
+    broker_delivery_limit: int = Field(
+        10,
+        ge=1,
+        description="RabbitMQ: deliveries of one message (a worker died or stopped holding it) before it is moved "
+        "aside and kept as the dead letter DELIVERY_LIMIT.",
+    )
     key_prefix: str = Field("b24q", description="Prefix of every Redis key b24q writes (besides the broker's).")
     queue: str = Field("b24q", description="Celery queue the jobs go to.")
 
@@ -250,6 +262,18 @@ class Settings(BaseSettings):
         description="How workers, `b24q serve` and the CLI write their log lines on stderr: `text` (time, level, "
         "logger, message) or `json` (one object per line: time, level, logger, message, exc), for log shippers.",
     )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value.strip() and not value.strip().startswith(("amqp://", "amqps://")):
+            raise ValueError("must be empty (the Redis of B24Q_REDIS_URL) or an amqp:// or amqps:// URL (RabbitMQ)")
+        return value.strip()
+
+    @property
+    def on_rabbitmq(self) -> bool:
+        """Whether the jobs' messages live in RabbitMQ (B24Q_BROKER_URL), not in the Redis of the state."""
+        return bool(self.broker_url)
 
     @field_validator("api_keys")
     @classmethod

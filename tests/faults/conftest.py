@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,8 @@ from typing import Any
 import pytest
 
 from tasks import producer
-from tests.integration.conftest import FAST
+from tests.integration.conftest import FAST, RABBITMQ_URL
+from workers import rabbitmq
 from workers.localdev.localstack import LocalStack
 from workers.records.ledger import TERMINAL
 from workers.runtime import get_runtime
@@ -295,11 +297,30 @@ def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 
 def broker_backlog() -> dict[str, int]:
-    """Messages still in the broker: queued (every priority sub-queue) and delivered but not acknowledged."""
+    """Messages still in the broker: queued (every priority sub-queue, or both lanes and the dead queue on
+    RabbitMQ) and delivered but not acknowledged."""
     rt = get_runtime()
     queue = rt.settings.queue
+    if rt.settings.on_rabbitmq:
+        return rabbitmq_backlog(queue)
     names = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
     return {"queued": sum(int(rt.redis.llen(n)) for n in names), "unacked": int(rt.redis.hlen("unacked"))}
+
+
+def rabbitmq_backlog(queue: str) -> dict[str, int]:
+    """Ready and unacknowledged messages of b24q's queues for `queue`, as RabbitMQ counts them (AMQP tells
+    only the ready ones, so `rabbitmqctl` it is: the machine's RabbitMQ runs here)."""
+    names = set(rabbitmq.depths(RABBITMQ_URL, queue))
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    rows = [line.split("\t") for line in listing.splitlines()]
+    ours = [(int(ready), int(unacked)) for name, ready, unacked in (r for r in rows if len(r) == 3) if name in names]
+    return {"queued": sum(r for r, _ in ours), "unacked": sum(u for _, u in ours)}
 
 
 def wait_drained(ids: list[str], timeout: float) -> tuple[dict[str, str], dict[str, int]]:

@@ -6,8 +6,10 @@ after the test, so tests do not see each other's jobs.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,6 +28,22 @@ FAST = {
     "visibility_timeout": 30,
     "transient_window": 10.0,
 }
+
+
+#: The RabbitMQ the tests of both brokers use: the machine's own (`.ci/run` starts it when it is not up). A test
+#: on RabbitMQ fails, never skips, when it is missing.
+RABBITMQ_URL = os.environ.get("B24Q_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+#: The brokers a broker-sensitive test runs on (`@pytest.mark.parametrize("broker", BROKERS)`).
+BROKERS = ("redis", "rabbitmq")
+
+
+def on_broker(broker: str) -> dict[str, Any]:
+    """Settings that put a stack's messages on `broker`. On RabbitMQ the stack gets queues of its own, named
+    for this run, which it deletes when it stops (`LocalStack`): runs never see each other's messages."""
+    if broker == "redis":
+        return {}
+    assert broker == "rabbitmq", broker
+    return {"broker_url": RABBITMQ_URL, "queue": f"b24q-test-{uuid.uuid4().hex[:12]}"}
 
 
 def make_stack(workers: int = 2, concurrency: int = 16, **settings: Any) -> LocalStack:

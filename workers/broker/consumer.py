@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from workers import rabbitmq
 from workers.runtime import get_runtime
 
 #: Dead-letter reasons of messages that never reached a job (see `b24q dead list --code ...`).
@@ -164,8 +165,19 @@ class Consumer(CeleryConsumer):
         handler = super().create_task_handler() if promise is None else super().create_task_handler(promise)
         connection_errors = tuple(self.connection_errors or ())
 
+        queue = str(self.app.conf.task_default_queue)
+
         def on_task_received(message: Any) -> Any:
             headers = getattr(message, "headers", None)
+            if rabbitmq.dead_lettered(message, queue):
+                try:
+                    record_delivery_limit(message)
+                except Exception:
+                    log.exception("could not record a dead-lettered message; it stays in the dead queue")
+                    message.reject_log_error(log, self.connection_errors, requeue=True)
+                    return None
+                message.ack_log_error(log, self.connection_errors)
+                return None
             if isinstance(headers, dict) and headers.get("task") == QUARANTINE_TASK:
                 try:
                     inner = json.loads(message.body)
@@ -193,6 +205,39 @@ class Consumer(CeleryConsumer):
         # Celery logs the raw body and acks: record it first
         record_raw(message, UNDECODABLE, f"body does not decode: {type(exc).__name__}: {_text(str(exc), 300)}")
         super().on_decode_error(message, exc)
+
+
+def record_delivery_limit(message: Any) -> None:
+    """A job's message RabbitMQ moved aside after `broker_delivery_limit` deliveries (every worker that took it
+    died or stopped holding it): the job ends as the dead letter DELIVERY_LIMIT, replayable."""
+    headers = message.headers
+    job_id = str(headers.get("id") or uuid.uuid4())
+    task = str(headers.get("task") or "?")
+    try:
+        body = message.decode()
+    except Exception:
+        body = None
+    kwargs = body[1] if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict) else {}
+    rt = get_runtime()
+    record = rt.ledger.record(job_id)
+    portal = str(record.get("portal") or kwargs.get("portal") or "?")[:255]
+    limit = rt.settings.broker_delivery_limit
+    why = (
+        f"delivered {limit} times without an outcome (each worker that took it "
+        "died or stopped); RabbitMQ moved it aside"
+    )
+    rt.dead.add(
+        job_id,
+        task,
+        record.get("kind", "?"),
+        portal,
+        kwargs,
+        rabbitmq.DELIVERY_LIMIT,
+        why,
+        rt.settings.broker_delivery_limit,
+    )
+    rt.ledger.finish(job_id, portal, "dead", f"{rabbitmq.DELIVERY_LIMIT}: {why}")
+    log.error("job %s (task %s) recorded as dead letter %s: %s", job_id, task, rabbitmq.DELIVERY_LIMIT, why)
 
 
 def record_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:

@@ -125,8 +125,11 @@ def _loop(republish: Republish) -> None:
 
 
 def start(republish: Republish) -> threading.Thread | None:
-    """Run reconciliation rounds in a daemon thread of this worker (none when the interval is 0)."""
-    if get_runtime().settings.reconcile_interval <= 0:
+    """Run reconciliation rounds in a daemon thread of this worker (none when the interval is 0, and none
+    on RabbitMQ: a confirmed message is not lost between the queue and a worker there, and the queue
+    cannot be read without consuming it)."""
+    settings = get_runtime().settings
+    if settings.reconcile_interval <= 0 or settings.on_rabbitmq:
         return None
     thread = threading.Thread(target=_loop, args=(republish,), name="b24q-reconciler", daemon=True)
     thread.start()

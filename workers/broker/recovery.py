@@ -218,8 +218,11 @@ class Recovery:
             self.rt.ledger.recovered(found.job_id, why)
 
 
-def start(consumer: Any, rt: Runtime, restore: Callable[[list[str]], None]) -> Recovery:
-    """Start this worker's heartbeat and share of the sweep (`workers.celery`, at worker_ready)."""
+def start(consumer: Any, rt: Runtime, restore: Callable[[list[str]], None]) -> Recovery | None:
+    """Start this worker's heartbeat and share of the sweep (`workers.celery`, at worker_ready). None on
+    RabbitMQ: the broker itself puts a closed connection's unacknowledged messages back at once."""
+    if rt.settings.on_rabbitmq:
+        return None
     recovery = Recovery(rt, str(consumer.hostname), lambda: held_tags(consumer), restore)
     recovery.start()
     return recovery

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from workers import rabbitmq
 from workers.celery import configure
 from workers.localdev.redisserver import RedisServer
 from workers.runtime import Runtime, get_runtime, set_runtime
@@ -269,7 +270,8 @@ class LocalStack:
 
     Parameters:
         redis_url: use this Redis instead of starting one.
-        settings: extra `Settings` fields for workers and producer (e.g. {"gather_ms": 10}).
+        settings: extra `Settings` fields for workers and producer (e.g. {"gather_ms": 10}); with a
+            `broker_url` (RabbitMQ) and an embedded Redis, the stack deletes its queues when it stops.
         emulator_args: extra `python -m emulator` arguments.
     """
 
@@ -421,6 +423,8 @@ class LocalStack:
         self.emulator.stop()
         if self.redis is not None:
             self.redis.close()
+            if self.settings.on_rabbitmq:  # throwaway state: its queues go with it
+                rabbitmq.delete(self.settings.broker_url, self.settings.queue)
         if self._tmp is not None:
             self._tmp.cleanup()
 

@@ -282,13 +282,15 @@ class RedisCollector:
         )
         for q in snap["queues"]:
             for priority, n in q["by_priority"].items():
-                depth.add_metric([q["name"], priority], n)
+                if n is not None:
+                    depth.add_metric([q["name"], priority], n)
         yield depth
-        yield GaugeMetricFamily(
-            "b24q_queue_unacked",
-            "Messages delivered to workers and not yet acknowledged (running jobs and scheduled retries).",
-            value=snap["unacked"],
-        )
+        if snap["unacked"] is not None:  # (RabbitMQ does not tell an AMQP client)
+            yield GaugeMetricFamily(
+                "b24q_queue_unacked",
+                "Messages delivered to workers and not yet acknowledged (running jobs and scheduled retries).",
+                value=snap["unacked"],
+            )
         yield GaugeMetricFamily(
             "b24q_open_jobs",
             "Jobs enqueued and not finished (the reconciler's index).",

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from workers import keys
+from workers import keys, rabbitmq
 from workers.portals.limits import Limits
 from workers.redaction import redis_url
 from workers.runtime import Runtime
@@ -86,15 +86,30 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None, dead_letters: bo
             }
         )
     dead = rt.dead.counts() if dead_letters else {}
+    queues: list[dict[str, Any]] = [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}]
+    broker = "redis"
+    if s.on_rabbitmq:
+        queues, unacked_or_none, broker = _rabbitmq_queues(s.broker_url, s.queue), None, redis_url(s.broker_url)
     return {
         "time": now,
         "redis": redis_url(s.redis_url),
-        "queues": [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}],
-        "unacked": unacked,
+        "broker": broker,
+        "queues": queues,
+        "unacked": unacked if not s.on_rabbitmq else unacked_or_none,
         "open_jobs": {"count": open_jobs, "oldest_idle_s": round(max(0.0, now - stalest[0][1]), 1) if stalest else 0.0},
         "portals": rows,
         "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
     }
+
+
+def _rabbitmq_queues(url: str, queue: str) -> list[dict[str, Any]]:
+    """b24q's queues on RabbitMQ, ready messages in each (a lane is a queue there, not a priority step).
+    RabbitMQ does not tell an AMQP client how many messages its consumers hold: see its own tools for that."""
+    try:
+        found = rabbitmq.depths(url, queue)
+    except Exception:  # RabbitMQ unreachable: the rest of the view still shows
+        return [{"name": name, "depth": None, "by_priority": {"-": None}} for name in rabbitmq.names(queue)]
+    return [{"name": name, "depth": n, "by_priority": {"-": n}} for name, n in found.items()]
 
 
 def workers(app: Celery, timeout: float = 1.0) -> dict[str, Any]:
@@ -156,7 +171,10 @@ def render(status: dict[str, Any]) -> str:
     steps = list(status["queues"][0]["by_priority"]) if status["queues"] else []
     rows = [[q["name"], q["depth"], *(q["by_priority"][p] for p in steps)] for q in status["queues"]]
     out.append(text_table(rows, ["queue", "depth", *(f"p{p}" for p in steps)]))
-    out.append(f"unacked (with workers, incl. scheduled retries): {status['unacked']}")
+    if status["unacked"] is None:
+        out.append(f"broker {status.get('broker')}: messages held by workers are not reported over AMQP")
+    else:
+        out.append(f"unacked (with workers, incl. scheduled retries): {status['unacked']}")
     out.append("")
 
     w = status.get("workers") or {}
