@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 BOUND_EVENTS = ("ONAPPUNINSTALL", "ONAPPUPDATE")
 #: How far ahead a verification call may book its slot in the portal's bucket (the lanes book a few seconds).
 BOOK_AHEAD = 15.0
+#: How many times an event whose verification the portal's limit turned away is tried again at a booked slot.
+MAX_DEFERRALS = 3
 #: How the event handler's URL is built from `B24Q_HTTP_PUBLIC_URL`.
 EVENTS_PATH = "/b24/events"
 
@@ -123,10 +125,10 @@ def install_auth(form: Mapping[str, Any], query: Mapping[str, str]) -> dict[str,
 class Lifecycle:
     """Applies application events to the registry, the parked jobs and the dead letters."""
 
-    def __init__(self, rt: Runtime, booked: bool = False) -> None:
+    def __init__(self, rt: Runtime, deferrals: int = 0) -> None:
         self.rt = rt
-        #: this event is handled again at the slot it booked for its verification (`Later`)
-        self.booked = booked
+        #: how many times this event was put off to a slot booked for its verification (`Later`)
+        self.deferrals = deferrals
 
     # -- dispatch ----------------------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class Lifecycle:
             else:
                 outcome = self.other(event, form)
         except Later as later:
-            again = Lifecycle(self.rt, booked=True)
+            again = Lifecycle(self.rt, self.deferrals + 1)
             timer = threading.Timer(later.wait, again.handle, args=(form, query))
             timer.daemon = True
             timer.start()
@@ -193,8 +195,8 @@ class Lifecycle:
         gate = self.rt.verification
         if gate.failed_before(host, access_token):
             return None
-        if self.booked:  # handled again at the slot this event booked: its turn and budget are spent
-            return self._ask(endpoint, access_token, host, None)
+        if self.deferrals:  # handled again at the slot this event booked: its turn and budget are spent
+            return self._ask(endpoint, access_token, host, portal)
         try:
             with gate.turn(host):
                 if portal is not None and (wait := self._book_slot(portal)) > 0:
@@ -204,12 +206,13 @@ class Lifecycle:
             raise Unverified(str(exc), 429, exc.retry_after) from None
 
     def _ask(self, endpoint: str, access_token: str, host: str, portal: Portal | None) -> dict[str, Any] | None:
-        """The `app.info` call; a registered portal over its limit even so (other apps on its IP) gets it once
-        more, at the next slot booked for it."""
+        """The `app.info` call; a registered portal over its limit even so (other apps on its IP, the network's
+        jitter against the burst margin) gets it again at the next slot booked for it, up to `MAX_DEFERRALS`
+        times."""
         try:
             result = self.rt.client.call(Credentials(endpoint, access_token), "app.info", {}).result
         except QueryLimitExceeded as exc:
-            if portal is None:
+            if portal is None or self.deferrals >= MAX_DEFERRALS:
                 raise Unverified(exc.code, 503, 1.0) from None
             raise Later(max(1.0, self._book_slot(portal))) from None
         except (ServerError, TransportError) as exc:

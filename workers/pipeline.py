@@ -223,7 +223,10 @@ def _run_job(
         retry(delay, Deferred(delay, why))
 
     if kind.waits_for_providers and portal.providers_pending:
-        wait_for_providers(portal.providers_pending)
+        # as cached (up to a second old): the last provider may be back already, and a wait costs seconds
+        portal = rt.portals.fresh(portal_key) or portal
+        if portal.providers_pending:
+            wait_for_providers(portal.providers_pending)
 
     order = _order(kind, job_id, portal_key, job.model_dump(mode="json", exclude_none=True), run.version, rt)
     try:
