@@ -75,8 +75,17 @@ def _refusal(status: int, message: str) -> HTMLResponse:
     return _page("error.html", status, message=message, session=None)
 
 
+class Refused(Exception):
+    """A console request answered otherwise than its page or action: `response` (the sign-in form, a refusal)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 class _ConsoleRoute(APIRoute):
-    """A console page whose Redis does not answer is a plain 503 page, not a traceback."""
+    """A console page whose Redis does not answer is a plain 503 page, not a traceback; a `Refused` request
+    gets its answer."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -84,6 +93,8 @@ class _ConsoleRoute(APIRoute):
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
+            except Refused as refused:
+                return refused.response
             except redis.RedisError:
                 return _refusal(503, "Redis does not answer: the console shows nothing until it does.")
 
@@ -117,16 +128,18 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
             return {}
         return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
-    async def act(request: Request) -> tuple[Runtime, dict[str, list[str]]] | Response:
+    async def act(request: Request) -> tuple[Runtime, dict[str, list[str]]]:
         """The runtime and the form of a POST from a signed-in operator with the session's CSRF token; else
-        the refusal to answer."""
+        (`Refused`) the refusal to answer."""
         rt = runtime()
         session = current(request, rt)
         if session is None:
-            return _refusal(401, "Sign in with an admin API key first.")
+            raise Refused(_refusal(401, "Sign in with an admin API key first."))
         fields = await form(request)
         if not sessions.csrf_ok(session, (fields.get("csrf") or [""])[0]):
-            return _refusal(403, "The form's CSRF token does not match this session: reload the page and retry.")
+            raise Refused(
+                _refusal(403, "The form's CSRF token does not match this session: reload the page and retry.")
+            )
         return rt, fields
 
     def done(to: str, message: str) -> RedirectResponse:
@@ -168,20 +181,19 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.post("/logout")
     async def logout(request: Request) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
+        await act(request)
         answer = RedirectResponse("/console/login", status_code=303)
         answer.delete_cookie(sessions.COOKIE, path="/console")
         return answer
 
     # --- pages ---------------------------------------------------------------------------------------------
 
-    def signed_in(request: Request) -> tuple[Runtime, Session] | Response:
+    def signed_in(request: Request) -> tuple[Runtime, Session]:
+        """The runtime and the operator's session; else (`Refused`) to the sign-in form."""
         rt = runtime()
         session = current(request, rt)
         if session is None:
-            return RedirectResponse("/console/login", status_code=303)
+            raise Refused(RedirectResponse("/console/login", status_code=303))
         return rt, session
 
     def portal_rows(rt: Runtime, names: list[str], dead: dict[str, int] | None = None) -> list[dict[str, Any]]:
@@ -210,10 +222,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.get("/portals")
     def portals(request: Request, q: str = "", page: str = "1", done: str = "") -> Response:
-        who = signed_in(request)
-        if isinstance(who, Response):
-            return who
-        rt, session = who
+        rt, session = signed_in(request)
         names = rt.registry.keys()
         if q:
             exact = rt.registry.resolve(q.strip())  # a domain or member_id names its portal through an alias
@@ -226,10 +235,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.get("/portals/{key}")
     def portal(request: Request, key: str, done: str = "") -> Response:
-        who = signed_in(request)
-        if isinstance(who, Response):
-            return who
-        rt, session = who
+        rt, session = signed_in(request)
         found = rt.registry.get(key)
         if found is None:
             return _page("error.html", 404, session=session, message=f"No portal {key!r}.")
@@ -254,19 +260,13 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.post("/portals/{key}/resume")
     async def resume(request: Request, key: str) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
-        rt, _ = acted
+        rt, _ = await act(request)
         count = await run_in_threadpool(reactivate, key, rt)
         return done(f"/console/portals/{key}", f"{count} parked job(s) resumed")
 
     @console.post("/portals/{key}/providers")
     async def providers(request: Request, key: str) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
-        rt, _ = acted
+        rt, _ = await act(request)
         found = rt.registry.get(key)
         if found is None:
             return _refusal(404, f"No portal {key!r}.")
@@ -278,19 +278,13 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.post("/portals/{key}/replay")
     async def replay_portal(request: Request, key: str) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
-        rt, _ = acted
+        rt, _ = await act(request)
         replayed, refused = await run_in_threadpool(lambda: replay(portal=key, rt=rt))
         return done(f"/console/portals/{key}", f"{len(replayed)} dead letter(s) replayed, {len(refused)} refused")
 
     @console.get("/dead")
     def dead(request: Request, reason: str = "", portal: str = "", page: str = "1", done: str = "") -> Response:
-        who = signed_in(request)
-        if isinstance(who, Response):
-            return who
-        rt, session = who
+        rt, session = signed_in(request)
         number = _int(page)
         found = rt.dead.page(portal or None, reason or None, (max(1, number) - 1) * PAGE, PAGE)
         at = _pages(found.total, number)
@@ -318,10 +312,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.post("/dead/replay")
     async def dead_replay(request: Request) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
-        rt, fields = acted
+        rt, fields = await act(request)
         ids, reason, portal = chosen(rt, fields)
         replayed, refused = await run_in_threadpool(
             lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt)
@@ -330,10 +321,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.post("/dead/purge")
     async def dead_purge(request: Request) -> Response:
-        acted = await act(request)
-        if isinstance(acted, Response):
-            return acted
-        rt, fields = acted
+        rt, fields = await act(request)
         ids, reason, portal = chosen(rt, fields)
 
         def purge() -> int:
@@ -344,10 +332,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
 
     @console.get("/jobs")
     def job(request: Request, id: str = "") -> Response:
-        who = signed_in(request)
-        if isinstance(who, Response):
-            return who
-        rt, session = who
+        rt, session = signed_in(request)
         report = jobreport.text(rt, id.strip()) if id.strip() else None
         # a payload or an error text may carry a secret: masked as the logs mask it
         return _page("job.html", session=session, id=id, report=redact(report) if report is not None else None)

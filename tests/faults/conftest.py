@@ -307,18 +307,23 @@ def broker_backlog() -> dict[str, int]:
     return {"queued": sum(int(rt.redis.llen(n)) for n in names), "unacked": int(rt.redis.hlen("unacked"))}
 
 
-def rabbitmq_backlog(queue: str) -> dict[str, int]:
-    """Ready and unacknowledged messages of b24q's queues for `queue`, as RabbitMQ counts them (AMQP tells
-    only the ready ones, so `rabbitmqctl` it is: the machine's RabbitMQ runs here)."""
-    names = set(rabbitmq.depths(RABBITMQ_URL, queue))
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"],
+def rabbitmqctl(listing: str, *columns: str) -> list[list[str]]:
+    """The rows of a `rabbitmqctl list_*` command (the machine's RabbitMQ runs here), columns split."""
+    out = subprocess.run(
+        ["rabbitmqctl", listing, "-q", "--no-table-headers", *columns],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout
-    rows = [line.split("\t") for line in listing.splitlines()]
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def rabbitmq_backlog(queue: str) -> dict[str, int]:
+    """Ready and unacknowledged messages of b24q's queues for `queue`, as RabbitMQ counts them (AMQP tells
+    only the ready ones, so `rabbitmqctl` it is: the machine's RabbitMQ runs here)."""
+    names = set(rabbitmq.depths(RABBITMQ_URL, queue))
+    rows = rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
     ours = [(int(ready), int(unacked)) for name, ready, unacked in (r for r in rows if len(r) == 3) if name in names]
     return {"queued": sum(r for r, _ in ours), "unacked": sum(u for _, u in ours)}
 

@@ -17,7 +17,7 @@ import pytest
 from kombu import Connection
 
 from tasks import producer
-from tests.faults.conftest import add_portal, make_fault_stack, mixed_jobs
+from tests.faults.conftest import add_portal, make_fault_stack, mixed_jobs, rabbitmqctl
 from tests.integration.conftest import RABBITMQ_URL, on_broker
 from workers import rabbitmq
 from workers.observe.status import render, snapshot
@@ -49,16 +49,9 @@ def our_ports() -> set[int]:
 
 def close_at_broker(local_ports: set[int]) -> None:
     """RabbitMQ closes the connections whose client ends are `local_ports` (other connections are left alone)."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "peer_port"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    rows = [line.split("\t") for line in listing.splitlines()]
+    rows = rabbitmqctl("list_connections", "pid", "peer_port")
     pids = [row[0] for row in rows if len(row) == 2 and int(row[1]) in local_ports]
-    assert pids, f"no connection from ports {local_ports}: {listing}"
+    assert pids, f"no connection from ports {local_ports}: {rows}"
     for pid in pids:
         subprocess.run(["rabbitmqctl", "close_connection", pid, "cut by a b24q test"], check=True, timeout=60)
 
