@@ -222,35 +222,16 @@ class PortalRegistry:
         plan: str | None = None,
         rate: float = 0.0,
         burst: int = 0,
+        hosts: bool = False,
     ) -> Portal:
-        """Register an OAuth portal by hand (`b24q portal add`): the operator names its host, so any host
-        passes; scheme, port and address still answer to `endpoints`."""
-        endpoint = self.endpoints.check(client_endpoint, "client_endpoint", hosts=False)
-        portal = self._add_oauth(
-            key, endpoint, access_token, refresh_token, expires, member_id, domain, plan, rate, burst
-        )
-        # the app's install finds it by these (one read each) and takes it over instead of registering the
-        # portal a second time; names another portal already has stay its own
-        self.set_aliases(key, member_id, domain or domain_of(endpoint), replace=False)
-        return portal
-
-    def _add_oauth(
-        self,
-        key: str,
-        endpoint: str,
-        access_token: str,
-        refresh_token: str,
-        expires: float,
-        member_id: str = "",
-        domain: str = "",
-        plan: str | None = None,
-        rate: float = 0.0,
-        burst: int = 0,
-    ) -> Portal:
+        """Register an OAuth portal: by hand (`b24q portal add`), the operator names its host, so any host
+        passes (`hosts=False`); scheme, port and address still answer to `endpoints`. From an auth block
+        (`store_auth`), the host must be one of `B24Q_PORTAL_HOSTS` too."""
         if not access_token or not refresh_token:
             raise ConfigError("an OAuth portal needs both access_token and refresh_token")
+        endpoint = self.endpoints.check(client_endpoint, "client_endpoint", hosts=hosts)
         now = time.time()
-        return self._save(
+        portal = self._save(
             Portal(
                 key,
                 "oauth",
@@ -270,6 +251,10 @@ class PortalRegistry:
                 plan_from="operator" if plan else "default",
             )
         )
+        # an app's install finds it by these (one read each) and takes it over instead of registering the
+        # portal a second time; names another portal already has stay its own
+        self.set_aliases(key, member_id, domain or domain_of(endpoint), replace=False)
+        return portal
 
     def add_webhook(self, key: str, url: str, plan: str | None = None, rate: float = 0.0, burst: int = 0) -> Portal:
         endpoint = self.endpoints.check(url, "webhook URL", hosts=False)
@@ -430,11 +415,12 @@ class PortalRegistry:
         endpoint = str(auth.get("client_endpoint") or (current.endpoint if current else ""))
         if not endpoint:
             raise ConfigError(f"portal {key!r} is new: the auth block needs client_endpoint")
-        endpoint = self.endpoints.check(endpoint, "client_endpoint", current.endpoint if current else "")
         if current is None or current.kind != "oauth":
-            return self._add_oauth(
-                key, endpoint, access, refresh, expires, str(auth.get("member_id", "")), str(auth.get("domain", ""))
-            )
+            if current is not None:  # a webhook portal taking OAuth: its own host is allowed too
+                endpoint = self.endpoints.check(endpoint, "client_endpoint", current.endpoint)
+            member_id, domain = str(auth.get("member_id", "")), str(auth.get("domain", ""))
+            return self.add_oauth(key, endpoint, access, refresh, expires, member_id, domain, hosts=current is None)
+        endpoint = self.endpoints.check(endpoint, "client_endpoint", current.endpoint)
         updated = replace(
             current,
             endpoint=endpoint,
