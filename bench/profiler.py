@@ -29,7 +29,7 @@ from workers.localdev.localstack import LocalStack
 
 MAX_DEPTH = 80
 #: Code whose frames say *why* CPU was spent (the layers above redis-py, sockets and threading).
-OURS = ("workers/", "tasks/")
+OURS = ("workers/", "tasks/", "edges/")
 LAYERS = (*OURS, "celery/", "kombu/", "concurrent/", "httpx/", "bench/")
 
 

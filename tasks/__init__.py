@@ -1,0 +1,2 @@
+"""What the jobs are: the job kinds as declarations (jobs), their Celery tasks (definitions), the producer API
+(producer), the one way a job enters the broker (publishing), their JSON Schemas (schema)."""

@@ -141,7 +141,7 @@ MUTANTS = [
     Mutant(
         "application-token",
         "an event is acted on only with the portal's application_token",
-        "tasks/lifecycle.py",
+        "edges/lifecycle.py",
         "    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())",
         "    return True  # mutant",
         "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing",
@@ -181,7 +181,7 @@ MUTANTS = [
     Mutant(
         "demo-aliases",
         "the README's examples run as written against `b24q demo --keep` (its portals answer to acme, globex)",
-        "tasks/demo.py",
+        "edges/demo.py",
         'stack_runtime().registry.set_aliases(installed["key"], ALIASES[domain])',
         "pass  # mutant: the portals answer to their member_id and domain only",
         "tests/integration/test_readme.py::test_every_readme_block_runs_against_the_demo",
@@ -197,7 +197,7 @@ MUTANTS = [
     Mutant(
         "console-replay",
         "the console's Replay button replays the dead letter (it is applied)",
-        "tasks/http/console.py",
+        "edges/http/console.py",
         "        replayed, refused = await run_in_threadpool(\n            lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt)\n        )",
         "        replayed: list[str] = []  # mutant: the button does nothing\n        refused: list[str] = []",
         "tests/browser/test_console_browser.py::test_an_operator_replays_one_dead_letter_and_purges_another",

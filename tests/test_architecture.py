@@ -1,19 +1,24 @@
 """The import contract: the folder tree is the architecture, and imports only point down it.
 
-workers/ is layered (a lower layer never imports a higher one, siblings in a layer never import each
-other where marked independent); workers never imports tasks (what runs jobs does not know which jobs
-exist); the emulator imports neither (it is shaped by the Bitrix24 docs, not by our client); and no
-module of the three packages takes part in an import cycle, including imports made inside functions.
+The top-level packages are layered too: edges/ (the CLI, the HTTP app, the application's lifecycle, the demo)
+may import tasks/ and workers/; tasks/ (the job kinds, their Celery tasks, the producer API) may import
+workers/; workers/ (what runs jobs) imports neither, and `celeryconfig` only workers/. workers/ is layered
+inside (a lower layer never imports a higher one, siblings in a layer never import each other where marked
+independent); the emulator imports none of them (it is shaped by the Bitrix24 docs, not by our client); and
+no module takes part in an import cycle, including imports made inside functions.
 
-Imports made only for type checking (`if TYPE_CHECKING:`) are not edges of the graph: workers/ and tasks/
-have none, and the emulator's admin routes name the `Emulator` they drive that way.
+Imports made only for type checking (`if TYPE_CHECKING:`) are not edges of the graph: workers/, tasks/ and
+edges/ have none, and the emulator's admin routes name the `Emulator` they drive that way.
 """
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import grimp
 
-PACKAGES = ("workers", "tasks", "emulator")
+PACKAGES = ("edges", "tasks", "workers", "emulator")
 
 #: workers/, top to bottom (grimp's order). A layer may import any layer below it.
 LAYERS: list[grimp.Layer | str] = [
@@ -102,12 +107,12 @@ def test_no_import_cycles() -> None:
 
 
 def test_workers_and_tasks_need_no_type_only_imports() -> None:
-    full = grimp.build_graph("workers", "tasks", include_external_packages=False)
+    full = grimp.build_graph("edges", "tasks", "workers", include_external_packages=False)
     assert cycles(full) == []
     assert (
         full.count_imports()
         == grimp.build_graph(
-            "workers", "tasks", include_external_packages=False, exclude_type_checking_imports=True
+            "edges", "tasks", "workers", include_external_packages=False, exclude_type_checking_imports=True
         ).count_imports()
     )
 
@@ -130,11 +135,24 @@ def test_every_workers_module_has_a_layer() -> None:
     assert tops <= named, f"give these a layer in LAYERS: {sorted(tops - named)}"
 
 
-def test_workers_never_import_tasks_and_the_emulator_neither() -> None:
+def test_top_level_packages_only_import_downwards() -> None:
     graph = _graph()
-    assert _imports_into(graph, "workers", "tasks") == []
-    assert _imports_into(graph, "emulator", "workers") == []
-    assert _imports_into(graph, "emulator", "tasks") == []
+    illegal = graph.find_illegal_dependencies_for_layers(layers=["edges", "tasks", "workers"])
+    assert not illegal, sorted(f"{d.importer} -> {d.imported}" for d in illegal)
+    for package in ("edges", "tasks", "workers"):
+        assert _imports_into(graph, "emulator", package) == []
+
+
+def test_celeryconfig_only_imports_workers() -> None:
+    # a top-level module, which grimp does not graph: its imports are read from its source
+    tree = ast.parse((Path(__file__).parents[1] / "celeryconfig.py").read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported and all(m.split(".")[0] == "workers" for m in imported), sorted(imported)
+
+
+def test_the_celery_app_reads_its_configuration_where_the_layers_see_it() -> None:
+    assert "workers.broker.configuration" in _graph().find_modules_directly_imported_by("workers.celery")
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

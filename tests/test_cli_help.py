@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-from tasks.cli import build_parser
+from edges.cli import build_parser
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str = "b24q") -> Iterator[tuple[str, argparse.ArgumentParser]]:

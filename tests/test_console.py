@@ -1,4 +1,4 @@
-"""The operator's console (`tasks/http/console.py`) on a real uvicorn server with a real httpx client: who may
+"""The operator's console (`edges/http/console.py`) on a real uvicorn server with a real httpx client: who may
 sign in (an admin key only), the session cookie's attributes, CSRF on every action, each page's content with
 secrets masked, bounded pages, the actions' effects on the stores, and a 503 page when Redis is gone. The
 browser tests (tests/browser) drive the same pages in Chromium against a live stack."""
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tasks import cli
-from tasks.http import apikeys
-from tasks.http.app import create_app
+from edges import cli
+from edges.http import apikeys
+from edges.http.app import create_app
 from tests.test_http_intake import Server
 from workers.celery import configure
 from workers.runtime import Runtime

@@ -21,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edges import cli
 from emulator import Emulator
 from emulator.auth import CallContext
 from emulator.errors import RestError as PortalRefused
 from emulator.methods import METHODS
-from tasks import cli, producer
+from tasks import producer
 from tasks.jobs import KINDS
 from tests.test_jobs import BAD as MODEL_TABLE
 from tests.test_jobs import DELIVERED

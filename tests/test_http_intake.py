@@ -1,4 +1,4 @@
-"""The HTTP intake (`tasks/http/intake.py`) against a real uvicorn server on a loopback port, with a real
+"""The HTTP intake (`edges/http/intake.py`) against a real uvicorn server on a loopback port, with a real
 client: jobs posted are recorded and in the broker queue once; refusals (validation, scope, size, rate) leave
 the queue and the ledger as they were; idempotent retries; reading jobs; replaying dead letters; the README's
 curl command run as written. Requests generated from the OpenAPI document: tests/security/test_contract.py."""
@@ -22,10 +22,10 @@ import httpx
 import pytest
 import uvicorn
 
-from tasks import cli
-from tasks.http import apikeys, intake
-from tasks.http.app import create_app
-from tasks.http.server import NoDelayH11Protocol
+from edges import cli
+from edges.http import apikeys, intake
+from edges.http.app import create_app
+from edges.http.server import NoDelayH11Protocol
 from workers import keys
 from workers.celery import configure
 from workers.runtime import Runtime

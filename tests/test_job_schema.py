@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from tasks import cli, demo, producer
-from tasks.http.app import create_app
+from edges import cli, demo
+from edges.http.app import create_app
+from tasks import producer
 from tasks.jobs import KINDS
 from tasks.schema import components, job_schema, job_schemas
 from tests.test_jobs import DELIVERED

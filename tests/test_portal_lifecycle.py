@@ -8,9 +8,9 @@ from typing import Any, NoReturn
 
 import pytest
 
+from edges.lifecycle import Lifecycle, install_auth, plan_of
 from emulator import Emulator
 from tasks.jobs import KINDS
-from tasks.lifecycle import Lifecycle, install_auth, plan_of
 from tasks.producer import check, enqueue
 from workers.bitrix.client import Credentials
 from workers.bitrix.querystring import decode, encode

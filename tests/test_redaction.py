@@ -9,7 +9,7 @@ import logging
 import httpx
 import pytest
 
-from tasks.http.app import create_app
+from edges.http.app import create_app
 from workers.redaction import MASK, RedactSecrets, install_redaction, redact, redis_url, webhook_url
 from workers.runtime import Runtime
 

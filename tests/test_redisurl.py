@@ -6,7 +6,7 @@ import pytest
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-import celeryconfig
+from workers.broker import configuration as celeryconfig
 from workers.redaction import redis_url
 from workers.redisurl import broker_options, connect, sentinel_nodes
 from workers.settings import Settings

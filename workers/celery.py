@@ -1,6 +1,6 @@
 """The Celery application (`celery -A workers worker` finds it here) and what it does at Celery's signals.
 
-The job tasks are defined in `tasks.definitions`, which `celeryconfig` names in `include`: what runs
+The job tasks are defined in `tasks.definitions`, which `workers.broker.configuration` names in `include`: what runs
 jobs lives in workers/, what the jobs are lives in tasks/. Each signal handler below is one line that
 hands over to the module owning the concern.
 """
@@ -25,22 +25,20 @@ from celery.signals import (
 )
 
 from workers import redaction
-from workers.broker import consumer, recovery
+from workers.broker import configuration, consumer, recovery
 from workers.observe import logs, metrics
 from workers.runtime import get_runtime
 from workers.settings import Settings, get_settings
 
 app = Celery("b24q")
-app.config_from_object("celeryconfig")
+app.config_from_object(configuration.CeleryConfig(get_settings))
 
 
 def configure(settings: Settings) -> None:
     """Point this process's Celery app at another `Settings` (a producer in tests and the demo)."""
     from kombu import pools
 
-    import celeryconfig
-
-    app.conf.update(celeryconfig.build(settings))
+    app.conf.update(configuration.build(settings))
     if app._pool is not None:  # drop connections to the old broker
         app._pool.force_close_all()
         app._pool = None

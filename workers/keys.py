@@ -16,7 +16,7 @@ from dataclasses import dataclass
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 PRIORITY_SEP = "\x06\x16"
-#: The broker's priority steps (kombu's Redis transport serves 0 first; celeryconfig's `priority_steps`).
+#: The broker's priority steps (kombu's Redis transport serves 0 first; `priority_steps` in its configuration).
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 

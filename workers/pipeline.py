@@ -214,7 +214,7 @@ def _run_job(
         return park(kind, job_id, kwargs, rt, portal.reason, retry, run.created, dead)
 
     def wait_for_providers(pending: str) -> NoReturn:
-        # an app update deleted the portal's SMS providers and they are being added again (tasks.lifecycle):
+        # an app update deleted the portal's SMS providers and they are being added again (edges.lifecycle):
         # a status for them now fails with ERROR_MESSAGE_NOT_FOUND, so the job waits (not a failure)
         delay = min(2.0, s.backoff_max) + random.uniform(0, 1.0)
         why = f"waiting for SMS providers to be registered again: {pending}"

@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         60.0, ge=1.0, description="An open job is checked only after this many seconds without progress."
     )
 
-    # --- The application side: install and event handlers (tasks/http, README: application back end) ---
+    # --- The application side: install and event handlers (edges/http, README: application back end) ---
     http_host: str = Field("127.0.0.1", description="Address `b24q serve` listens on.")
     http_port: int = Field(8024, ge=0, le=65535, description="Port `b24q serve` listens on (0: any free port).")
     http_public_url: str = Field(
@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         '"description"?}]; registered with messageservice.sender.add at install and after every app update.',
     )
 
-    # --- The HTTP intake: producers in any language (tasks/http/intake.py, README: producing over HTTP) ---
+    # --- The HTTP intake: producers in any language (edges/http/intake.py, README: producing over HTTP) ---
     api_keys: str = Field(
         "",
         description="API keys of the /v1 routes, as SHA-256 digests (never the keys): comma-separated "

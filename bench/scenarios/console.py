@@ -16,7 +16,7 @@ from bench.report import Table, fmt, percentile, ratio
 from bench.scenarios import Options
 from bench.scenarios.intake import serve
 from bench.stack import log
-from tasks.http import apikeys
+from edges.http import apikeys
 from workers.localdev.redisserver import RedisServer, free_port
 from workers.runtime import Runtime
 from workers.settings import Settings

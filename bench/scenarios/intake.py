@@ -13,7 +13,7 @@ request (at a rate no request reaches: paid, never refusing). The two are interl
 and array by array, so that both see the same machine.
 
 Last, the same single POST to `b24q serve --workers 2`: uvicorn binds that socket itself, and only b24q's
-protocol class (`tasks.http.server`) keeps each small answer from waiting for the client's delayed ACK.
+protocol class (`edges.http.server`) keeps each small answer from waiting for the client's delayed ACK.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import httpx
 from bench.report import Table, fmt, percentile, ratio
 from bench.scenarios import Options
 from bench.stack import CpuMeter, log
-from tasks.http import apikeys
+from edges.http import apikeys
 from tasks.producer import enqueue, enqueue_many
 from workers.celery import configure
 from workers.localdev.redisserver import RedisServer, free_port
@@ -53,7 +53,7 @@ def serve(env: Mapping[str, str], log_path: Path, *extra: str) -> Iterator[subpr
     url = f"http://127.0.0.1:{env['B24Q_HTTP_PORT']}"
     with open(log_path, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.cli", "serve", "--host", "127.0.0.1", *extra],
+            [sys.executable, "-m", "edges.cli", "serve", "--host", "127.0.0.1", *extra],
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
+from edges.http import apikeys
 from tasks import producer
-from tasks.http import apikeys
 from tests.integration.conftest import FAST
 from workers.localdev.localstack import LocalStack
 from workers.runtime import Runtime, get_runtime

@@ -40,7 +40,7 @@ AT_DEFAULTS = os.environ.get("B24Q_FAULTS_AT_DEFAULTS", "") == "1"
 
 #: Settings of every fault stack: short backoffs, and a visibility timeout short enough that a killed
 #: worker's jobs come back within the test (kombu restores unacked messages older than it; b24q sweeps
-#: every visibility_timeout / 5 s, see celeryconfig._restore_interval). backoff_max stays well below it.
+#: every visibility_timeout / 5 s, see workers.broker.configuration._restore_interval). backoff_max stays well below it.
 FAULT_SHORTCUTS: dict[str, Any] = {
     **FAST,
     "visibility_timeout": 10,

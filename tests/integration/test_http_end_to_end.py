@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.http import apikeys
+from edges.http import apikeys
 from workers import keys
 from workers.localdev.localstack import LocalStack
 from workers.portals.registry import Portal

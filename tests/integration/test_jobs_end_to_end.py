@@ -111,7 +111,7 @@ def test_malformed_raw_messages_are_recorded_not_lost(stack: LocalStack, rt: Run
 def test_the_cli_enqueues_and_shows_a_job(stack: LocalStack, rt: Runtime, domain: str, tmp_path: object) -> None:
     setup_portal(stack, domain)
     env = stack.env
-    cli = [sys.executable, "-m", "tasks.cli"]
+    cli = [sys.executable, "-m", "edges.cli"]
     out = subprocess.run(
         [
             *cli,

@@ -128,9 +128,9 @@ def test_serve_and_worker_write_timed_levelled_lines_with_b24qs_own_and_no_secre
         for secret in secrets:
             assert secret not in log, f"{secret[:6]}… in the log:\n{log}"
     # b24q's own lines, beside uvicorn's and Celery's
-    assert any(r["logger"] == "tasks.cli" and "b24q serve: http://" in r["message"] for r in served), serve
+    assert any(r["logger"] == "edges.cli" and "b24q serve: http://" in r["message"] for r in served), serve
     assert any(
-        r["logger"] == "tasks.lifecycle" and r["level"] == "INFO" and "event ONAPPINSTALL" in r["message"]
+        r["logger"] == "edges.lifecycle" and r["level"] == "INFO" and "event ONAPPINSTALL" in r["message"]
         for r in served
     ), serve
     assert any(r["logger"] == "uvicorn.access" and "access_token=***" in r["message"] for r in served), serve

@@ -35,7 +35,7 @@ DELIVERED = {
     "message": {"id": ["ext-1"], "date": 1738065600},
     "chat": {"id": "channel-123"},
 }
-CLI = [sys.executable, "-m", "tasks.cli"]
+CLI = [sys.executable, "-m", "edges.cli"]
 
 
 @dataclass

@@ -30,7 +30,8 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from tasks import cli, producer
+from edges import cli
+from tasks import producer
 from tasks.definitions import TASKS
 from tests.integration.conftest import FAST, wait_for
 from workers.celery import app, configure
@@ -133,7 +134,7 @@ def test_no_secret_leaks_anywhere_in_a_full_run(secure_stack: LocalStack, tmp_pa
         stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": "smsgw", "name": "SMS"})
         hook_info = stack.emulator.add_portal(hook)
         env = stack.env
-        cli = [sys.executable, "-m", "tasks.cli"]
+        cli = [sys.executable, "-m", "edges.cli"]
         outputs: list[str] = []
 
         def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

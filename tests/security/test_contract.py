@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from tasks.http.docs import ASSETS
-from tasks.http.problems import RETRY_UNAVAILABLE
+from edges.http.docs import ASSETS
+from edges.http.problems import RETRY_UNAVAILABLE
 from tests.test_http_intake import (  # the fixtures: a real server on loopback, its Runtime and two portals
     ACME,
     KEY,

@@ -1,4 +1,4 @@
-"""Forged application events (`/b24/*`, `tasks.lifecycle`): what they may cost a portal and the app.
+"""Forged application events (`/b24/*`, `edges.lifecycle`): what they may cost a portal and the app.
 
 The portal is a counting `httpx.MockTransport`: every `app.info` an event causes is seen. A forged event is
 refused without a portal call once the budget is spent, a failed token is never sent twice, an uninstall
@@ -20,9 +20,9 @@ import httpx
 import pytest
 import redis
 
-from tasks.http import apikeys
-from tasks.http.app import create_app
-from tasks.lifecycle import Lifecycle
+from edges.http import apikeys
+from edges.http.app import create_app
+from edges.lifecycle import Lifecycle
 from tests.test_http_intake import Server
 from workers.bitrix.querystring import encode
 from workers.celery import configure

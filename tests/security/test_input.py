@@ -15,8 +15,8 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
+from edges.http.app import create_app
 from tasks import producer
-from tasks.http.app import create_app
 from tasks.jobs import KINDS
 from tasks.schema import job_schema
 from tests.test_http_intake import ENTRY, KEY, Server, is_problem, queued

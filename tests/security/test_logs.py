@@ -21,7 +21,7 @@ import httpx
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from tasks.http import apikeys
+from edges.http import apikeys
 from workers.localdev.redisserver import RedisServer
 from workers.redaction import MASK, RedactSecrets, redact
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from tasks.http.app import create_app
+from edges.http.app import create_app
 from tests.test_http_intake import Server
 from workers.bitrix.addresses import is_public, resolve
 from workers.bitrix.client import Credentials, RestClient

@@ -14,7 +14,7 @@ celery 5.7 / kombu 5.7 (tests/faults/test_raw_messages.py):
 
 Each is recorded as a dead letter (reason, task name, id, the raw body cut to 2,000 characters),
 acknowledged, and the worker carries on. `workers.celery` connects the signal handlers below and
-`celeryconfig` names `Consumer` as the worker's consumer.
+`workers.broker.configuration` names `Consumer` as the worker's consumer.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def harden_redis_transport() -> None:
 
 
 class Consumer(CeleryConsumer):
-    """Celery's consumer, except that no single message can stop it (`worker_consumer` in celeryconfig)."""
+    """Celery's consumer, except that no single message can stop it (its `worker_consumer` setting)."""
 
     def create_task_handler(self, promise: Any = None) -> Any:
         handler = super().create_task_handler() if promise is None else super().create_task_handler(promise)

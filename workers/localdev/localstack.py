@@ -169,7 +169,7 @@ class Worker:
 
 
 class HttpApp:
-    """The HTTP app (`uvicorn tasks.http.app:app`) as a child process, on a loopback socket bound here so that
+    """The HTTP app (`uvicorn edges.http.app:app`) as a child process, on a loopback socket bound here so that
     its URL is known before it starts (uvicorn `--fd`: no race for the port)."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, port: int = 0) -> None:
@@ -189,13 +189,13 @@ class HttpApp:
             sys.executable,
             "-m",
             "uvicorn",
-            "tasks.http.app:app",
+            "edges.http.app:app",
             "--fd",
             str(fd),
             "--log-level",
             "info",
             "--http",
-            "tasks.http.server:NoDelayH11Protocol",  # (tasks.http.server.PROTOCOL: workers do not import tasks)
+            "edges.http.server:NoDelayH11Protocol",  # (edges.http.server.PROTOCOL: workers do not import tasks)
             "--h11-max-incomplete-event-size",
             "65536",
         ]

@@ -22,7 +22,7 @@ from workers.redaction import RedactSecrets
 
 Format = Literal["text", "json"]
 
-#: text lines: `2026-12-07 02:30:01,123 INFO tasks.lifecycle: event ONAPPINSTALL for portal …`
+#: text lines: `2026-12-07 02:30:01,123 INFO edges.lifecycle: event ONAPPINSTALL for portal …`
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: the loggers of b24q's own lines
 OWN = ("workers", "tasks", "emulator")

@@ -116,7 +116,7 @@ def domain_of(endpoint: str) -> str:
 class Portal:
     """One portal's record. `state` is one of `STATES`.
 
-    Set by the application's lifecycle (`tasks.lifecycle`): `application_token`, `app_version`, the plan
+    Set by the application's lifecycle (`edges.lifecycle`): `application_token`, `app_version`, the plan
     read from the license (`plan_from` = `license`; an operator's `--plan` is `operator` and stays), the
     SMS providers the portal should have (`providers`, JSON) and those not registered yet
     (`providers_pending`, codes separated by spaces: its status jobs wait until it is empty).

@@ -1,5 +1,5 @@
 """A job as an operator reads it: its ledger record and history, its dead letter or parked payload. `b24q job
-show` prints it and the operator's console shows it (`tasks.http.console`), so both tell the same story."""
+show` prints it and the operator's console shows it (`edges.http.console`), so both tell the same story."""
 
 from __future__ import annotations
 

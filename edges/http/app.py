@@ -1,4 +1,4 @@
-"""The ASGI app: `uvicorn tasks.http.app:app`, or `b24q serve` (settings `B24Q_HTTP_*`).
+"""The ASGI app: `uvicorn edges.http.app:app`, or `b24q serve` (settings `B24Q_HTTP_*`).
 
 FastAPI, because its routes are typed by the same pydantic models the producer validates with and it
 generates the OpenAPI document from them; uvicorn serves it. The app holds no state of its own (Redis
@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from tasks.http import appside, console, intake
-from tasks.http.body import BodyTooLarge
-from tasks.http.docs import serve_docs
-from tasks.http.problems import answer_refusals, problem, responses
+from edges.http import appside, console, intake
+from edges.http.body import BodyTooLarge
+from edges.http.docs import serve_docs
+from edges.http.problems import answer_refusals, problem, responses
 from workers.events import add_observer, remove_observer
 from workers.observe import logs
 from workers.observe.metrics import Metrics
@@ -60,7 +60,7 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         # token (an install POST's fields), so its handlers mask secrets as the worker's do
         for name in LOGGERS:
             install_redaction(logging.getLogger(name))
-        if not logging.getLogger().handlers:  # plain `uvicorn tasks.http.app:app`: b24q's own lines shown too
+        if not logging.getLogger().handlers:  # plain `uvicorn edges.http.app:app`: b24q's own lines shown too
             logs.setup(get_settings().log_format)
         add_observer(metrics)
         try:

@@ -1,5 +1,5 @@
 """The Bitrix24 application's lifecycle: install, update and uninstall events, and the auth blocks of
-other events (bitrix24-facts.md §7). The HTTP routes (`tasks.http`) only parse and answer; what an event
+other events (bitrix24-facts.md §7). The HTTP routes (`edges.http`) only parse and answer; what an event
 means for a portal is decided here, so a command or a test can drive it without HTTP.
 
 Trust: an install names its portal and carries a fresh access token; it is believed once one `app.info`

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tasks.http.apikeys import ApiKey
+from edges.http.apikeys import ApiKey
 
 COOKIE = "b24q_console"
 #: How long a sign-in lasts.

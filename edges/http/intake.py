@@ -5,7 +5,7 @@
     GET  /v1/jobs?ids=a,b,c        up to 1,000 jobs at once
     POST /v1/dead/{id}/replay      validate a dead letter again and enqueue it → 202 {"ids": [id]}
 
-Every request names an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`; `tasks.http.apikeys`) and
+Every request names an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`; `edges.http.apikeys`) and
 spends a unit of that key's GCRA bucket (`B24Q_HTTP_RATE`, `B24Q_HTTP_BURST`). A body is read up to
 `B24Q_HTTP_MAX_BODY`, then validated whole by the producer (`tasks.producer.enqueue_many`: the job models and
 the portal registry) before anything touches the queue: one bad job refuses the array. Refusals are
@@ -35,11 +35,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from edges.http import apikeys
+from edges.http.apikeys import ApiKey
+from edges.http.body import NotJson, parse_json, read_body
+from edges.http.problems import Problem, ProblemDocument, field_error, problem, responses
 from tasks import schema
-from tasks.http import apikeys
-from tasks.http.apikeys import ApiKey
-from tasks.http.body import NotJson, parse_json, read_body
-from tasks.http.problems import Problem, ProblemDocument, field_error, problem, responses
 from tasks.jobs import KINDS
 from tasks.producer import enqueue_many, replay
 from workers.errors import JobsRefused, PortalUninstalled

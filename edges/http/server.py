@@ -4,7 +4,7 @@ uvicorn leaves TCP_NODELAY to asyncio, which sets it only on sockets it knows fo
 handed over as a file descriptor (`--fd`, how a process manager or `b24q serve --workers N` passes it) is
 not, and then each small answer waits for the client's delayed ACK: ~40 ms per request instead of ~1
 (measured: `python -m bench.run intake`). `b24q serve` and the local stack use `PROTOCOL`; with plain
-uvicorn, pass `--http tasks.http.server:NoDelayH11Protocol`.
+uvicorn, pass `--http edges.http.server:NoDelayH11Protocol`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-PROTOCOL = "tasks.http.server:NoDelayH11Protocol"
+PROTOCOL = "edges.http.server:NoDelayH11Protocol"
 
 
 class NoDelayH11Protocol(H11Protocol):

@@ -1,7 +1,7 @@
 """API keys of the HTTP intake (`B24Q_API_KEYS`): kept as SHA-256 digests, never as keys, each one optionally
 limited to some portals. Several entries at once let a key be rotated: add the new entry, move the producer
 to the new key, remove the old entry. An entry scoped `*admin` is an operator's key: the operator's console
-(`tasks.http.console`) accepts only those, and on /v1 it acts for every portal, as an unscoped key does.
+(`edges.http.console`) accepts only those, and on /v1 it acts for every portal, as an unscoped key does.
 
     B24Q_API_KEYS=9f86d081…0a08:acme|globex,60303ae2…2f52,4e07408…2e3a:*admin
 

@@ -30,10 +30,10 @@ from typing import Any
 import redis
 from prometheus_client import generate_latest
 
-from tasks import demo, jobreport
-from tasks.http import apikeys, server
+from edges import demo, jobreport
+from edges.http import apikeys, server
+from edges.lifecycle import Lifecycle
 from tasks.jobs import KINDS, SENDER_ADD
-from tasks.lifecycle import Lifecycle
 from tasks.producer import check, enqueue, enqueue_many, reactivate, replay, store_tokens
 from tasks.schema import job_schema, job_schemas
 from workers.celery import app
@@ -45,7 +45,7 @@ from workers.redaction import redis_url
 from workers.runtime import Runtime, get_runtime
 from workers.settings import API_KEY_ENTRY, get_settings
 
-log = logging.getLogger("tasks.cli")
+log = logging.getLogger("edges.cli")
 
 
 def _print_json(data: Any) -> None:
@@ -321,7 +321,7 @@ def cmd_portal_providers(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tasks.http.intake import HEAD_LIMIT
+    from edges.http.intake import HEAD_LIMIT
 
     s = get_runtime().settings
     host = args.host or s.http_host
@@ -333,7 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "" if s.api_keys else "; /v1 answers 401 until B24Q_API_KEYS is set",
     )
     uvicorn.run(
-        "tasks.http.app:app",
+        "edges.http.app:app",
         host=host,
         port=port,
         workers=args.workers,

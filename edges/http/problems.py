@@ -146,7 +146,7 @@ class ProblemDocument(BaseModel):
     errors: list[FieldError] | None = None
 
 
-#: Where the OpenAPI document keeps `ProblemDocument` (`tasks.http.intake.document` puts it there).
+#: Where the OpenAPI document keeps `ProblemDocument` (`edges.http.intake.document` puts it there).
 PROBLEM_REF = "#/components/schemas/Problem"
 _SECONDS = {"schema": {"type": "integer", "minimum": 1}}
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from tasks.http import apikeys
+from edges.http import apikeys
 from tasks.jobs import KINDS
 from tasks.producer import enqueue, enqueue_many
 from workers import redaction
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             f"{stack.settings.worker_concurrency} threads each)"
         )
         http = stack.start_http(_free_or_any(args.http_port, "the HTTP app"))
-        print(f"  HTTP app ready: {http.url} (uvicorn tasks.http.app:app; install handler /b24/install)")
+        print(f"  HTTP app ready: {http.url} (uvicorn edges.http.app:app; install handler /b24/install)")
         for domain in PORTALS:
             # auto_messages: the portal knows any message id of a registered sender (the README's too)
             installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True, auto_messages=True)

@@ -1,8 +1,8 @@
 """The operator's console at /console: for the people who answer "why didn't my SMS status update?".
 
 Server-rendered pages (Jinja2, `templates/`; one stylesheet and a few lines of script in `static/`, nothing
-from a CDN), for a person holding an admin-scoped API key (`tasks.http.apikeys`, `*admin`): a sign-in form
-sets a signed session cookie (`tasks.http.sessions`), and every action is a POST carrying the session's CSRF
+from a CDN), for a person holding an admin-scoped API key (`edges.http.apikeys`, `*admin`): a sign-in form
+sets a signed session cookie (`edges.http.sessions`), and every action is a POST carrying the session's CSRF
 token. The pages read the stores (registry, ledger, dead letters, parking, `workers.observe.status`) and
 act through the producer and the lifecycle, as the CLI does; each page reads a bounded amount (a page of
 portals, a page of letters), so thousands of portals and dead letters keep it fast.
@@ -32,11 +32,11 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from tasks import jobreport
-from tasks.http import apikeys, sessions
-from tasks.http.body import BodyTooLarge, read_body
-from tasks.http.sessions import Session
-from tasks.lifecycle import Lifecycle
+from edges import jobreport
+from edges.http import apikeys, sessions
+from edges.http.body import BodyTooLarge, read_body
+from edges.http.sessions import Session
+from edges.lifecycle import Lifecycle
 from tasks.producer import reactivate, replay
 from workers.errors import B24QError
 from workers.observe.status import snapshot
@@ -57,7 +57,7 @@ _HEADERS = {
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 
 _templates = Environment(
-    loader=PackageLoader("tasks.http", "templates"),
+    loader=PackageLoader("edges.http", "templates"),
     autoescape=select_autoescape(default=True),
     trim_blocks=True,
     auto_reload=False,  # the templates are package data: no stat() of each file at every page
@@ -360,7 +360,7 @@ def router(runtime: Callable[[], Runtime]) -> APIRouter:
     def static(name: str) -> Response:
         if name not in _STATIC:
             return _refusal(404, "No such file.")
-        body = resources.files("tasks.http").joinpath("static", name).read_bytes()
+        body = resources.files("edges.http").joinpath("static", name).read_bytes()
         return Response(body, media_type=_STATIC[name], headers={"Cache-Control": "max-age=300"})
 
     return console

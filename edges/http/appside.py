@@ -1,6 +1,6 @@
 """The Bitrix24 application's own routes: its install handler and its event handler (bitrix24-facts.md §7).
 
-Open without an API key, as Bitrix24 calls them; each request proves itself instead (`tasks.lifecycle`:
+Open without an API key, as Bitrix24 calls them; each request proves itself instead (`edges.lifecycle`:
 an install by one `app.info` call with its token, every other event by its `application_token`). Bodies
 are PHP-bracket forms (`auth[member_id]=…`), as Bitrix24 posts them; JSON is accepted too.
 
@@ -11,7 +11,7 @@ are PHP-bracket forms (`auth[member_id]=…`), as Bitrix24 posts them; JSON is a
 Anyone can post here, so what a request may cost is bounded before it costs it: bodies of at most
 `MAX_BODY`; its own threads (`B24Q_HTTP_EVENT_CONCURRENCY`, with at most `QUEUE_FACTOR` times as many
 requests waiting for one, then 503), so that the /v1 routes, /healthz and /metrics never queue behind
-events; and the portal calls an unproven event may cause, in `tasks.lifecycle` (docs/security.md).
+events; and the portal calls an unproven event may cause, in `edges.lifecycle` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from tasks.http.body import parse_json, read_body
-from tasks.http.problems import problem, responses
-from tasks.lifecycle import Lifecycle
+from edges.http.body import parse_json, read_body
+from edges.http.problems import problem, responses
+from edges.lifecycle import Lifecycle
 from workers.bitrix import querystring
 from workers.runtime import Runtime
 
@@ -50,7 +50,7 @@ def _parse(content_type: str, body: bytes) -> dict[str, Any] | None:
 
 
 class EventAnswer(BaseModel):
-    """What an event led to (`tasks.lifecycle.Outcome`)."""
+    """What an event led to (`edges.lifecycle.Outcome`)."""
 
     result: str = Field(
         description="applied; ignored (nothing to do: an unknown portal, no newer tokens); or deferred (202: "
@@ -121,7 +121,7 @@ def _body(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Any event: whatever its fields hold, it is answered (an event it cannot prove or place is refused or
-#: ignored by `tasks.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
+#: ignored by `edges.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
 _OBJECT = {
     "type": "object",
     "minProperties": 1,
