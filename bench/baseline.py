@@ -6,6 +6,7 @@ so the emulator's counters for that portal are the baseline's alone.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kombu import Connection
 
 from bench import naive
 from bench.stack import log
@@ -28,7 +31,9 @@ class NaiveWorkers:
     def __init__(self, stack: LocalStack, count: int = 4, threads: int = 8, rate_limit: str = "2/s") -> None:
         self.logs: list[Path] = []
         self.processes: list[subprocess.Popen[bytes]] = []
-        env = {**stack.env, "NAIVE_RATE_LIMIT": rate_limit}
+        self.broker_url, self.queue = naive.broker_of(stack.settings)
+        env = {**stack.env, "NAIVE_RATE_LIMIT": rate_limit, "NAIVE_BROKER_URL": self.broker_url}
+        env["NAIVE_QUEUE"] = self.queue
         for i in range(count):
             path = stack.dir / f"naive{i + 1}.log"
             cmd = [
@@ -43,7 +48,7 @@ class NaiveWorkers:
                 "-c",
                 str(threads),
                 "-Q",
-                naive.QUEUE,
+                self.queue,
                 "--loglevel=INFO",
                 f"--hostname=naive{i + 1}@%h",
                 "--without-gossip",
@@ -78,6 +83,9 @@ class NaiveWorkers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.broker_url.startswith("amqp"):  # the run's own queue on the machine's RabbitMQ
+            with Connection(self.broker_url, connect_timeout=5) as conn, contextlib.suppress(*conn.channel_errors):
+                conn.default_channel.queue_delete(self.queue)
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ def steady_rate(times: Sequence[float]) -> float:
 
 def run(stack: LocalStack, domain: str, info: dict[str, Any], jobs: Sequence[Job], timeout: float) -> NaiveResult:
     """Enqueue `jobs` for the naive workers (already running), wait for every outcome, read the portal."""
-    naive.configure(stack.settings.redis_url)
+    naive.configure(*naive.broker_of(stack.settings))
     rt_redis = stack.redis.client() if stack.redis is not None else None
     assert rt_redis is not None
     rt_redis.delete(naive.OUTCOMES)
@@ -169,6 +177,8 @@ def floor(stack: LocalStack, jobs: Sequence[Job], timeout: float, early: bool = 
     """Run one `naive.noop` task per job (its payload as the argument; `naive.noop_early` with `early`) on the
     naive workers; seconds from the first enqueue until the queue and the unacknowledged messages are empty.
     (After `run`, which pointed the naive app at the stack.)"""
+    if stack.settings.on_rabbitmq:
+        raise ValueError("the no-op floor is measured on RabbitMQ by `bench.run brokers` (bench.noop)")
     task = naive.noop_early if early else naive.noop
     rt_redis = stack.redis.client() if stack.redis is not None else None
     assert rt_redis is not None

@@ -2,8 +2,9 @@
 
 One plain task per job that POSTs the job's single REST call with httpx (the token in `auth`),
 Celery's per-worker `rate_limit` set to the portal's rate, default (early) acks, no retries, no
-batching. Run it as `celery -A bench.naive worker --pool threads -c 8 -Q naive` on the same Redis as
-the stack (`B24Q_REDIS_URL`); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none).
+batching. Run it as `celery -A bench.naive worker --pool threads -c 8 -Q naive` on the same broker as
+the stack: its Redis (`B24Q_REDIS_URL`), or `NAIVE_BROKER_URL` (RabbitMQ: a quorum queue `NAIVE_QUEUE`, as
+b24q declares its own); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none).
 
 It deliberately imports nothing from b24q. The only additions are the signal handlers at the
 bottom, which count outcomes in Redis so the benchmark knows when the run is over; the task itself
@@ -21,14 +22,18 @@ import httpx
 import redis
 from celery import Celery
 from celery.signals import task_failure, task_postrun, task_success
+from kombu import Queue
 
-QUEUE = "naive"
+QUEUE = os.environ.get("NAIVE_QUEUE", "naive")
 #: Redis hash the signal handlers count outcomes in: ok, failed, last (time of the last outcome).
 OUTCOMES = "bench:naive:outcomes"
 #: Redis list of seconds from enqueue to the task's end, for messages sent with a `sent_at` header.
 LATENCIES = "bench:naive:latencies"
 
-app = Celery("naive", broker=os.environ.get("B24Q_REDIS_URL", "redis://127.0.0.1:6379/0"))
+#: Where the outcomes are counted: the stack's Redis, whichever broker carries the messages.
+COUNTING_URL = os.environ.get("B24Q_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+app = Celery("naive", broker=os.environ.get("NAIVE_BROKER_URL") or COUNTING_URL)
 app.conf.update(
     task_default_queue=QUEUE,
     task_ignore_result=True,
@@ -36,6 +41,18 @@ app.conf.update(
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
 )
+
+
+def _declare(broker_url: str, queue: str) -> None:
+    if broker_url.startswith("amqp"):
+        app.conf.task_queues = [Queue(queue, durable=True, queue_arguments={"x-queue-type": "quorum"})]
+        app.conf.broker_transport_options = {"confirm_publish": True}
+    else:
+        app.conf.task_queues = None
+        app.conf.broker_transport_options = {}
+
+
+_declare(app.conf.broker_url, QUEUE)
 
 http = httpx.Client(timeout=30)
 
@@ -60,13 +77,24 @@ def noop_early(params: dict[str, Any]) -> None:
     job's message until its outcome."""
 
 
-def configure(broker_url: str) -> None:
-    """Point this (producer) process's naive app at a stack's Redis."""
+def broker_of(settings: Any) -> tuple[str, str]:
+    """The broker URL and queue the naive workers of a b24q stack use: the stack's broker (`Settings`)."""
+    if settings.on_rabbitmq:
+        return settings.broker_url, f"{settings.queue}.naive"
+    return settings.redis_url, "naive"
+
+
+def configure(broker_url: str, queue: str = "naive") -> None:
+    """Point this (producer) process's naive app at a stack's broker and queue."""
+    global QUEUE
+    QUEUE = queue
     app.conf.broker_url = broker_url
+    _declare(broker_url, queue)
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
+    app.__dict__.pop("amqp", None)  # its queues are cached from the old broker's settings
 
 
 # --- measurement only ---------------------------------------------------------------------------
@@ -77,7 +105,7 @@ _redis: redis.Redis | None = None
 def _count(outcome: str) -> None:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(app.conf.broker_url)
+        _redis = redis.Redis.from_url(COUNTING_URL)
     pipe = _redis.pipeline(transaction=False)
     pipe.hincrby(OUTCOMES, outcome, 1)
     pipe.hset(OUTCOMES, "last", repr(time.time()))

@@ -95,12 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller workloads (whole suite < ~3 min)")
     ap.add_argument("--profile", action="store_true", help="profile the b24q workers (slower; for hot spots)")
     ap.add_argument("--log-dir", type=Path, default=None, help="keep the stacks' logs under this directory")
+    ap.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq"),
+        default="redis",
+        help="where the jobs' messages live in raw, saturation and scale (rabbitmq: B24Q_BENCH_RABBITMQ_URL)",
+    )
     args = ap.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         ap.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    opts = Options(quick=args.quick, log_dir=args.log_dir, profile=args.profile)
+    opts = Options(quick=args.quick, log_dir=args.log_dir, profile=args.profile, broker=args.broker)
     print(header(argv), flush=True)
+    print(f"broker: {opts.broker}", flush=True)
     failed = False
     total = time.monotonic()
     for name in args.scenarios or list(SCENARIOS):

@@ -33,12 +33,11 @@ from kombu import Connection, Queue
 from bench import noop
 from bench.profiler import start_workers
 from bench.report import Table, fmt
-from bench.scenarios import Options
+from bench.scenarios import RABBITMQ_URL, Options
 from bench.stack import CpuMeter, add_portal, backlog, bench_stack, log, stack_pids, wait_backlog
 from bench.workload import mixed
 from tasks.producer import enqueue_many
 
-RABBITMQ_URL = os.environ.get("B24Q_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 PORTAL = "brokers.bench.test"
 
 

@@ -81,7 +81,7 @@ def run(opts: Options) -> list[Table]:
     n = 3000 if opts.quick else 10000
     naive_n = 1000 if opts.quick else 3000
     workers = 2
-    with bench_stack(log_dir=opts.dir_for("raw")) as stack:
+    with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for("raw")) as stack:
         for domain in (DRAIN, E2E, TAPPED, ALONE):
             add_portal(stack, domain, rate=0)
         naive_info = add_portal(stack, NAIVE, rate=0)

@@ -34,7 +34,7 @@ def run(opts: Options) -> list[Table]:
     n = 4000 if opts.quick else 5000
     naive_n = 100 if opts.quick else 300
     workers = 4
-    with bench_stack(log_dir=opts.dir_for("saturation")) as stack:
+    with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for("saturation")) as stack:
         add_portal(stack, PORTAL, RATE, BURST)
         naive_info = add_portal(stack, NAIVE_PORTAL, RATE, BURST)
         naive_workers = baseline.NaiveWorkers(stack, count=4, threads=8, rate_limit=f"{RATE:g}/s")

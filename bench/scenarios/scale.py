@@ -79,7 +79,7 @@ def run(opts: Options) -> list[Table]:
 def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
     rng = random.Random(n)
     domains = [f"s{i:05d}.scale.test" for i in range(n)]
-    with bench_stack(log_dir=opts.dir_for(f"scale-{n}")) as stack:
+    with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for(f"scale-{n}")) as stack:
         log(f"scale: registering {n} portals")
         infos: dict[str, dict[str, Any]] = {}
         for domain in domains:
@@ -126,7 +126,7 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         workers = NaiveWorkers(stack, count=2, threads=16, rate_limit="")
         try:
             workers.wait_ready()
-            naive.configure(stack.settings.redis_url)
+            naive.configure(*naive.broker_of(stack.settings))
             client = redis.Redis.from_url(stack.settings.redis_url)
             client.delete(naive.OUTCOMES, naive.LATENCIES)
             meter = CpuMeter(workers.pids)

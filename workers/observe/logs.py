@@ -25,7 +25,7 @@ Format = Literal["text", "json"]
 #: text lines: `2026-12-07 02:30:01,123 INFO edges.lifecycle: event ONAPPINSTALL for portal …`
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: the loggers of b24q's own lines
-OWN = ("workers", "tasks", "emulator")
+OWN = ("workers", "tasks", "edges", "emulator")
 
 
 class JsonFormatter(logging.Formatter):
