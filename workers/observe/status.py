@@ -1,7 +1,7 @@
 """What the pool looks like right now, read from Redis (and from the workers, for `b24q status`).
 
 `snapshot()` reads queues, portals and dead letters in a few pipelined round trips, never a token:
-the metrics endpoint's collector (`workers.observe.metrics`) builds its gauges from it at every scrape,
+the metrics endpoint's collector (`workers.observe.gauges`) builds its gauges from it at every scrape,
 and `b24q status` shows it, together with the workers that answer a broadcast within `timeout`.
 """
 
