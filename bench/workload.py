@@ -92,7 +92,7 @@ def applied(state: Mapping[str, Any]) -> Applied:
 
 
 #: Job kinds whose calls b24q merges into one command when they share these payload fields
-#: (`tasks.jobs.DELIVERY_MERGE`: delivery confirmations for one CONNECTOR and LINE).
+#: (`tasks.models.DELIVERY_MERGE`: delivery confirmations for one CONNECTOR and LINE).
 MERGED_BY: dict[str, tuple[str, ...]] = {"delivery-confirmation": ("connector", "line")}
 
 

@@ -38,7 +38,7 @@ from tasks.producer import check, enqueue, enqueue_many, reactivate, replay, sto
 from tasks.schema import job_schema, job_schemas
 from workers.celery import app
 from workers.errors import B24QError, ConfigError, JobRefused
-from workers.observe import logs, metrics, status
+from workers.observe import exposition, logs, status
 from workers.observe.status import text_table
 from workers.portals.crypto import generate_key
 from workers.redaction import redis_url
@@ -179,11 +179,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    registry = metrics.build_registry(runtime=get_runtime(), workers=not args.no_workers, redis=not args.no_redis)
+    registry = exposition.build_registry(runtime=get_runtime(), workers=not args.no_workers, redis=not args.no_redis)
     if args.once:
         sys.stdout.write(generate_latest(registry).decode())
         return 0
-    directory = metrics.metrics_dir()
+    directory = exposition.metrics_dir()
     print(
         f"b24q metrics: http://{args.address}:{args.port}/metrics; worker counters from "
         f"{directory if directory and not args.no_workers else '(none: set B24Q_METRICS_DIR)'}",
@@ -191,7 +191,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         flush=True,
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop quietly
-        metrics.serve(args.port, args.address, registry)
+        exposition.serve(args.port, args.address, registry)
     return 0
 
 

@@ -19,7 +19,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, Horizon, JobKind
+from tasks.fields import Horizon
+from tasks.jobs import KINDS, KINDS_BY_TASK, JobKind
+from tasks.models import DeliveredMessage
 from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
 from workers.portals.registry import Portal

@@ -1,10 +1,10 @@
-"""The published contract of the job kinds: a JSON Schema per kind, generated from the models in `tasks.jobs`
+"""The published contract of the job kinds: a JSON Schema per kind, generated from the models in `tasks.models`
 (never written by hand). `b24q schema [KIND]` prints it; the HTTP intake's OpenAPI document carries it.
 
 In this form a job names its kind: `{"kind": "status-update", "portal": "acme", ...fields}`, as a POST to
 /v1/jobs or a line of `b24q enqueue --file` sends it. The schema states every rule of a job's fields, each from the same
 declaration the model validates with (control characters, what PHP's empty() calls empty, a handler URL: a
-`Refuse` or a pattern in `tasks.jobs`), so a job is schema-valid exactly when the model accepts it
+`Refuse` or a pattern in `tasks.fields`), so a job is schema-valid exactly when the model accepts it
 (tests/security/test_input.py holds them to edge examples). The producer (`tasks.producer.check`) adds what
 no schema can say: the portal registry, and an `at` no later than its clock plus B24Q_CLOCK_SKEW.
 
@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, create_model
 
-from tasks.jobs import KINDS, Job
+from tasks.jobs import KINDS
+from tasks.models import Job
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -24,7 +24,9 @@ from workers.delivery.calls import Call
 from workers.errors import JobDeadLettered
 from workers.events import add_observer, remove_observer
 from workers.observe import status
-from workers.observe.metrics import Metrics, PortalLabels, RedisCollector, build_registry
+from workers.observe.exposition import build_registry
+from workers.observe.gauges import RedisCollector
+from workers.observe.metrics import Metrics, PortalLabels
 from workers.pipeline import run_job
 from workers.runtime import Runtime
 from workers.settings import Settings
@@ -134,7 +136,7 @@ def test_worker_processes_add_up_in_the_metrics_directory(tmp_path: Path, settin
         """
         import sys
         import celery.bin.celery  # imports Flower's plugin, and with it prometheus_client
-        from workers.observe.metrics import install_worker
+        from workers.observe.exposition import install_worker
         from workers.events import events
         from workers.settings import Settings
         metrics = install_worker(Settings(metrics_dir=sys.argv[1]))

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers.observe.metrics import Metrics, RedisCollector
+from workers.observe.gauges import RedisCollector
+from workers.observe.metrics import Metrics
 from workers.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent

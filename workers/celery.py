@@ -26,7 +26,7 @@ from celery.signals import (
 
 from workers import redaction
 from workers.broker import configuration, consumer, recovery
-from workers.observe import logs, metrics
+from workers.observe import exposition, logs
 from workers.runtime import get_runtime
 from workers.settings import Settings, get_settings
 
@@ -81,7 +81,7 @@ def _format_worker_logs(logger: Any = None, **_: Any) -> None:
 
 @worker_init.connect
 def _record_metrics(**_: Any) -> None:
-    metrics.install_worker_safely()
+    exposition.install_worker_safely()
 
 
 def _restore_messages(tags: list[str]) -> None:

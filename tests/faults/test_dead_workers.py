@@ -21,7 +21,8 @@ from tests.faults.conftest import (
     wait_drained,
 )
 from tests.integration.conftest import on_broker
-from workers.localdev.localstack import LocalStack, Worker
+from workers.localdev.localstack import LocalStack
+from workers.localdev.processes import Worker
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.localdev.localstack import CLIENT_ID, CLIENT_SECRET, LocalStack
+from workers.localdev.localstack import LocalStack
+from workers.localdev.processes import CLIENT_ID, CLIENT_SECRET
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 

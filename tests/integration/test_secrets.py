@@ -36,7 +36,8 @@ from tasks.definitions import TASKS
 from tests.integration.conftest import FAST, wait_for
 from workers.celery import app, configure
 from workers.errors import ConfigError
-from workers.localdev.localstack import CLIENT_SECRET, LocalStack
+from workers.localdev.localstack import LocalStack
+from workers.localdev.processes import CLIENT_SECRET
 from workers.localdev.redisserver import RedisServer, TlsFiles, tls_capable_binary
 from workers.portals.crypto import PREFIX, TokenCipher, generate_key
 from workers.portals.registry import PortalRegistry, check_url

@@ -1,14 +1,14 @@
 """What the pool looks like right now, read from Redis (and from the workers, for `b24q status`).
 
 `snapshot()` reads queues, portals and dead letters in a few pipelined round trips, never a token:
-the metrics endpoint's collector (`workers.observe.metrics`) builds its gauges from it at every scrape,
+the metrics endpoint's collector (`workers.observe.gauges`) builds its gauges from it at every scrape,
 and `b24q status` shows it, together with the workers that answer a broadcast within `timeout`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from celery import Celery
@@ -17,6 +17,7 @@ from workers import keys, rabbitmq
 from workers.portals.limits import Limits
 from workers.redaction import redis_url
 from workers.runtime import Runtime
+from workers.settings import Settings
 
 _PORTAL_FIELDS = ("kind", "state", "reason", "plan", "rate", "burst", "expires")
 
@@ -25,26 +26,9 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None, dead_letters: bo
     """Queues, portals and dead letters as plain data (see `b24q status --json`); without `dead_letters`, their
     counts by reason are left out (a read of every letter: a view that does not show them need not pay it)."""
     s = rt.settings
-    r = rt.redis
     names = rt.registry.keys() if portals is None else list(portals)
     held = rt.holds.holds(names)
-
-    pipe = r.pipeline(transaction=False)
-    pipe.time()
-    for step in keys.PRIORITY_STEPS:
-        pipe.llen(keys.queue(s.queue, step))
-    pipe.hlen(keys.UNACKED)
-    pipe.hgetall(rt.keys.token_stats())
-    pipe.zcard(rt.keys.open_jobs())
-    pipe.zrange(rt.keys.open_jobs(), 0, 0, withscores=True)  # the job longest without progress
-    for key in names:
-        pipe.hmget(rt.keys.portal(key), list(_PORTAL_FIELDS))
-        pipe.get(rt.keys.backlog(key))
-        pipe.hlen(rt.keys.parked(key))
-        pipe.get(rt.keys.bucket(key))
-        pipe.llen(rt.keys.calls(key))
-        pipe.hgetall(rt.keys.outcomes(key))
-    replies = iter(pipe.execute())
+    replies = _read(rt, names)
 
     seconds, micros = next(replies)
     now = seconds + micros / 1e6
@@ -56,35 +40,9 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None, dead_letters: bo
 
     rows: list[dict[str, Any]] = []
     for key in names:
-        fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
-        backlog, parked, tat, waiting, ended = (next(replies) for _ in range(5))
-        if fields["kind"] is None:  # in the index but its record is gone
-            continue
-        rate, burst = float(fields["rate"] or 0), int(float(fields["burst"] or 0))
-        limits = Limits.of(fields["plan"] or "standard", rate, burst, s)
-        level = max(0.0, (float(tat) - now) * limits.our_rate) if tat is not None and limits.our_rate > 0 else 0.0
-        expires = float(fields["expires"] or 0)
-        rows.append(
-            {
-                "key": key,
-                "kind": fields["kind"],
-                "state": fields["state"] or "active",
-                "reason": fields["reason"] or "",
-                "rate": limits.rate,
-                "burst": limits.burst,
-                "limiter_level": round(level, 2),
-                "limiter_capacity": limits.our_burst,
-                "held": {m: until for m, until in held.get(key, {}).items() if until > now},
-                "token_expires": expires if fields["kind"] == "oauth" and expires else None,
-                "token_refreshed": token_stats.get(f"{key}:refreshed", 0),
-                "token_refresh_failed": token_stats.get(f"{key}:refresh_failed", 0),
-                "token_refresh_unavailable": token_stats.get(f"{key}:refresh_unavailable", 0),
-                "backlog": int(backlog or 0),
-                "waiting_calls": int(waiting or 0),
-                "parked": int(parked or 0),
-                "outcomes": {k.decode(): int(v) for k, v in sorted(ended.items())},
-            }
-        )
+        row = _portal_row(key, replies, now, held.get(key, {}), token_stats, s)
+        if row is not None:
+            rows.append(row)
     dead = rt.dead.counts() if dead_letters else {}
     queues: list[dict[str, Any]] = [{"name": s.queue, "depth": sum(by_priority.values()), "by_priority": by_priority}]
     broker = "redis"
@@ -99,6 +57,66 @@ def snapshot(rt: Runtime, portals: Sequence[str] | None = None, dead_letters: bo
         "open_jobs": {"count": open_jobs, "oldest_idle_s": round(max(0.0, now - stalest[0][1]), 1) if stalest else 0.0},
         "portals": rows,
         "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
+    }
+
+
+def _read(rt: Runtime, names: Sequence[str]) -> Iterator[Any]:
+    """One pipelined round trip: the server's clock, the queue, the open jobs, then six replies per portal
+    (read in this order by `snapshot` and `_portal_row`)."""
+    s = rt.settings
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.time()
+    for step in keys.PRIORITY_STEPS:
+        pipe.llen(keys.queue(s.queue, step))
+    pipe.hlen(keys.UNACKED)
+    pipe.hgetall(rt.keys.token_stats())
+    pipe.zcard(rt.keys.open_jobs())
+    pipe.zrange(rt.keys.open_jobs(), 0, 0, withscores=True)  # the job longest without progress
+    for key in names:
+        pipe.hmget(rt.keys.portal(key), list(_PORTAL_FIELDS))
+        pipe.get(rt.keys.backlog(key))
+        pipe.hlen(rt.keys.parked(key))
+        pipe.get(rt.keys.bucket(key))
+        pipe.llen(rt.keys.calls(key))
+        pipe.hgetall(rt.keys.outcomes(key))
+    return iter(pipe.execute())
+
+
+def _portal_row(
+    key: str,
+    replies: Iterator[Any],
+    now: float,
+    held: Mapping[str, float],
+    token_stats: Mapping[str, int],
+    s: Settings,
+) -> dict[str, Any] | None:
+    """A portal's row from its six replies (always taken), or None when it is in the index but its record is gone."""
+    fields = dict(zip(_PORTAL_FIELDS, (v.decode() if v is not None else None for v in next(replies)), strict=True))
+    backlog, parked, tat, waiting, ended = (next(replies) for _ in range(5))
+    if fields["kind"] is None:  # in the index but its record is gone
+        return None
+    rate, burst = float(fields["rate"] or 0), int(float(fields["burst"] or 0))
+    limits = Limits.of(fields["plan"] or "standard", rate, burst, s)
+    level = max(0.0, (float(tat) - now) * limits.our_rate) if tat is not None and limits.our_rate > 0 else 0.0
+    expires = float(fields["expires"] or 0)
+    return {
+        "key": key,
+        "kind": fields["kind"],
+        "state": fields["state"] or "active",
+        "reason": fields["reason"] or "",
+        "rate": limits.rate,
+        "burst": limits.burst,
+        "limiter_level": round(level, 2),
+        "limiter_capacity": limits.our_burst,
+        "held": {m: until for m, until in held.items() if until > now},
+        "token_expires": expires if fields["kind"] == "oauth" and expires else None,
+        "token_refreshed": token_stats.get(f"{key}:refreshed", 0),
+        "token_refresh_failed": token_stats.get(f"{key}:refresh_failed", 0),
+        "token_refresh_unavailable": token_stats.get(f"{key}:refresh_unavailable", 0),
+        "backlog": int(backlog or 0),
+        "waiting_calls": int(waiting or 0),
+        "parked": int(parked or 0),
+        "outcomes": {k.decode(): int(v) for k, v in sorted(ended.items())},
     }
 
 
@@ -167,80 +185,82 @@ def render(status: dict[str, Any]) -> str:
     """One screen of text."""
     now = float(status["time"])
     out = [f"b24q status  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}  redis {status['redis']}", ""]
-
-    steps = list(status["queues"][0]["by_priority"]) if status["queues"] else []
-    rows = [[q["name"], q["depth"], *(q["by_priority"][p] for p in steps)] for q in status["queues"]]
-    out.append(text_table(rows, ["queue", "depth", *(f"p{p}" for p in steps)]))
-    if status["unacked"] is None:
-        out.append(f"broker {status.get('broker')}: messages held by workers are not reported over AMQP")
-    else:
-        out.append(f"unacked (with workers, incl. scheduled retries): {status['unacked']}")
+    out += _render_queues(status)
     out.append("")
-
-    w = status.get("workers") or {}
-    if w.get("error"):
-        out.append(f"workers: broker error: {w['error']}")
-    elif not w.get("answered"):
-        out.append(f"workers: none answered within {w.get('timeout', '?')}s")
-    else:
-        rows = [
-            [x["name"], x["pid"], x["concurrency"], x["processed"], _duration(float(x["uptime"] or 0))]
-            for x in w["answered"]
-        ]
-        out.append(f"workers: {len(rows)} answered")
-        out.append(text_table(rows, ["worker", "pid", "concurrency", "processed", "uptime"]))
+    out += _render_workers(status.get("workers") or {})
     out.append("")
-
-    portals = status["portals"]
-    if portals:
-        rows = []
-        for p in portals:
-            held = ", ".join(f"{m} {_duration(u - now)}" for m, u in sorted(p["held"].items())) or "-"
-            token = "-"
-            if p["token_expires"]:
-                left = p["token_expires"] - now
-                token = f"in {_duration(left)}" if left >= 0 else f"expired {_duration(-left)} ago"
-            if p["token_refreshed"] or p["token_refresh_failed"]:
-                token += f" ({p['token_refreshed']} refreshed, {p['token_refresh_failed']} refused)"
-            rows.append(
-                [
-                    p["key"],
-                    p["kind"],
-                    p["state"],
-                    f"{p['limiter_level']:g}/{p['limiter_capacity']} @{p['rate']:g}/s",
-                    held,
-                    token,
-                    p["backlog"],
-                    p["waiting_calls"],
-                    p["parked"],
-                    "/".join(str(p["outcomes"].get(o, 0)) for o in ("applied", "superseded", "dead")),
-                    p["reason"][:50],
-                ]
-            )
-        out.append(f"portals: {len(rows)}")
-        out.append(
-            text_table(
-                rows,
-                [
-                    "portal",
-                    "kind",
-                    "state",
-                    "limiter",
-                    "held",
-                    "token expires",
-                    "backlog",
-                    "waiting",
-                    "parked",
-                    "applied/superseded/dead",
-                    "reason",
-                ],
-            )
-        )
-    else:
-        out.append("portals: none registered")
+    out += _render_portals(status["portals"], now)
     out.append("")
-
     dead = status["dead_letters"]
     by_reason = ", ".join(f"{code} {n}" for code, n in dead["by_reason"].items())
     out.append(f"dead letters: {dead['total']}" + (f" ({by_reason})" if by_reason else ""))
     return "\n".join(out)
+
+
+def _render_queues(status: dict[str, Any]) -> list[str]:
+    steps = list(status["queues"][0]["by_priority"]) if status["queues"] else []
+    rows = [[q["name"], q["depth"], *(q["by_priority"][p] for p in steps)] for q in status["queues"]]
+    out = [text_table(rows, ["queue", "depth", *(f"p{p}" for p in steps)])]
+    if status["unacked"] is None:
+        out.append(f"broker {status.get('broker')}: messages held by workers are not reported over AMQP")
+    else:
+        out.append(f"unacked (with workers, incl. scheduled retries): {status['unacked']}")
+    return out
+
+
+def _render_workers(w: dict[str, Any]) -> list[str]:
+    if w.get("error"):
+        return [f"workers: broker error: {w['error']}"]
+    if not w.get("answered"):
+        return [f"workers: none answered within {w.get('timeout', '?')}s"]
+    rows = [
+        [x["name"], x["pid"], x["concurrency"], x["processed"], _duration(float(x["uptime"] or 0))]
+        for x in w["answered"]
+    ]
+    return [f"workers: {len(rows)} answered", text_table(rows, ["worker", "pid", "concurrency", "processed", "uptime"])]
+
+
+#: the columns of the portals' table, in the order `_portal_cells` gives them
+_PORTAL_COLUMNS = (
+    "portal",
+    "kind",
+    "state",
+    "limiter",
+    "held",
+    "token expires",
+    "backlog",
+    "waiting",
+    "parked",
+    "applied/superseded/dead",
+    "reason",
+)
+
+
+def _render_portals(portals: list[dict[str, Any]], now: float) -> list[str]:
+    if not portals:
+        return ["portals: none registered"]
+    rows = [_portal_cells(p, now) for p in portals]
+    return [f"portals: {len(rows)}", text_table(rows, _PORTAL_COLUMNS)]
+
+
+def _portal_cells(p: dict[str, Any], now: float) -> list[Any]:
+    held = ", ".join(f"{m} {_duration(u - now)}" for m, u in sorted(p["held"].items())) or "-"
+    token = "-"
+    if p["token_expires"]:
+        left = p["token_expires"] - now
+        token = f"in {_duration(left)}" if left >= 0 else f"expired {_duration(-left)} ago"
+    if p["token_refreshed"] or p["token_refresh_failed"]:
+        token += f" ({p['token_refreshed']} refreshed, {p['token_refresh_failed']} refused)"
+    return [
+        p["key"],
+        p["kind"],
+        p["state"],
+        f"{p['limiter_level']:g}/{p['limiter_capacity']} @{p['rate']:g}/s",
+        held,
+        token,
+        p["backlog"],
+        p["waiting_calls"],
+        p["parked"],
+        "/".join(str(p["outcomes"].get(o, 0)) for o in ("applied", "superseded", "dead")),
+        p["reason"][:50],
+    ]
