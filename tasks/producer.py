@@ -22,7 +22,8 @@ from typing import Any
 from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, Horizon, JobKind
 from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
-from workers.portals.registry import Portal
+from workers.portals.record import Portal
+from workers.portals.state import PortalState
 from workers.runtime import Runtime, get_runtime
 
 
@@ -58,13 +59,13 @@ def check(
         # the record as this process read it within the last second (a state change, such as an uninstall,
         # reaches producers within that second; the worker checks again); a refusal is decided on a fresh read
         found = rt.portals.get(job.portal)
-        if found is None or found.state == "uninstalled":
+        if found is None or found.state == PortalState.UNINSTALLED:
             found = rt.portals.fresh(job.portal)
         portals[job.portal] = found
     portal = portals[job.portal]
     if portal is None:
         raise UnknownPortal(job.portal, k.name)
-    if portal.state == "uninstalled":
+    if portal.state == PortalState.UNINSTALLED:
         raise PortalUninstalled(job.portal, k.name)
     if k.app_only and portal.kind == "webhook":
         raise JobRefused(
@@ -150,9 +151,7 @@ def resume_parked(portal: str, rt: Runtime | None = None) -> int:
 def reactivate(portal: str, rt: Runtime | None = None) -> int:
     """Mark a portal in `reauth` active (its credentials were fixed by hand) and resume its parked jobs."""
     rt = rt or get_runtime()
-    found = rt.registry.get(portal)
-    if found is not None and found.state == "reauth":
-        rt.registry.mark_active(portal)
+    rt.registry.mark_active(portal)  # a portal in no `reauth` state stays as it is
     return resume_parked(portal, rt)
 
 

@@ -32,7 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from workers.events import Observer, add_observer
 from workers.observe.status import snapshot
-from workers.portals.registry import STATES
+from workers.portals.state import STATES
 from workers.runtime import Runtime
 from workers.settings import Settings, get_settings
 

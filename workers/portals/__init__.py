@@ -1,1 +1,1 @@
-"""Which portals b24q delivers to: records, limits, tokens (refreshed once for the pool), encryption at rest."""
+"""Which portals b24q delivers to: records, their state, the registry, limits, tokens (refreshed once), encryption."""

@@ -28,7 +28,9 @@ from workers.bitrix.oauth import OAuthClient
 from workers.errors import AuthLost, OAuthUnavailable
 from workers.events import events
 from workers.keys import DEFAULT_KEYS, Keys
-from workers.portals.registry import Portal, PortalRegistry
+from workers.portals.record import Portal
+from workers.portals.registry import PortalRegistry
+from workers.portals.state import PortalState
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ class TokenKeeper:
         portal = self._registry.get(key)
         if portal is None:
             raise AuthLost("PORTAL_REMOVED", f"portal {key} is no longer in the registry")
-        if portal.state == "reauth":
+        if portal.state == PortalState.REAUTH:
             raise AuthLost("REAUTH_NEEDED", f"portal {key} needs re-authorisation ({portal.reason})")
         return portal
 
