@@ -22,6 +22,7 @@ from typing import Any
 from tasks.jobs import KINDS, KINDS_BY_TASK, DeliveredMessage, Horizon, JobKind
 from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
+from workers.portals.admission import Refusal, admission
 from workers.portals.record import Portal
 from workers.portals.state import PortalState
 from workers.runtime import Runtime, get_runtime
@@ -63,15 +64,22 @@ def check(
             found = rt.portals.fresh(job.portal)
         portals[job.portal] = found
     portal = portals[job.portal]
-    if portal is None:
-        raise UnknownPortal(job.portal, k.name)
-    if portal.state == PortalState.UNINSTALLED:
-        raise PortalUninstalled(job.portal, k.name)
-    if k.app_only and portal.kind == "webhook":
-        raise JobRefused(
-            k.name, [("portal", f"{k.method} needs an OAuth application portal; {job.portal!r} is an incoming webhook")]
-        )
+    refusal = admission(portal, job.portal, k.method, k.app_only)
+    if refusal is not None and not refusal.park:  # a portal in `reauth` takes jobs: a worker parks them
+        raise _refused(refusal, job.portal, k)
+    assert portal is not None  # admission refuses a missing one
     return {**job.model_dump(mode="json", exclude_none=True), "portal": portal.key}
+
+
+def _refused(refusal: Refusal, portal: str, k: JobKind) -> JobRefused:
+    """What a producer is told when `admission` refuses a job (a worker would dead-letter it with `code`)."""
+    if refusal.code == "UNKNOWN_PORTAL":
+        return UnknownPortal(portal, k.name)
+    if refusal.code == "APP_UNINSTALLED":
+        return PortalUninstalled(portal, k.name)
+    return JobRefused(
+        k.name, [("portal", f"{k.method} needs an OAuth application portal; {portal!r} is an incoming webhook")]
+    )
 
 
 def enqueue(

@@ -1,4 +1,4 @@
-"""A portal's state: the table of its transitions and the registry applying it."""
+"""A portal's state: the table of its transitions, the registry applying it, and whether a job may go."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from workers.portals.admission import Refusal, admission
+from workers.portals.record import Portal
 from workers.portals.state import STATES, TRANSITIONS, PortalEvent, PortalState, after, applies
 from workers.runtime import Runtime
 
@@ -96,3 +98,45 @@ def test_a_portal_read_back_has_a_typed_state(runtime: Runtime) -> None:
     assert (
         portal is not None and portal.state is R and portal.state == "reauth" and portal.reason == "invalid_grant: gone"
     )
+
+
+OAUTH = Portal("acme", "oauth", "https://acme.bitrix24.de/rest/")
+WEBHOOK = Portal("hook", "webhook", "https://hook.bitrix24.de/rest/1/secret/")
+
+
+@pytest.mark.parametrize(
+    ("portal", "app_only", "expected"),
+    [
+        (None, False, Refusal("UNKNOWN_PORTAL", "portal 'acme' is not in the registry")),
+        (OAUTH, True, None),
+        (WEBHOOK, False, None),
+        (
+            WEBHOOK,
+            True,
+            Refusal(
+                "WRONG_AUTH_TYPE",
+                "imconnector.send.status.delivery needs application (OAuth) context; acme is a webhook",
+            ),
+        ),
+        (
+            Portal("acme", "oauth", "https://acme.bitrix24.de/rest/", state=U),
+            False,
+            Refusal("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall"),
+        ),
+        (
+            Portal("acme", "oauth", "https://acme.bitrix24.de/rest/", state=R, reason="invalid_grant: gone"),
+            False,
+            Refusal("REAUTH_NEEDED", "invalid_grant: gone", park=True),
+        ),
+        (  # the method's auth type is decided before the state
+            Portal("acme", "webhook", "https://acme.bitrix24.de/rest/1/s/", state=U),
+            True,
+            Refusal(
+                "WRONG_AUTH_TYPE",
+                "imconnector.send.status.delivery needs application (OAuth) context; acme is a webhook",
+            ),
+        ),
+    ],
+)
+def test_admission(portal: Portal | None, app_only: bool, expected: Refusal | None) -> None:
+    assert admission(portal, "acme", "imconnector.send.status.delivery", app_only) == expected

@@ -1,1 +1,1 @@
-"""Which portals b24q delivers to: records, their state, the registry, limits, tokens (refreshed once), encryption."""
+"""Which portals b24q delivers to: records, state, admission, the registry, limits, tokens (refreshed once), crypto."""
