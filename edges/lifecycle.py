@@ -33,7 +33,9 @@ from workers.errors import (
     TransportError,
 )
 from workers.events import events
-from workers.portals.registry import Portal, domain_of
+from workers.portals.endpoints import domain_of
+from workers.portals.record import Portal
+from workers.portals.state import PortalState
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -296,7 +298,7 @@ class Lifecycle:
         portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        if portal.state == "uninstalled":
+        if portal.state == PortalState.UNINSTALLED:
             return Outcome("ignored", portal.key, "already uninstalled")
         if not _same(token, portal.application_token):
             return Outcome("refused", portal.key, "application_token does not match", status=401)
@@ -313,7 +315,7 @@ class Lifecycle:
         portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        if portal.state == "uninstalled":  # only an install brings a portal back (its old tokens are erased)
+        if portal.state == PortalState.UNINSTALLED:  # only an install brings a portal back (its old tokens are erased)
             return Outcome("refused", portal.key, "the application is uninstalled from this portal", status=409)
         if not _same(token, portal.application_token) and (
             not auth.get("access_token") or self._verify(portal.endpoint, str(auth["access_token"]), portal) is None
@@ -346,7 +348,7 @@ class Lifecycle:
         if not self.rt.registry.offer_auth(portal.key, auth):
             return Outcome("ignored", portal.key, "no newer tokens")
         self.rt.portals.forget(portal.key)
-        resumed = resume_parked(portal.key, self.rt) if portal.state == "reauth" else 0
+        resumed = resume_parked(portal.key, self.rt) if portal.state == PortalState.REAUTH else 0
         return Outcome("applied", portal.key, f"newer tokens stored; {resumed} job(s) resumed")
 
     # -- what an event sets in motion -------------------------------------------------------------------------

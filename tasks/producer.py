@@ -24,7 +24,9 @@ from tasks.jobs import KINDS, KINDS_BY_TASK, JobKind
 from tasks.models import DeliveredMessage
 from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
-from workers.portals.registry import Portal
+from workers.portals.admission import Refusal, admission
+from workers.portals.record import Portal
+from workers.portals.state import PortalState
 from workers.runtime import Runtime, get_runtime
 
 
@@ -60,19 +62,26 @@ def check(
         # the record as this process read it within the last second (a state change, such as an uninstall,
         # reaches producers within that second; the worker checks again); a refusal is decided on a fresh read
         found = rt.portals.get(job.portal)
-        if found is None or found.state == "uninstalled":
+        if found is None or found.state == PortalState.UNINSTALLED:
             found = rt.portals.fresh(job.portal)
         portals[job.portal] = found
     portal = portals[job.portal]
-    if portal is None:
-        raise UnknownPortal(job.portal, k.name)
-    if portal.state == "uninstalled":
-        raise PortalUninstalled(job.portal, k.name)
-    if k.app_only and portal.kind == "webhook":
-        raise JobRefused(
-            k.name, [("portal", f"{k.method} needs an OAuth application portal; {job.portal!r} is an incoming webhook")]
-        )
+    refusal = admission(portal, job.portal, k.method, k.app_only)
+    if refusal is not None and not refusal.park:  # a portal in `reauth` takes jobs: a worker parks them
+        raise _refused(refusal, job.portal, k)
+    assert portal is not None  # admission refuses a missing one
     return {**job.model_dump(mode="json", exclude_none=True), "portal": portal.key}
+
+
+def _refused(refusal: Refusal, portal: str, k: JobKind) -> JobRefused:
+    """What a producer is told when `admission` refuses a job (a worker would dead-letter it with `code`)."""
+    if refusal.code == "UNKNOWN_PORTAL":
+        return UnknownPortal(portal, k.name)
+    if refusal.code == "APP_UNINSTALLED":
+        return PortalUninstalled(portal, k.name)
+    return JobRefused(
+        k.name, [("portal", f"{k.method} needs an OAuth application portal; {portal!r} is an incoming webhook")]
+    )
 
 
 def enqueue(
@@ -152,9 +161,7 @@ def resume_parked(portal: str, rt: Runtime | None = None) -> int:
 def reactivate(portal: str, rt: Runtime | None = None) -> int:
     """Mark a portal in `reauth` active (its credentials were fixed by hand) and resume its parked jobs."""
     rt = rt or get_runtime()
-    found = rt.registry.get(portal)
-    if found is not None and found.state == "reauth":
-        rt.registry.mark_active(portal)
+    rt.registry.mark_active(portal)  # a portal in no `reauth` state stays as it is
     return resume_parked(portal, rt)
 
 

@@ -90,7 +90,7 @@ def test_processes_together_never_exceed_the_rate(redis_server: RedisServer, rcl
 
 
 def test_a_box_portal_is_not_throttled(rclient: redis.Redis, settings: object) -> None:
-    from workers.portals.registry import Portal
+    from workers.portals.record import Portal
 
     limits = Portal("p", "webhook", "https://x.example/rest/1/c/", plan="box").limits(settings)  # type: ignore[arg-type]
     limiter = RateLimiter(rclient)

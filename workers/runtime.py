@@ -24,7 +24,8 @@ from workers.delivery.ratelimit import RateLimiter
 from workers.delivery.verification import VerificationGate
 from workers.keys import Keys
 from workers.portals.cache import CachedPortals
-from workers.portals.registry import PortalRegistry, check_url
+from workers.portals.endpoints import check_url
+from workers.portals.registry import PortalRegistry
 from workers.portals.tokens import TokenKeeper
 from workers.records.deadletters import DeadLetters
 from workers.records.idempotency import IdempotencyKeys

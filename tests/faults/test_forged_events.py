@@ -24,7 +24,7 @@ import pytest
 from edges.http import apikeys
 from workers.bitrix.querystring import encode
 from workers.localdev.localstack import LocalStack
-from workers.portals.registry import Portal
+from workers.portals.record import Portal
 from workers.runtime import get_runtime
 
 from .conftest import SENDER, make_fault_stack, wait_terminal

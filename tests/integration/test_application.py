@@ -16,7 +16,7 @@ from tasks.producer import enqueue, enqueue_many, replay
 from workers.bitrix.querystring import encode
 from workers.errors import PortalUninstalled
 from workers.localdev.localstack import LocalStack
-from workers.portals.registry import Portal
+from workers.portals.record import Portal
 from workers.runtime import get_runtime
 
 from .conftest import make_stack, wait_for

@@ -20,7 +20,7 @@ import pytest
 from edges.http import apikeys
 from workers import keys
 from workers.localdev.localstack import LocalStack
-from workers.portals.registry import Portal
+from workers.portals.record import Portal
 from workers.runtime import get_runtime
 
 from .conftest import make_stack, wait_for

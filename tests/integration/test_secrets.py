@@ -40,7 +40,8 @@ from workers.localdev.localstack import LocalStack
 from workers.localdev.processes import CLIENT_SECRET
 from workers.localdev.redisserver import RedisServer, TlsFiles, tls_capable_binary
 from workers.portals.crypto import PREFIX, TokenCipher, generate_key
-from workers.portals.registry import PortalRegistry, check_url
+from workers.portals.endpoints import check_url
+from workers.portals.registry import PortalRegistry
 from workers.runtime import Runtime, get_runtime, set_runtime
 from workers.settings import Settings, get_settings
 

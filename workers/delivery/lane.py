@@ -46,7 +46,8 @@ from workers.errors import (
 )
 from workers.events import events
 from workers.portals.limits import Limits
-from workers.portals.registry import Portal
+from workers.portals.record import Portal
+from workers.portals.state import PortalState
 from workers.portals.tokens import TokenKeeper
 
 log = logging.getLogger(__name__)
@@ -450,10 +451,10 @@ class Lane:
         return [c for c in calls if not c.done.is_set()]
 
     def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0, moved: bool = False) -> None:
-        if portal.state == "uninstalled":  # the app was removed while these waited for a slot (or, as
+        if portal.state == PortalState.UNINSTALLED:  # the app was removed while these waited for a slot (or, as
             self._wire.portals.forget(self.key)  # cached, a moment before a reinstall)
             portal = self._wire.portals(self.key)
-        if portal.state == "uninstalled":
+        if portal.state == PortalState.UNINSTALLED:
             self._resolve(calls, RestError("APP_UNINSTALLED", portal.reason))
             return
         commands = build_commands(calls, merge=self._config.merge_max > 1)

@@ -21,6 +21,7 @@ from workers import rabbitmq
 from workers.celery import configure
 from workers.localdev.processes import CLIENT_ID, CLIENT_SECRET, Emulator, Flower, HttpApp, Worker
 from workers.localdev.redisserver import RedisServer
+from workers.portals.state import PortalState
 from workers.runtime import Runtime, get_runtime, set_runtime
 from workers.settings import Settings
 
@@ -92,7 +93,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             key = registry.resolve(domain)
             portal = registry.get(key) if key is not None else None
-            if portal is not None and portal.state == "active" and not portal.providers_pending:
+            if portal is not None and portal.state == PortalState.ACTIVE and not portal.providers_pending:
                 return {**answer, "key": portal.key}
             time.sleep(0.05)
         raise RuntimeError(

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from workers.observe.metrics import PortalLabels
 from workers.observe.status import snapshot
-from workers.portals.registry import STATES
+from workers.portals.state import STATES
 from workers.runtime import Runtime
 
 #: the logger of the metrics endpoint's lines, whichever module of it writes them

@@ -1,1 +1,1 @@
-"""Which portals b24q delivers to: records, limits, tokens (refreshed once for the pool), encryption at rest."""
+"""Which portals b24q delivers to: records, state, admission, the registry, limits, tokens (refreshed once), crypto."""

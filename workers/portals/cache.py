@@ -7,7 +7,8 @@ import time
 
 from workers.errors import RestError
 from workers.portals.limits import Limits
-from workers.portals.registry import Portal, PortalRegistry
+from workers.portals.record import Portal
+from workers.portals.registry import PortalRegistry
 from workers.settings import Settings
 
 

@@ -5,7 +5,8 @@ taken only if it is `https` on port 443, its host is one of `B24Q_PORTAL_HOSTS` 
 by default) or the host the portal already has, and every address the host resolves to is public.
 Cheap local checks come first, the name lookup last. `B24Q_ALLOW_INSECURE_HTTP` lifts the scheme and
 port rule; `B24Q_ALLOW_PRIVATE_PORTALS` lifts the address rule (and, on loopback, the scheme and port
-rule: the emulator).
+rule: the emulator). `check_url` is the laxer rule for b24q's own URLs (the OAuth server's), and
+`domain_of` the portal domain an endpoint names.
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_url(url: str, allow_insecure: bool, what: str) -> str:
+    """Refuse a URL that is not https, unless it is on loopback or insecure URLs are allowed (the OAuth
+    server's URL; a portal's endpoint answers to `EndpointPolicy`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an http(s) URL")
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
+        raise ConfigError(f"{what} must use https (set B24Q_ALLOW_INSECURE_HTTP=1 to allow http)")
+    return url if url.endswith("/") else url + "/"
+
+
+def domain_of(endpoint: str) -> str:
+    """The portal domain an endpoint names: its host; on loopback (the emulator, where a portal is a
+    path prefix because there is no DNS) the first segment of its path."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if is_loopback(host):
+        segments = [p for p in parts.path.split("/") if p]
+        return segments[0] if segments and segments[0] != "rest" else host
+    return host
 
 
 def host_matches(host: str, patterns: Sequence[str]) -> bool:

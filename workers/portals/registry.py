@@ -1,175 +1,36 @@
 """The portal registry: which portals b24q delivers to and how it authenticates to each.
 
-A portal is named by a stable key of the user's choosing (its member_id or domain); jobs carry that
-key, never a token. Two kinds:
-
-- `oauth`: an application installed on the portal: `client_endpoint` plus an access/refresh pair
-  that `workers.portals.tokens` renews. Required for every method but `im.dialog.unread`.
-- `webhook`: an incoming webhook URL `https://{portal}/rest/{user}/{code}/`.
-
-Records live in one Redis hash per portal; secrets are kept out of `repr`, logs and CLI output, and
-with `B24Q_TOKEN_KEYS` set they are encrypted at rest (`workers.portals.crypto`): the access and refresh
-tokens of OAuth portals and the URL (with its secret code) of webhook portals.
+One Redis hash per portal (its record: `workers.portals.record`), an index of their keys, and aliases
+(a domain, a member_id) pointing at a key. Every state change applies `workers.portals.state`'s table;
+the writes that must be atomic run `lua/write_if.lua`. Provider bookkeeping: `workers.portals.providers`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from itertools import chain
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
 from workers.bitrix.addresses import Resolve
-from workers.bitrix.client import Credentials
 from workers.errors import ConfigError
 from workers.keys import Keys
 from workers.portals.crypto import TokenCipher
-from workers.portals.endpoints import EndpointPolicy, is_loopback
-from workers.portals.limits import Limits
-from workers.redaction import webhook_url
+from workers.portals.endpoints import EndpointPolicy, domain_of
+from workers.portals.providers import ProviderBook
+from workers.portals.record import Portal, secret_fields
+from workers.portals.state import TRANSITIONS, PortalEvent, PortalState, after, applies, sources
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Fields encrypted at rest (`endpoint` only for webhook portals: its path holds the webhook's secret code).
-#: `application_token` proves an event comes from Bitrix24 (bitrix24-facts.md §7.3): a secret as well.
-SECRET_FIELDS = ("access_token", "refresh_token", "application_token")
-
-#: Portal states: `active`; `reauth` (credentials lost, jobs parked); `uninstalled` (the app was removed
-#: from the portal: its jobs end as dead letters `APP_UNINSTALLED` until a reinstall).
-STATES = ("active", "reauth", "uninstalled")
-
-_REKEY = """
--- replace a record's secret fields only if none changed since they were read (no rotation lost)
-for i = 1, #ARGV, 3 do
-  if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
-end
-for i = 1, #ARGV, 3 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
-return 1
-"""
-
-_SET_IF = """
--- set fields only if ARGV[1] (a field) still holds ARGV[2] (as stored), e.g. an endpoint a redirect moved
-if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-_PROVIDER_READY = """
--- a provider is registered: drop its code from the portal's pending list
-local pending = redis.call('HGET', KEYS[1], 'providers_pending')
-if not pending or pending == '' then return 0 end
-local left = {}
-for code in string.gmatch(pending, '%S+') do
-  if code ~= ARGV[1] then table.insert(left, code) end
-end
-redis.call('HSET', KEYS[1], 'providers_pending', table.concat(left, ' '))
-return #left
-"""
-
-_MARK_REAUTH = """
--- an uninstalled portal stays uninstalled: its jobs are dead letters, not parked
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'uninstalled' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'reauth', 'reason', ARGV[1])
-return 1
-"""
-
-_ROTATE = """
--- write a rotated token pair only if the refresh token it replaces is still the stored one
--- (ARGV[1] is the stored value as read: with encryption at rest, the ciphertext)
-if redis.call('HGET', KEYS[1], 'refresh_token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'access_token', ARGV[2], 'refresh_token', ARGV[3], 'expires', ARGV[4],
-           'updated_at', ARGV[5], 'state', 'active', 'reason', '')
-return 1
-"""
-
-
-def check_url(url: str, allow_insecure: bool, what: str) -> str:
-    """Refuse a URL that is not https, unless it is on loopback or insecure URLs are allowed (the OAuth
-    server's URL; a portal's endpoint answers to `EndpointPolicy`)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} must be an http(s) URL")
-    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
-        raise ConfigError(f"{what} must use https (set B24Q_ALLOW_INSECURE_HTTP=1 to allow http)")
-    return url if url.endswith("/") else url + "/"
-
-
-def domain_of(endpoint: str) -> str:
-    """The portal domain an endpoint names: its host; on loopback (the emulator, where a portal is a
-    path prefix because there is no DNS) the first segment of its path."""
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    if is_loopback(host):
-        segments = [p for p in parts.path.split("/") if p]
-        return segments[0] if segments and segments[0] != "rest" else host
-    return host
-
-
-@dataclass(frozen=True)
-class Portal:
-    """One portal's record. `state` is one of `STATES`.
-
-    Set by the application's lifecycle (`edges.lifecycle`): `application_token`, `app_version`, the plan
-    read from the license (`plan_from` = `license`; an operator's `--plan` is `operator` and stays), the
-    SMS providers the portal should have (`providers`, JSON) and those not registered yet
-    (`providers_pending`, codes separated by spaces: its status jobs wait until it is empty).
-    """
-
-    key: str
-    kind: Literal["oauth", "webhook"]
-    endpoint: str
-    access_token: str = field(default="", repr=False)
-    refresh_token: str = field(default="", repr=False)
-    expires: float = 0.0
-    member_id: str = ""
-    domain: str = ""
-    plan: str = "standard"
-    rate: float = 0.0
-    burst: int = 0
-    state: str = "active"
-    reason: str = ""
-    added_at: float = 0.0
-    updated_at: float = 0.0
-    application_token: str = field(default="", repr=False)
-    app_version: str = ""
-    plan_from: str = "default"
-    providers: str = ""
-    providers_pending: str = ""
-
-    def credentials(self) -> Credentials:
-        if self.kind == "webhook":
-            return Credentials(self.endpoint)
-        return Credentials(self.endpoint, self.access_token)
-
-    def limits(self, settings: Settings) -> Limits:
-        return Limits.of(self.plan, self.rate, self.burst, settings)
-
-    def provider_list(self, settings: Settings) -> list[dict[str, Any]]:
-        """The SMS providers this portal should have: its own list, else `B24Q_PROVIDERS`."""
-        raw = self.providers or settings.providers
-        if not raw.strip():
-            return []
-        value = json.loads(raw)
-        if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
-            raise ConfigError("providers must be a JSON list of {code, name, handler, description?}")
-        return [dict(p) for p in value]
-
-    def public(self) -> dict[str, Any]:
-        """The record without secrets, for the CLI and status views."""
-        out = asdict(self)
-        out.pop("access_token")
-        out.pop("refresh_token")
-        out.pop("application_token")
-        if self.kind == "webhook":
-            out["endpoint"] = webhook_url(self.endpoint)
-        return out
+_LUA = Path(__file__).parent / "lua"
 
 
 class PortalRegistry:
@@ -183,11 +44,9 @@ class PortalRegistry:
         self._settings = settings
         self._resolve = resolve
         self._keys = Keys(settings.key_prefix)
-        self._rotate = client.register_script(_ROTATE)
-        self._set_if = client.register_script(_SET_IF)
-        self._mark_reauth = client.register_script(_MARK_REAUTH)
-        self._provider_ready = client.register_script(_PROVIDER_READY)
-        self._rekey = client.register_script(_REKEY)
+        self._write_if = client.register_script((_LUA / "write_if.lua").read_text())
+        self._rekey = client.register_script((_LUA / "rekey.lua").read_text())
+        self._providers = ProviderBook(client, self._keys)
         self._cipher = TokenCipher.from_raw(settings.token_keys.get_secret_value())
 
     @property
@@ -195,17 +54,27 @@ class PortalRegistry:
         """The endpoint rules as the settings say now."""
         return EndpointPolicy.of(self._settings, self._resolve)
 
-    @staticmethod
-    def _secret_fields(kind: str) -> tuple[str, ...]:
-        return (*SECRET_FIELDS, "endpoint") if kind == "webhook" else SECRET_FIELDS
+    def _write(
+        self,
+        key: str,
+        fields: Mapping[str, str | bytes],
+        event: PortalEvent | None = None,
+        reason: str = "",
+        unless_changed: tuple[str, str | bytes] = ("", ""),
+    ) -> bool:
+        """Write `fields` in one step if the record is in a state `event` applies in (then with the event's
+        state and `reason`; no event: any state) and the field `unless_changed` names still holds its value
+        as read; else write nothing and return False (a missing record too, when an event is given)."""
+        if event is not None:
+            fields = {**fields, "state": TRANSITIONS[event].target, "reason": reason}
+        states = sources(event) if event is not None else ""
+        args = [*unless_changed, states, *chain.from_iterable(fields.items())]
+        return bool(self._write_if(keys=[self._keys.portal(key)], args=args))
 
     def _save(self, portal: Portal) -> Portal:
-        mapping = {k: str(v) for k, v in asdict(portal).items()}
-        for name in self._secret_fields(portal.kind):
-            mapping[name] = self._cipher.encrypt(mapping[name])
         pipe = self._client.pipeline()
         pipe.delete(self._keys.portal(portal.key))
-        pipe.hset(self._keys.portal(portal.key), mapping=mapping)
+        pipe.hset(self._keys.portal(portal.key), mapping=portal.stored(self._cipher))
         pipe.sadd(self._keys.portal_index(), portal.key)
         pipe.execute()
         return portal
@@ -244,7 +113,7 @@ class PortalRegistry:
                 plan or self._settings.plan,
                 rate,
                 burst,
-                "active",
+                PortalState.ACTIVE,
                 "",
                 now,
                 now,
@@ -280,34 +149,7 @@ class PortalRegistry:
 
     def get(self, key: str) -> Portal | None:
         raw = self._client.hgetall(self._keys.portal(key))
-        if not raw:
-            return None
-        data = {k.decode(): v.decode() for k, v in raw.items()}
-        for name in self._secret_fields(data.get("kind", "")):
-            if name in data:
-                data[name] = self._cipher.decrypt(data[name], f"portal {key!r} {name}")
-        return Portal(
-            key=data["key"],
-            kind=data["kind"],  # type: ignore[arg-type]
-            endpoint=data["endpoint"],
-            access_token=data.get("access_token", ""),
-            refresh_token=data.get("refresh_token", ""),
-            expires=float(data.get("expires") or 0),
-            member_id=data.get("member_id", ""),
-            domain=data.get("domain", ""),
-            plan=data.get("plan", "standard"),
-            rate=float(data.get("rate") or 0),
-            burst=int(float(data.get("burst") or 0)),
-            state=data.get("state", "active"),
-            reason=data.get("reason", ""),
-            added_at=float(data.get("added_at") or 0),
-            updated_at=float(data.get("updated_at") or 0),
-            application_token=data.get("application_token", ""),
-            app_version=data.get("app_version", ""),
-            plan_from=data.get("plan_from", "default"),
-            providers=data.get("providers", ""),
-            providers_pending=data.get("providers_pending", ""),
-        )
+        return Portal.from_stored(raw, self._cipher) if raw else None
 
     def resolve(self, name: str) -> str | None:
         """The registry key of the portal called `name` (its key, member_id or domain), or None."""
@@ -359,18 +201,14 @@ class PortalRegistry:
         stored_text = stored.decode() if stored is not None else ""
         if stored is None or self._cipher.decrypt(stored_text, f"portal {key!r} refresh_token") != old_refresh:
             return False
+        fields = {
+            "access_token": self._cipher.encrypt(access),
+            "refresh_token": self._cipher.encrypt(refresh),
+            "expires": f"{expires:.3f}",
+            "updated_at": f"{time.time():.3f}",
+        }
         # compare-and-set on the value as stored (a ciphertext differs at every encryption)
-        ok = self._rotate(
-            keys=[self._keys.portal(key)],
-            args=[
-                stored_text,
-                self._cipher.encrypt(access),
-                self._cipher.encrypt(refresh),
-                f"{expires:.3f}",
-                f"{time.time():.3f}",
-            ],
-        )
-        return bool(ok)
+        return self._write(key, fields, PortalEvent.TOKENS_ROTATED, unless_changed=("refresh_token", stored_text))
 
     def rekey(self) -> int:
         """Re-encrypt every record's secrets with the first key (plaintext records get encrypted).
@@ -387,7 +225,7 @@ class PortalRegistry:
                     break
                 data = {k.decode(): v.decode() for k, v in raw.items()}
                 args: list[str] = []
-                for name in self._secret_fields(data.get("kind", "")):
+                for name in secret_fields(data.get("kind", "")):
                     old = data.get(name, "")
                     new = self._cipher.reencrypt(old, f"portal {key!r} {name}")
                     if new != old:
@@ -427,7 +265,7 @@ class PortalRegistry:
             access_token=access,
             refresh_token=refresh,
             expires=expires,
-            state="active",
+            state=after(current.state, PortalEvent.TOKENS_STORED),
             reason="",
             member_id=str(auth.get("member_id") or current.member_id),
             domain=str(auth.get("domain") or current.domain),
@@ -441,38 +279,25 @@ class PortalRegistry:
         current = self.get(key)
         access, refresh = str(auth.get("access_token") or ""), str(auth.get("refresh_token") or "")
         expires = float(auth.get("expires") or 0)
-        if current is None or current.kind != "oauth" or current.state == "uninstalled":
+        if current is None or current.kind != "oauth" or not applies(current.state, PortalEvent.TOKENS_ROTATED):
             return False
         if not access or not refresh or expires <= current.expires:
             return False
         stored = self._client.hget(self._keys.portal(key), "refresh_token") or b""
-        return bool(
-            self._set_if(
-                keys=[self._keys.portal(key)],
-                args=[
-                    "refresh_token",
-                    stored,
-                    "access_token",
-                    self._cipher.encrypt(access),
-                    "refresh_token",
-                    self._cipher.encrypt(refresh),
-                    "expires",
-                    f"{expires:.3f}",
-                    "state",
-                    "active",
-                    "reason",
-                    "",
-                ],
-            )
-        )
+        fields = {
+            "access_token": self._cipher.encrypt(access),
+            "refresh_token": self._cipher.encrypt(refresh),
+            "expires": f"{expires:.3f}",
+        }
+        return self._write(key, fields, PortalEvent.TOKENS_ROTATED, unless_changed=("refresh_token", stored))
 
     def mark_reauth(self, key: str, reason: str) -> bool:
         """Its credentials are lost (jobs park), unless the app was uninstalled meanwhile (False)."""
-        return bool(self._mark_reauth(keys=[self._keys.portal(key)], args=[reason]))
+        return self._write(key, {}, PortalEvent.CREDENTIALS_LOST, reason)
 
-    def mark_active(self, key: str) -> None:
-        """Clear a `reauth` state (after fixing a webhook or the app by hand)."""
-        self._client.hset(self._keys.portal(key), mapping={"state": "active", "reason": ""})
+    def mark_active(self, key: str) -> bool:
+        """Clear a `reauth` state (after fixing a webhook or the app by hand); False if it was in no such state."""
+        return self._write(key, {}, PortalEvent.REACTIVATED)
 
     def install(
         self,
@@ -488,12 +313,12 @@ class PortalRegistry:
         plan comes from the license unless an operator set one; an `uninstalled` portal is active again.
         """
         portal = self.store_auth(key, auth)
-        changes: dict[str, str] = {"app_version": version, "state": "active", "reason": ""}
+        changes: dict[str, str | bytes] = {"app_version": version}
         if plan is not None and portal.plan_from != "operator":
             changes |= {"plan": plan, "plan_from": "license"}
         if application_token:
             changes["application_token"] = self._cipher.encrypt(application_token)
-        self._client.hset(self._keys.portal(key), mapping=changes)
+        self._write(key, changes, PortalEvent.INSTALLED)
         self.set_aliases(key, portal.member_id, portal.domain)
         stored = self.get(key)
         assert stored is not None
@@ -510,19 +335,16 @@ class PortalRegistry:
         """The app was removed from the portal: erase its tokens (API access is already revoked, §7.2) and its
         `application_token`, so that no event carrying the old one (a replayed update) brings it back; only an
         install, verified by the portal, does."""
-        self._client.hset(
-            self._keys.portal(key),
-            mapping={
-                "state": "uninstalled",
-                "reason": "APP_UNINSTALLED: the application was uninstalled from the portal",
-                "access_token": self._cipher.encrypt(""),
-                "refresh_token": self._cipher.encrypt(""),
-                "application_token": self._cipher.encrypt(""),
-                "expires": "0",
-                "providers_pending": "",
-                "updated_at": f"{time.time():.3f}",
-            },
-        )
+        erased = {
+            "access_token": self._cipher.encrypt(""),
+            "refresh_token": self._cipher.encrypt(""),
+            "application_token": self._cipher.encrypt(""),
+            "expires": "0",
+            "providers_pending": "",
+            "updated_at": f"{time.time():.3f}",
+        }
+        reason = "APP_UNINSTALLED: the application was uninstalled from the portal"
+        self._write(key, erased, PortalEvent.UNINSTALLED, reason)
 
     def host_allowed(self, url: str, current: str = "") -> bool:
         """May a portal's endpoint be this URL (`endpoints`: https on 443, one of `B24Q_PORTAL_HOSTS` or the
@@ -546,24 +368,20 @@ class PortalRegistry:
             return False
         stored = self._client.hget(self._keys.portal(key), "endpoint")
         new = self._cipher.encrypt(new_endpoint) if portal.kind == "webhook" else new_endpoint
-        ok = bool(
-            self._set_if(
-                keys=[self._keys.portal(key)],
-                args=["endpoint", stored or b"", "endpoint", new, "domain", domain, "updated_at", f"{time.time():.3f}"],
-            )
-        )
+        fields = {"endpoint": new, "domain": domain, "updated_at": f"{time.time():.3f}"}
+        ok = self._write(key, fields, unless_changed=("endpoint", stored or b""))
         if ok:
             self.set_aliases(key, domain)
         return ok
 
     def set_providers(self, key: str, providers: str) -> None:
         """The SMS providers (JSON) this portal should have, instead of `B24Q_PROVIDERS`."""
-        self._client.hset(self._keys.portal(key), "providers", providers)
+        self._providers.set(key, providers)
 
     def providers_pending(self, key: str, codes: Sequence[str]) -> None:
         """These providers are being registered: the portal's status jobs wait for them."""
-        self._client.hset(self._keys.portal(key), "providers_pending", " ".join(codes))
+        self._providers.pending(key, codes)
 
     def provider_ready(self, key: str, code: str) -> int:
         """A provider is registered; returns how many are still pending."""
-        return int(self._provider_ready(keys=[self._keys.portal(key)], args=[code]))
+        return self._providers.ready(key, code)

@@ -28,7 +28,9 @@ from workers.bitrix.oauth import OAuthClient
 from workers.errors import AuthLost, OAuthUnavailable
 from workers.events import events
 from workers.keys import DEFAULT_KEYS, Keys
-from workers.portals.registry import Portal, PortalRegistry
+from workers.portals.admission import admission
+from workers.portals.record import Portal
+from workers.portals.registry import PortalRegistry
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,12 @@ class TokenKeeper:
 
     def _current(self, key: str) -> Portal:
         portal = self._registry.get(key)
+        refusal = admission(portal, key)
         if portal is None:
             raise AuthLost("PORTAL_REMOVED", f"portal {key} is no longer in the registry")
-        if portal.state == "reauth":
-            raise AuthLost("REAUTH_NEEDED", f"portal {key} needs re-authorisation ({portal.reason})")
+        if refusal is not None and refusal.park:
+            raise AuthLost("REAUTH_NEEDED", f"portal {key} needs re-authorisation ({refusal.description})")
+        # an uninstalled portal's pair is erased: its lane ends its calls APP_UNINSTALLED, not the keeper
         return portal
 
     def _refresh_locked(self, key: str, stale_access_token: str) -> Portal:
