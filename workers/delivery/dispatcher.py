@@ -19,8 +19,9 @@ from typing import Any
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call, MergeRule
-from workers.delivery.lane import Lane, LaneConfig, Wire
+from workers.delivery.lane import Lane
 from workers.delivery.ordering import Order
+from workers.delivery.wire import LaneConfig, Wire
 from workers.errors import Deferred, TransportError
 
 
