@@ -141,7 +141,7 @@ MUTANTS = [
     Mutant(
         "application-token",
         "an event is acted on only with the portal's application_token",
-        "edges/lifecycle.py",
+        "edges/lifecycle/events.py",
         "    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())",
         "    return True  # mutant",
         "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing",

@@ -15,8 +15,9 @@ import redis
 from tasks.jobs import DELIVERY_CONFIRMATION, KINDS
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call
-from workers.delivery.lane import Lane, LaneConfig
+from workers.delivery.lane import Lane
 from workers.delivery.ratelimit import Permit, RateLimiter
+from workers.delivery.wire import LaneConfig
 from workers.errors import Deferred, RestError
 from workers.pipeline import run_job
 from workers.portals.limits import Limits

@@ -17,11 +17,11 @@ from workers.bitrix.client import RestClient
 from workers.bitrix.oauth import OAuthClient
 from workers.delivery.callpool import CallPool
 from workers.delivery.dispatcher import Dispatcher
-from workers.delivery.lane import LaneConfig, Wire
 from workers.delivery.operating import OperatingHolds
 from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
 from workers.delivery.verification import VerificationGate
+from workers.delivery.wire import LaneConfig, Wire
 from workers.keys import Keys
 from workers.portals.cache import CachedPortals
 from workers.portals.endpoints import check_url

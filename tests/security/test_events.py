@@ -46,11 +46,18 @@ class Portal:
         self.hold = threading.Event()
         self.hold.set()
         self.lock = threading.Lock()
+        self.moved_to = ""  # the portal's new endpoint: its old one answers with a redirect there
+        self.busy = 0  # how many calls to answer QUERY_LIMIT_EXCEEDED first
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             self.calls += 1
+            busy, self.busy = self.busy > 0, max(0, self.busy - 1)
         self.hold.wait(30)
+        if self.moved_to and str(request.url).startswith(ENDPOINT):
+            return httpx.Response(301, headers={"location": self.moved_to + "app.info"})
+        if busy:
+            return httpx.Response(503, json={"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
         if json.loads(request.content).get("auth") == self.good:
             return httpx.Response(200, json={"result": {"LICENSE": "en_std", "VERSION": 2}})
         return httpx.Response(401, json={"error": "invalid_token", "error_description": "Unable to get application"})
@@ -147,6 +154,41 @@ def test_a_real_update_is_verified_once_and_stored(rt: Runtime, portal: Portal) 
     assert outcome.result == "applied", outcome
     stored = rt.registry.get(MEMBER)
     assert stored is not None and stored.application_token == "new-app-token" and stored.app_version == "3"
+
+
+def test_an_expired_token_is_refused_and_never_refreshed(rt: Runtime, portal: Portal) -> None:
+    """The event's own token goes the delivery path's one-off way: `expired_token` refuses it, and nothing
+    refreshes it with the stored refresh token nor stores anything."""
+    portal.good = "some-other-token"  # the portal answers the event's token with invalid_token
+    before = rt.registry.get(MEMBER)
+    assert Lifecycle(rt).handle(update("new-app-token", "an-expired-token")).status == 401
+    assert portal.calls == 1 and rt.registry.get(MEMBER) == before
+
+
+def test_a_portal_over_its_limit_defers_the_verification_and_is_never_marked_full(rt: Runtime, portal: Portal) -> None:
+    portal.busy = 1  # other apps on its IP: the verification's slot meets QUERY_LIMIT_EXCEEDED even so
+    outcome = Lifecycle(rt).handle(update("new-app-token", portal.good))
+    assert (outcome.result, outcome.status) == ("deferred", 202), outcome  # a request thread never waits
+    until(lambda: (rt.registry.get(MEMBER) or pytest.fail()).application_token == "new-app-token", "verified")
+    until(lambda: not any(isinstance(t, threading.Timer) for t in threading.enumerate()), "the deferred run done")
+    assert portal.calls == 2 and rt.limiter.refusals() == {}  # asked again at its next slot; bucket not set full
+
+
+def test_a_verification_follows_a_domain_move_within_the_rules_only(rt: Runtime, portal: Portal) -> None:
+    portal.moved_to = "http://127.0.0.1:9/acme-new/rest/"
+    outcome = Lifecycle(rt).handle(update("new-app-token", portal.good))
+    assert (outcome.result, outcome.status) == ("deferred", 202), outcome  # asked again at the new address
+    moved = rt.registry.get(MEMBER)
+    assert moved is not None and moved.endpoint == portal.moved_to
+    until(lambda: (rt.registry.get(MEMBER) or pytest.fail()).application_token == "new-app-token", "verified")
+    until(lambda: not any(isinstance(t, threading.Timer) for t in threading.enumerate()), "the deferred run done")
+
+    portal.moved_to, calls = "https://evil.example.com/rest/", portal.calls
+    rt.registry.move(MEMBER, moved.endpoint, ENDPOINT)
+    refused = Lifecycle(rt).handle(update("newer-app-token", "a-token-for-evil"))
+    assert refused.status == 401 and portal.calls == calls + 1  # the token went no further
+    stored = rt.registry.get(MEMBER)
+    assert stored is not None and stored.endpoint == ENDPOINT and stored.application_token == "new-app-token"
 
 
 def test_uninstall_erases_the_application_token_and_an_old_one_never_brings_the_portal_back(

@@ -1,4 +1,5 @@
-"""The dispatcher: this process's lanes, one per portal, and the wait of a job for its call's outcome.
+"""The dispatcher: this process's lanes, one per portal, and the wait of a job for its call's outcome; and
+the one-off calls made with an event's own token (`once`: `workers.delivery.oneoff`).
 
 Each job stays its own Celery task and is acknowledged only after its own outcome, so packing does not
 widen the window in which a crash loses work. A call for a busy rate-limited portal (rate at most
@@ -19,8 +20,10 @@ from typing import Any
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call, MergeRule
-from workers.delivery.lane import Lane, LaneConfig, Wire
+from workers.delivery.lane import Lane
+from workers.delivery.oneoff import OneOffCalls
 from workers.delivery.ordering import Order
+from workers.delivery.wire import LaneConfig, Wire
 from workers.errors import Deferred, TransportError
 
 
@@ -55,6 +58,8 @@ class Dispatcher:
         self.pressure = pressure
         self._lanes: dict[tuple[str, bool], Lane] = {}
         self._lock = threading.Lock()
+        #: calls made once with credentials their caller gives (an event's own token), beside the lanes
+        self.once = OneOffCalls(wire)
 
     def pooled(self, portal_key: str) -> bool:
         """Does a call for this portal go through the pool-wide call queue now?"""

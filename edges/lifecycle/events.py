@@ -1,13 +1,6 @@
-"""The Bitrix24 application's lifecycle: install, update and uninstall events, and the auth blocks of
-other events (bitrix24-facts.md §7). The HTTP routes (`edges.http`) only parse and answer; what an event
-means for a portal is decided here, so a command or a test can drive it without HTTP.
-
-Trust: an install names its portal and carries a fresh access token; it is believed once one `app.info`
-call with that token, on the portal it names, succeeds (§7.3: the docs say to validate the install's
-token against the API). Every later event must carry the `application_token` stored at install, compared
-in constant time; an update carries a *new* one (§7.3), so an update whose token differs is believed
-only if its access token works on the portal as registered. Nothing an unproven event says is acted on.
-"""
+"""What each application event does to a portal: install, update, uninstall, and any other event's auth block
+(the trust rules: `edges.lifecycle`). `Lifecycle.handle` takes an event as Bitrix24 posts it and says what it
+led to (`Outcome`); a token an unproven event carries is verified first (`verification`)."""
 
 from __future__ import annotations
 
@@ -19,52 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tasks.jobs import KINDS_BY_TASK, SENDER_ADD
-from tasks.producer import enqueue_many, resume_parked
-from workers.bitrix.client import Credentials
-from workers.delivery.verification import Busy
-from workers.errors import (
-    ConfigError,
-    EndpointRefused,
-    JobRefused,
-    QueryLimitExceeded,
-    RestError,
-    ServerError,
-    TransportError,
-)
+from edges.lifecycle.providers import bind_events, providers_for, register_providers
+from edges.lifecycle.verification import EventVerification, Later, Unverified
+from tasks.jobs import KINDS_BY_TASK
+from tasks.producer import resume_parked
+from workers.errors import ConfigError, EndpointRefused
 from workers.events import events
 from workers.portals.endpoints import domain_of
 from workers.portals.record import Portal
 from workers.portals.state import PortalState
 from workers.runtime import Runtime
 
-log = logging.getLogger(__name__)
-
-#: Events b24q binds at install so that it hears of uninstalls and updates (§7.2: `event.bind`).
-BOUND_EVENTS = ("ONAPPUNINSTALL", "ONAPPUPDATE")
-#: How far ahead a verification call may book its slot in the portal's bucket (the lanes book a few seconds).
-BOOK_AHEAD = 15.0
-#: How many times an event whose verification the portal's limit turned away is tried again at a booked slot.
-MAX_DEFERRALS = 3
-#: How the event handler's URL is built from `B24Q_HTTP_PUBLIC_URL`.
-EVENTS_PATH = "/b24/events"
-
-
-class Later(Exception):
-    """The event's verification has a slot in the portal's bucket `wait` seconds from now."""
-
-    def __init__(self, wait: float) -> None:
-        super().__init__(f"verification in {wait:.1f} s")
-        self.wait = wait
-
-
-class Unverified(Exception):
-    """The portal could not confirm or deny an event's token just now (`status`: 503, or 429 when the
-    portal's verification budget is spent), nor may it be asked for `retry_after` seconds."""
-
-    def __init__(self, reason: str, status: int = 503, retry_after: float = 1.0) -> None:
-        super().__init__(reason)
-        self.status, self.retry_after = status, retry_after
+log = logging.getLogger("edges.lifecycle")  # one logger for the package: operators filter on it (README)
 
 
 @dataclass(frozen=True)
@@ -131,6 +90,7 @@ class Lifecycle:
         self.rt = rt
         #: how many times this event was put off to a slot booked for its verification (`Later`)
         self.deferrals = deferrals
+        self.verifier = EventVerification(rt.verification, rt.dispatcher.once, deferrals)
 
     # -- dispatch ----------------------------------------------------------------------------------------
 
@@ -175,56 +135,6 @@ class Lifecycle:
                 return self.rt.registry.get(key)
         return None
 
-    def _book_slot(self, portal: Portal) -> float:
-        """Book a verification call's slot in the portal's bucket, as the lanes book theirs: the seconds
-        until it comes (0 when the bucket has room now)."""
-        permit = self.rt.limiter.reserve(portal.key, portal.limits(self.rt.settings), BOOK_AHEAD)
-        if not permit.granted:
-            raise Unverified("the portal's request bucket is booked too far ahead", 503, permit.wait)
-        return permit.wait
-
-    def _verify(self, endpoint: str, access_token: str, portal: Portal | None = None) -> dict[str, Any] | None:
-        """`app.info` with this token on this portal: its result, or None if the portal refused the token.
-
-        The only portal call an unproven event causes, so it is paid for before it is made: a token the portal
-        refused before is refused again without a call, and `VerificationGate` allows one verification per
-        portal at a time within its budget. A registered portal's bucket gives the call a slot like any
-        request (its limits hold, and it is never marked full); when the slot is not now, the event is
-        handled again in the background at its time (`Later`): a request thread never waits for a portal.
-        Raises `Unverified` when the portal could not say, or may not be asked now.
-        """
-        host = domain_of(endpoint)
-        gate = self.rt.verification
-        if gate.failed_before(host, access_token):
-            return None
-        if self.deferrals:  # handled again at the slot this event booked: its turn and budget are spent
-            return self._ask(endpoint, access_token, host, portal)
-        try:
-            with gate.turn(host):
-                if portal is not None and (wait := self._book_slot(portal)) > 0:
-                    raise Later(wait)
-                return self._ask(endpoint, access_token, host, portal)
-        except Busy as exc:
-            raise Unverified(str(exc), 429, exc.retry_after) from None
-
-    def _ask(self, endpoint: str, access_token: str, host: str, portal: Portal | None) -> dict[str, Any] | None:
-        """The `app.info` call; a registered portal over its limit even so (other apps on its IP, the network's
-        jitter against the burst margin) gets it again at the next slot booked for it, up to `MAX_DEFERRALS`
-        times."""
-        try:
-            result = self.rt.client.call(Credentials(endpoint, access_token), "app.info", {}).result
-        except QueryLimitExceeded as exc:
-            if portal is None or self.deferrals >= MAX_DEFERRALS:
-                raise Unverified(exc.code, 503, 1.0) from None
-            raise Later(max(1.0, self._book_slot(portal))) from None
-        except (ServerError, TransportError) as exc:
-            raise Unverified(exc.code, 503, 1.0) from None
-        except RestError as exc:
-            self.rt.verification.remember_failure(host, access_token)
-            log.warning("app.info refused the event's token: %s", exc.code)
-            return None
-        return dict(result) if isinstance(result, Mapping) else {}
-
     # -- the events ----------------------------------------------------------------------------------------
 
     def _install_refusal(
@@ -268,7 +178,7 @@ class Lifecycle:
         existing = self._portal_of(auth) or self._portal_of({"domain": domain_of(endpoint)})
         if (refusal := self._install_refusal(existing, member_id, endpoint, auth)) is not None:
             return refusal
-        info = self._verify(endpoint, access, existing)
+        info = self.verifier.verify(endpoint, access, existing)
         if info is None:
             return Outcome("refused", detail="the portal did not accept the install's token (app.info)", status=401)
         key = existing.key if existing is not None else member_id
@@ -281,7 +191,7 @@ class Lifecycle:
             version,
             plan_of(info),
         )
-        self._bind_events(portal)
+        bind_events(self.rt, portal)
         providers = self.register_providers(portal)
         resumed = resume_parked(key, self.rt)
         return Outcome(
@@ -317,8 +227,9 @@ class Lifecycle:
             return Outcome("ignored", detail="no such portal")
         if portal.state == PortalState.UNINSTALLED:  # only an install brings a portal back (its old tokens are erased)
             return Outcome("refused", portal.key, "the application is uninstalled from this portal", status=409)
+        access = str(auth.get("access_token") or "")
         if not _same(token, portal.application_token) and (
-            not auth.get("access_token") or self._verify(portal.endpoint, str(auth["access_token"]), portal) is None
+            not access or self.verifier.verify(portal.endpoint, access, portal) is None
         ):
             return Outcome("refused", portal.key, "application_token does not match and the token was refused", 401)
         data = form.get("data") if isinstance(form.get("data"), Mapping) else {}
@@ -328,7 +239,7 @@ class Lifecycle:
         self.rt.registry.offer_auth(portal.key, auth)
         self.rt.portals.forget(portal.key)
         fresh = self.rt.registry.get(portal.key) or portal
-        self._bind_events(fresh)  # an update may remove the app's handlers too (§7.2, event-bind.md)
+        bind_events(self.rt, fresh)  # an update may remove the app's handlers too (§7.2, event-bind.md)
         providers = self.register_providers(fresh)
         return Outcome("applied", portal.key, f"version {version}; {providers} provider(s) to register again")
 
@@ -376,41 +287,10 @@ class Lifecycle:
             count += 1
         return count
 
-    def _bind_events(self, portal: Portal) -> None:
-        """Ask the portal to send uninstall and update events here (`event.bind`, app context)."""
-        base = self.rt.settings.http_public_url.rstrip("/")
-        if not base:
-            return
-        for event in BOUND_EVENTS:
-            try:
-                self.rt.dispatcher.run(
-                    portal.key, "event.bind", {"event": event, "handler": base + EVENTS_PATH}, wait=30.0
-                )
-            except RestError as exc:
-                if "already binded" not in exc.description.lower():  # Src api/event.php (§7.2)
-                    log.warning("portal %s: event.bind %s failed: %s", portal.key, event, exc.code)
-            except TransportError as exc:
-                log.warning("portal %s: event.bind %s failed: %s", portal.key, event, exc.code)
-
     def providers_for(self, portal: Portal) -> list[dict[str, Any]]:
         """The SMS providers the portal should have: its own list, else `B24Q_PROVIDERS`."""
-        return portal.provider_list(self.rt.settings)
+        return providers_for(self.rt, portal)
 
     def register_providers(self, portal: Portal) -> int:
-        """Enqueue `messageservice.sender.add` for each provider (through the limiter and batch path like
-        any job); the portal's status jobs wait until every one is back (`Portal.providers_pending`)."""
-        providers = self.providers_for(portal)
-        if not providers:
-            return 0
-        codes = [str(p.get("code", "")) for p in providers]
-        self.rt.registry.providers_pending(portal.key, codes)
-        self.rt.portals.forget(portal.key)
-        try:
-            enqueue_many([(SENDER_ADD.name, {**p, "portal": portal.key}) for p in providers], self.rt)
-        except JobRefused as exc:  # a provider the settings describe wrongly: the install itself stands
-            self.rt.registry.providers_pending(portal.key, [])
-            log.error(
-                "portal %s: SMS providers not registered, fix B24Q_PROVIDERS or the portal's list: %s", portal.key, exc
-            )
-            return 0
-        return len(providers)
+        """Enqueue `messageservice.sender.add` for each provider; the portal's status jobs wait for them."""
+        return register_providers(self.rt, portal)

@@ -1,0 +1,139 @@
+"""How a lane fills a request: the calls it stages, gathering companions for a lone call, waiting at a booked
+slot for a full batch that is on its way, and taking up to a batch's worth of calls (merged calls count as
+one command).
+
+Part of `Lane` (`workers.delivery.lane`), which owns the state declared here and its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from workers.delivery.callpool import CallPool
+from workers.delivery.calls import Call
+from workers.delivery.wire import LaneConfig, Wire
+
+log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
+
+
+class Packing:
+    """A lane's staged calls and how a request is filled from them (and from the pool-wide list)."""
+
+    key: str
+    pool: CallPool | None
+    _wire: Wire
+    _config: LaneConfig
+    _cond: threading.Condition  # guards the fields below
+    _queue: deque[Call]
+    _closing: bool
+
+    def depth(self) -> int:
+        with self._cond:
+            staged = len(self._queue)
+        return staged + (self.pool.depth(self.key) if self.pool is not None else 0)
+
+    def _gather(self) -> None:
+        """Let calls that arrive together share the request: wait one window, and another while the
+        batch is still growing, up to `gather_max`. A lone call under light load sees no growth and leaves
+        after one window. A lane of this process alone (no pool) also keeps gathering through quiet windows
+        while the portal's backlog says a full batch more is coming; a pool lane books its slot first and
+        fills the request after (`_fill`), so that the wait does not delay the portal's schedule."""
+        if self._config.gather <= 0:
+            return
+        deadline = time.monotonic() + self._config.gather_max
+        seen = self.depth()
+        expecting = self.pool is None and self._expecting(seen)
+        while seen < self._config.batch_max:
+            time.sleep(self._config.gather)
+            depth = self.depth()
+            if (depth == seen and not expecting) or time.monotonic() >= deadline:
+                return
+            seen = depth
+
+    def _expecting(self, depth: int) -> bool:
+        """More of this portal's jobs are on their way: its pool-wide backlog (which counts the calls already
+        here and jobs on the wire too) holds a full batch more than `depth`."""
+        return depth < self._config.batch_max and self._wire.backlog(self.key) >= depth + self._config.batch_max
+
+    def _fill(self, longest: float) -> None:
+        """Spend the slot on a full batch when one is coming. At the start of a backlog (a free burst, a pool
+        still taking the first messages from the broker) slots are booked as soon as calls arrive, which would
+        send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a slot booked
+        while the bucket is in use may go up to its slack later at no cost (the bucket keeps draining), so
+        while the backlog says a full batch more is on its way and calls keep arriving, wait for it (a wait
+        that sees no new call for `gather_max` ends: the pool may hold no more of them)."""
+        if self._config.gather <= 0 or longest <= 0 or self._closing:
+            return
+        now = time.monotonic()
+        deadline, step = now + longest, max(self._config.gather, 0.02)
+        seen, grew_at = self.depth(), now
+        while self._expecting(seen):
+            time.sleep(step)
+            now = time.monotonic()
+            depth = self.depth()
+            if depth > seen:
+                seen, grew_at = depth, now
+            if now + step > deadline or now - grew_at >= self._config.gather_max:
+                return
+
+    def _take(self, limit: int | None = None) -> list[Call]:
+        """Up to `limit` (`batch_max`) commands' worth of calls; mergeable calls with the same key count as
+        one command until their merged list reaches `merge_max` items."""
+        if self.pool is None:
+            return self._take_staged(limit)
+        with self._cond:
+            room = 2 * self._config.batch_max - len(self._queue)  # merging packs more than one call per command
+            if self._closing:
+                room = 0  # a stopping worker takes no other worker's calls
+        if room > 0:
+            taken = self.pool.take(self.key, room)
+            with self._cond:
+                self._queue.extend(taken)
+        calls = self._take_staged(limit)
+        with self._cond:
+            surplus = list(self._queue)
+            self._queue.clear()
+        try:
+            self.pool.put_back(self.key, surplus)  # others may send them before this lane's next slot
+        except Exception as exc:  # then this lane keeps them and sends them itself
+            log.warning("lane %s: could not return calls to the pool (%s)", self.key, exc)
+            with self._cond:
+                self._queue.extendleft(reversed(surplus))
+        return calls
+
+    def _take_staged(self, limit: int | None = None) -> list[Call]:
+        limit = self._config.batch_max if limit is None else limit
+        with self._cond:
+            calls: list[Call] = []
+            commands = 0
+            groups: dict[tuple[Any, ...], int] = {}
+            while self._queue:
+                call = self._queue[0]
+                if call.cancelled:
+                    self._queue.popleft()
+                    continue
+                key = call.merge_key()
+                size = call.size()
+                joins = key is not None and key in groups and groups[key] + size <= self._config.merge_max
+                if not joins and commands >= limit:
+                    break
+                self._queue.popleft()
+                if joins:
+                    groups[key] += size  # type: ignore[index]
+                else:
+                    commands += 1
+                    if key is not None:
+                        groups[key] = size
+                call.sent = True
+                calls.append(call)
+            return calls
+
+    def _put_back(self, calls: list[Call]) -> None:
+        with self._cond:
+            for call in reversed(calls):
+                call.sent = False
+                self._queue.appendleft(call)

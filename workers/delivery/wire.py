@@ -1,0 +1,75 @@
+"""What a lane works with: the services it sends through (`Wire`), how it packs (`LaneConfig`), and what it
+counts (`LaneStats`). Plain data, shared by the lane's parts (`lane`, `packing`, `sending`) and the one-off
+calls (`oneoff`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from workers.bitrix.client import RestClient
+from workers.delivery.operating import OperatingHolds
+from workers.delivery.ordering import Ordering
+from workers.delivery.ratelimit import RateLimiter
+from workers.portals.limits import Limits
+from workers.portals.record import Portal
+from workers.portals.tokens import TokenKeeper
+
+
+class PortalSource(Protocol):
+    """Portal records as the delivery path reads them (`workers.portals.cache.CachedPortals`)."""
+
+    def __call__(self, key: str) -> Portal: ...
+    def limits(self, portal: Portal) -> Limits: ...
+    def forget(self, key: str) -> None: ...
+    def move(self, key: str, old_endpoint: str, new_endpoint: str) -> Portal: ...
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What a lane sends with: the REST client, the pool-wide limiter and holds, tokens, portals."""
+
+    client: RestClient
+    limiter: RateLimiter
+    holds: OperatingHolds
+    tokens: TokenKeeper
+    portals: PortalSource
+    ordering: Ordering
+    #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming
+    backlog: Callable[[str], int] = lambda portal: 0
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    """How a lane packs.
+
+    Parameters:
+        batch_max: commands per request (Bitrix24's `batch` takes 50).
+        gather: seconds a lane waits for companions when it has fewer than `batch_max` calls.
+        gather_max: the longest it keeps gathering while calls keep arriving.
+        merge_max: most items one merged call carries (1 turns merging off).
+        max_reserve: the longest wait a lane books a slot for (keeps reservations short).
+        idle_exit: seconds without calls after which the sender thread ends (0: as soon as the lane has
+            nothing to send, so that a quiet portal costs no thread: at thousands of portals, most quiet, a
+            thread kept per portal that sent recently was a thousand threads per worker).
+        fill_max: the longest a booked slot waits for a full batch while more of the portal's jobs are
+            known to be coming (and never longer than its slack: the bucket loses nothing meanwhile).
+    """
+
+    batch_max: int = 50
+    gather: float = 0.005
+    gather_max: float = 0.25
+    merge_max: int = 50
+    max_reserve: float = 5.0
+    idle_exit: float = 0.0
+    fill_max: float = 1.0
+
+
+@dataclass
+class LaneStats:
+    requests: int = 0
+    batches: int = 0
+    calls: int = 0
+    refused_503: int = 0
+    refreshes: int = 0
