@@ -21,7 +21,6 @@ from workers.bitrix.client import CallResult, Credentials
 from workers.delivery.ratelimit import Permit
 from workers.delivery.wire import Wire
 from workers.errors import AuthLost, Deferred, PortalMoved
-from workers.events import events
 from workers.portals.record import Portal
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,6 @@ class OneOffCalls:
         """A redirect, as a lane takes one (bitrix24-facts.md §7.5): a registered portal at this endpoint moves
         to the new one if the rules allow it, and the call is to be made again there at another slot
         (`Deferred`); else the credentials go no further (`PORTAL_MOVED_AWAY`)."""
-        if portal is not None and portal.endpoint == creds.endpoint:
-            target = creds.moved(exc.location, exc.method)
-            now = self._wire.portals.move(portal.key, portal.endpoint, target.endpoint)
-            if now.endpoint != portal.endpoint:
-                events.portal_moved(portal.key)
-                log.warning("portal %s moved: requests now go to its new domain", portal.key)
-                return Deferred(0.0, "the portal moved to a new domain: call it there at its next slot")
+        if portal is not None and portal.endpoint == creds.endpoint and self._wire.follow(portal, creds, exc):
+            return Deferred(0.0, "the portal moved to a new domain: call it there at its next slot")
         return AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to an endpoint the rules refuse")

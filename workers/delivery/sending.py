@@ -173,13 +173,9 @@ class Sending(Packing):
         """An error for the whole request: flow control, token refresh and a domain move here, the rest
         to each job."""
         if isinstance(exc, PortalMoved) and not moved:
-            # the portal's domain changed (bitrix24-facts.md §7.5): store the new address and repeat the
-            # POST there once, if the new host is one a portal may have (else the tokens stay home)
-            target = portal.credentials().moved(exc.location, exc.method)
-            now = self._wire.portals.move(self.key, portal.endpoint, target.endpoint)
-            if now.endpoint != portal.endpoint:
-                events.portal_moved(self.key)
-                log.warning("portal %s moved: requests now go to its new domain", self.key)
+            # repeat the POST once at the portal's new address (if the rules let it move there)
+            now = self._wire.follow(portal, portal.credentials(), exc)
+            if now is not None:
                 permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
                 if permit.wait:
                     time.sleep(permit.wait)

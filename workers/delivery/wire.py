@@ -4,17 +4,22 @@ calls (`oneoff`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from workers.bitrix.client import RestClient
+from workers.bitrix.client import Credentials, RestClient
 from workers.delivery.operating import OperatingHolds
 from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
+from workers.errors import PortalMoved
+from workers.events import events
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
 from workers.portals.tokens import TokenKeeper
+
+log = logging.getLogger("workers.delivery.lane")  # a move is logged as the lane's, whoever met the redirect
 
 
 class PortalSource(Protocol):
@@ -38,6 +43,17 @@ class Wire:
     ordering: Ordering
     #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming
     backlog: Callable[[str], int] = lambda portal: 0
+
+    def follow(self, portal: Portal, creds: Credentials, redirect: PortalMoved) -> Portal | None:
+        """The portal's domain changed (bitrix24-facts.md §7.5): store the address `redirect` points to and
+        return the moved record, if the new host is one a portal may have; else None (the tokens stay home)."""
+        target = creds.moved(redirect.location, redirect.method)
+        now = self.portals.move(portal.key, portal.endpoint, target.endpoint)
+        if now.endpoint == portal.endpoint:
+            return None
+        events.portal_moved(portal.key)
+        log.warning("portal %s moved: requests now go to its new domain", portal.key)
+        return now
 
 
 @dataclass(frozen=True)
