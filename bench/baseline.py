@@ -175,20 +175,32 @@ def run(stack: LocalStack, domain: str, info: dict[str, Any], jobs: Sequence[Job
 
 def floor(stack: LocalStack, jobs: Sequence[Job], timeout: float, early: bool = False) -> float:
     """Run one `naive.noop` task per job (its payload as the argument; `naive.noop_early` with `early`) on the
-    naive workers; seconds from the first enqueue until the queue and the unacknowledged messages are empty.
+    naive workers; seconds from the first enqueue until the broker holds none of them (on Redis: the queue and
+    the unacknowledged messages empty; on RabbitMQ: no message ready, the last few in flight a no-op each).
     (After `run`, which pointed the naive app at the stack.)"""
-    if stack.settings.on_rabbitmq:
-        raise ValueError("the no-op floor is measured on RabbitMQ by `bench.run brokers` (bench.noop)")
     task = naive.noop_early if early else naive.noop
     rt_redis = stack.redis.client() if stack.redis is not None else None
     assert rt_redis is not None
-    start = time.time()
-    with naive.app.producer_or_acquire() as producer:
-        for _, payload in jobs:
-            task.apply_async(args=(payload,), queue=naive.QUEUE, producer=producer)
-    deadline = time.monotonic() + timeout
-    while rt_redis.llen(naive.QUEUE) or rt_redis.hlen("unacked"):
-        if time.monotonic() > deadline:
-            raise RuntimeError("naive no-op tasks not done in time")
-        time.sleep(0.05)
-    return time.time() - start
+    broker_url, queue = naive.broker_of(stack.settings)
+
+    amqp = Connection(broker_url, connect_timeout=5) if broker_url.startswith("amqp") else None
+
+    def left() -> int:
+        if amqp is None:
+            return int(rt_redis.llen(queue)) + int(rt_redis.hlen("unacked"))
+        return int(amqp.default_channel.queue_declare(queue, passive=True).message_count)
+
+    try:
+        start = time.time()
+        with naive.app.producer_or_acquire() as producer:
+            for _, payload in jobs:
+                task.apply_async(args=(payload,), queue=queue, producer=producer)
+        deadline = time.monotonic() + timeout
+        while left():
+            if time.monotonic() > deadline:
+                raise RuntimeError("naive no-op tasks not done in time")
+            time.sleep(0.05)
+        return time.time() - start
+    finally:
+        if amqp is not None:
+            amqp.release()
