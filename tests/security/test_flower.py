@@ -35,7 +35,7 @@ def documented_command() -> str:
 
 def flower_commands() -> list[tuple[str, str]]:
     """(where, line) for every line that starts Flower in the docs, deploy/ and the demo."""
-    files = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "tasks" / "demo.py"]
+    files = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "edges" / "demo.py"]
     files += [p for p in (ROOT / "deploy").rglob("*") if p.is_file()]
     return [
         (f"{path.relative_to(ROOT)}:{n}", line)
