@@ -4,7 +4,7 @@ Starts a private Redis (unless `B24Q_REDIS_URL`/`REDIS_URL` names one), the emul
 and a pool of worker processes; installs the application on two portals (the emulator posts ONAPPINSTALL
 to the app, which registers them and their SMS provider); shows bad input refused at enqueue time;
 enqueues a realistic mix of all four job kinds; expires a portal's tokens mid-run so the pool heals
-itself; prints progress while the jobs run and a table of outcomes at the end.
+itself; prints progress while the jobs run and a table of outcomes at the end (`edges.demoreport`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from edges.demoreport import Batch, report
 from edges.http import apikeys
-from tasks.jobs import KINDS
 from tasks.producer import enqueue, enqueue_many
 from workers import redaction
 from workers.errors import JobRefused
@@ -110,18 +110,6 @@ def _ideal_seconds(jobs: list[tuple[str, dict[str, Any]]], stack: LocalStack) ->
     return max(worst, 0.0)
 
 
-def _bucket_full_at(times: list[float], rate: float, burst: int) -> int | None:
-    """The index of the request after which the portal's leaky bucket (as b24q fills it) was full, replaying
-    the accepted requests' times; None if it never was."""
-    level, last = 0.0, times[0] if times else 0.0
-    for i, t in enumerate(times):
-        level = max(0.0, level - rate * (t - last)) + 1
-        last = t
-        if level >= burst - 1:
-            return i
-    return None
-
-
 def _states(stack: LocalStack, ids: list[str]) -> Counter[str]:
     return Counter(s or "?" for (s,) in stack_runtime().ledger.states(ids).values())
 
@@ -152,147 +140,12 @@ def run(args: argparse.Namespace) -> int:
         **broker,
     }
     with LocalStack(redis_url=redis_url, settings=settings) as stack:
-        print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
-        stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
-        print(
-            f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
-            f"{stack.settings.worker_concurrency} threads each)"
-        )
-        http = stack.start_http(_free_or_any(args.http_port, "the HTTP app"))
-        print(f"  HTTP app ready: {http.url} (uvicorn edges.http.app:app; install handler /b24/install)")
-        for domain in PORTALS:
-            # auto_messages: the portal knows any message id of a registered sender (the README's too)
-            installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True, auto_messages=True)
-            stack_runtime().registry.set_aliases(installed["key"], ALIASES[domain])
-            portal = stack_runtime().registry.get(installed["key"])
-            assert portal is not None
-            limits = portal.limits(stack.settings)
-            print(
-                f"  installed on {domain} (alias {ALIASES[domain]!r}): ONAPPINSTALL → member_id "
-                f"{portal.key[:12]}…, plan {portal.plan} from app.info ({limits.rate:g} req/s, burst "
-                f"{limits.burst}), SMS provider {SENDER} registered"
-            )
-        print()
-
-        print("Bad input is refused at enqueue time, before it reaches the queue:")
-        for kind, payload in (
-            ("status-update", {"portal": "acme.bitrix24.test", "code": SENDER, "message_id": "x1", "status": "read"}),
-            ("mark-unread", {"portal": "acme.bitrix24.test", "dialog_id": "user5", "message_id": 0}),
-            ("sender-update", {"portal": "nowhere.bitrix24.test", "code": SENDER, "name": "x"}),
-        ):
-            try:
-                enqueue(kind, payload)
-            except JobRefused as exc:
-                print(f"  refused: {exc}")
-        print()
-
-        jobs = _jobs(args.jobs, random.Random(7))
-        start = time.monotonic()
-        ids = enqueue_many(jobs)
-        enqueue_s = time.monotonic() - start
-        kinds = {job_id: kind for job_id, (kind, _) in zip(ids, jobs, strict=True)}
-        print(
-            f"Enqueued {len(ids)} jobs in {enqueue_s:.1f}s "
-            f"({', '.join(f'{n} {k}' for k, n in Counter(k for k, _ in jobs).most_common())})"
-        )
-        ideal = _ideal_seconds(jobs, stack)
-        print(
-            f"Ideal time at the portals' limits: {ideal:.1f}s (each portal: {stack.settings.batch_max} commands per "
-            f"request, where delivery confirmations for one line share a command; 45 requests at once, then 2/s; "
-            f"every job counted, though a job superseded by a newer report for the same state is never sent)\n"
-        )
-
-        expired = False
-        last = ""
-        while True:
-            states = _states(stack, ids)
-            finished = states["applied"] + states["superseded"] + states["dead"] + states["parked"]
-            elapsed = time.monotonic() - start
-            if not expired and finished > len(ids) * 0.4:
-                stack.emulator.expire("acme.bitrix24.test")  # tokens expire mid-run: the pool heals itself
-                expired = True
-                print("  (acme's access token just expired at the portal; watch the refresh count)")
-            counters = {d: stack.emulator.state(d)["counters"] for d in PORTALS}
-            line = (
-                f"  {elapsed:5.1f}s  applied {states['applied']:>5}  superseded {states['superseded']:>5}  "
-                f"dead {states['dead']:>3}  "
-                f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
-                f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
-                f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
-                f"{sum(c['refreshes'] for c in counters.values())}"
-            )
-            if line != last:
-                print(line, flush=True)
-                last = line
-            if finished >= len(ids) or elapsed > 600:
-                break
-            time.sleep(1.0)
-        elapsed = time.monotonic() - start
-
-        print("\nOutcomes by job kind:")
-        outcome: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
-        found = stack_runtime().ledger.states(kinds)
-        for job_id, kind in kinds.items():
-            outcome[kind][found[job_id][0] or "?"] += 1
-        print(f"  {'kind':<22}{'applied':>8}{'superseded':>11}{'dead':>6}{'parked':>8}{'other':>7}")
-        for kind, c in outcome.items():
-            if not c:
-                continue
-            other = sum(c.values()) - c["applied"] - c["superseded"] - c["dead"] - c["parked"]
-            print(f"  {kind:<22}{c['applied']:>8}{c['superseded']:>11}{c['dead']:>6}{c['parked']:>8}{other:>7}")
-        print("\nPer portal (as the emulator saw it):")
-        print(f"  {'portal':<22}{'requests':>9}{'jobs/req':>9}{'503s':>6}{'refreshes':>10}{'invalid_grant':>14}")
-        for domain in PORTALS:
-            c = stack.emulator.state(domain)["counters"]
-            per = c["batch_commands"] + (c["accepted"] - c["batches"])
-            print(
-                f"  {domain:<22}{c['accepted']:>9}{per / max(c['accepted'], 1):>9.1f}{c['refused_503']:>6}"
-                f"{c['refreshes']:>10}{c['invalid_grants']:>14}"
-            )
-        print("\nAgainst each portal's limit:")
-        for domain in PORTALS:
-            state = stack.emulator.state(domain)
-            key = stack_runtime().registry.resolve(domain) or domain
-            lim = stack_runtime().portals(key).limits(stack.settings)
-            times = sorted(state["accepted_times"])
-            full = _bucket_full_at(times, lim.rate, lim.our_burst)
-            if full is not None and times[-1] - times[full] >= 2.0:
-                window = times[-1] - times[full]
-                steady = (len(times) - 1 - full) / window
-                print(
-                    f"  {domain:<22} steady state {steady:.2f} requests/s of {lim.rate:g} allowed "
-                    f"({steady / lim.rate:.2f}) over the last {window:.1f}s, once its bucket was full"
-                )
-            else:
-                allowed = lim.our_burst + lim.rate * (times[-1] - times[0]) if times else 0
-                print(
-                    f"  {domain:<22} never full: {len(times)} requests of the {allowed:.0f} its bucket allowed "
-                    f"({len(times) / max(allowed, 1):.2f}); here the pool, not the portal, set the pace"
-                )
-        print(
-            "  (Steady state: requests per second from the moment a portal's bucket was full, against its rate.\n"
-            "  The whole-run figure below also counts the start, while the pool takes the first jobs from the queue\n"
-            "  and spends the burst on requests as they fill, and the tail, where the last requests carry the last\n"
-            "  jobs; its ideal counts superseded jobs too, which are never sent, so a run can beat it.)"
-        )
-        unfinished = sum(
-            sum(c.values()) - c["applied"] - c["superseded"] - c["dead"] - c["parked"] for c in outcome.values()
-        )
-        print(
-            f"\n{len(ids)} jobs finished in {elapsed:.1f}s ({len(ids) / elapsed:.0f} jobs/s), enqueueing included "
-            f"({enqueue_s:.1f}s on the same cores); "
-            + (
-                f"the ideal at the portals' limits was {ideal:.1f}s: {ideal / elapsed:.2f} of it. "
-                if ideal >= 1
-                else "the portals' bursts hold this whole run, so no ideal time applies. "
-            )
-            + f"Jobs without an outcome: {unfinished}."
-        )
-        dead = stack_runtime().dead.counts()
-        if dead:
-            print(f"Dead letters by reason: {dict(dead)}  ->  b24q dead list / b24q dead replay --all")
-        sample = ids[0]
-        print(f"One job's history: b24q job show {sample}")
+        http_url = _start(stack, args)
+        _install(stack)
+        _show_refusals()
+        batch = _enqueue(stack, args.jobs)
+        elapsed = _watch(stack, batch)
+        outcome = report(stack, stack_runtime(), batch, elapsed, list(PORTALS))
         if not args.keep:
             print(
                 "The demo's Redis, emulator, HTTP app and workers stop now. `b24q demo --keep` keeps them up, starts "
@@ -301,19 +154,124 @@ def run(args: argparse.Namespace) -> int:
                 "  FLOWER_BASIC_AUTH=ops:change-me celery -A workers flower --address=127.0.0.1 --port=5555"
             )
             return _exit_code(outcome)
-        login = f"ops:{secrets.token_urlsafe(12)}"
-        flower = stack.start_flower(_free_or_any(args.flower_port, "Flower"), login)
-        print(f"\nFlower: {flower.url}  (user {login.split(':')[0]}, password {login.split(':', 1)[1]})")
-        print(f"Operator's console: {http.url}/console  (sign in with the admin key {admin_key})")
-        print("--keep: everything stays up until Ctrl-C. To use it from another shell, paste:\n")
         extra = {"B24Q_BROKER_URL": args.broker, "B24Q_QUEUE": broker["queue"]} if broker else {}
-        print(paste_block(stack.settings.redis_url, api_key, http.url, extra), flush=True)
-        # Ctrl-C or a plain `kill`: either way the stack's processes are stopped, none left behind
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+        _keep(
+            stack,
+            args.flower_port,
+            http_url,
+            admin_key,
+            paste_block(stack.settings.redis_url, api_key, http_url, extra),
+        )
     return _exit_code(outcome)
+
+
+def _start(stack: LocalStack, args: argparse.Namespace) -> str:
+    """The workers and the HTTP app started; the app's URL."""
+    print(f"  emulator: {stack.emulator.url}   redis: {stack.settings.redis_url}   logs: {stack.dir}")
+    stack.start_workers(args.workers, concurrency=stack.settings.worker_concurrency)
+    print(
+        f"  {args.workers} worker processes ready (celery -A workers worker, threads pool, "
+        f"{stack.settings.worker_concurrency} threads each)"
+    )
+    http = stack.start_http(_free_or_any(args.http_port, "the HTTP app"))
+    print(f"  HTTP app ready: {http.url} (uvicorn edges.http.app:app; install handler /b24/install)")
+    return http.url
+
+
+def _install(stack: LocalStack) -> None:
+    """The application installed on each portal, as Bitrix24 installs it (the emulator posts ONAPPINSTALL)."""
+    for domain in PORTALS:
+        # auto_messages: the portal knows any message id of a registered sender (the README's too)
+        installed = stack.install_portal(domain, token_ttl=3600, auto_connectors=True, auto_messages=True)
+        stack_runtime().registry.set_aliases(installed["key"], ALIASES[domain])
+        portal = stack_runtime().registry.get(installed["key"])
+        assert portal is not None
+        limits = portal.limits(stack.settings)
+        print(
+            f"  installed on {domain} (alias {ALIASES[domain]!r}): ONAPPINSTALL → member_id "
+            f"{portal.key[:12]}…, plan {portal.plan} from app.info ({limits.rate:g} req/s, burst "
+            f"{limits.burst}), SMS provider {SENDER} registered"
+        )
+    print()
+
+
+def _show_refusals() -> None:
+    print("Bad input is refused at enqueue time, before it reaches the queue:")
+    for kind, payload in (
+        ("status-update", {"portal": "acme.bitrix24.test", "code": SENDER, "message_id": "x1", "status": "read"}),
+        ("mark-unread", {"portal": "acme.bitrix24.test", "dialog_id": "user5", "message_id": 0}),
+        ("sender-update", {"portal": "nowhere.bitrix24.test", "code": SENDER, "name": "x"}),
+    ):
+        try:
+            enqueue(kind, payload)
+        except JobRefused as exc:
+            print(f"  refused: {exc}")
+    print()
+
+
+def _enqueue(stack: LocalStack, count: int) -> Batch:
+    jobs = _jobs(count, random.Random(7))
+    start = time.monotonic()
+    ids = enqueue_many(jobs)
+    enqueue_s = time.monotonic() - start
+    print(
+        f"Enqueued {len(ids)} jobs in {enqueue_s:.1f}s "
+        f"({', '.join(f'{n} {k}' for k, n in Counter(k for k, _ in jobs).most_common())})"
+    )
+    ideal = _ideal_seconds(jobs, stack)
+    print(
+        f"Ideal time at the portals' limits: {ideal:.1f}s (each portal: {stack.settings.batch_max} commands per "
+        f"request, where delivery confirmations for one line share a command; 45 requests at once, then 2/s; "
+        f"every job counted, though a job superseded by a newer report for the same state is never sent)\n"
+    )
+    return Batch(jobs, ids, start, enqueue_s, ideal)
+
+
+def _watch(stack: LocalStack, batch: Batch) -> float:
+    """A line of progress whenever it changes, until every job has an outcome (or 600 s); the seconds taken.
+    Acme's tokens expire at the portal midway, so the pool is seen to heal itself."""
+    ids, start = batch.ids, batch.start
+    expired = False
+    last = ""
+    while True:
+        states = _states(stack, ids)
+        finished = states["applied"] + states["superseded"] + states["dead"] + states["parked"]
+        elapsed = time.monotonic() - start
+        if not expired and finished > len(ids) * 0.4:
+            stack.emulator.expire("acme.bitrix24.test")  # tokens expire mid-run: the pool heals itself
+            expired = True
+            print("  (acme's access token just expired at the portal; watch the refresh count)")
+        counters = {d: stack.emulator.state(d)["counters"] for d in PORTALS}
+        line = (
+            f"  {elapsed:5.1f}s  applied {states['applied']:>5}  superseded {states['superseded']:>5}  "
+            f"dead {states['dead']:>3}  "
+            f"parked {states['parked']:>3}  waiting {len(ids) - finished:>5}  | portal requests "
+            f"{sum(c['accepted'] for c in counters.values()):>4}  503s "
+            f"{sum(c['refused_503'] for c in counters.values())}  refreshes "
+            f"{sum(c['refreshes'] for c in counters.values())}"
+        )
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if finished >= len(ids) or elapsed > 600:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - start
+
+
+def _keep(stack: LocalStack, flower_port: int, http_url: str, admin_key: str, paste: str) -> None:
+    """--keep: Flower started, the lines to use the stack printed, and everything up until Ctrl-C."""
+    login = f"ops:{secrets.token_urlsafe(12)}"
+    flower = stack.start_flower(_free_or_any(flower_port, "Flower"), login)
+    print(f"\nFlower: {flower.url}  (user {login.split(':')[0]}, password {login.split(':', 1)[1]})")
+    print(f"Operator's console: {http_url}/console  (sign in with the admin key {admin_key})")
+    print("--keep: everything stays up until Ctrl-C. To use it from another shell, paste:\n")
+    print(paste, flush=True)
+    # Ctrl-C or a plain `kill`: either way the stack's processes are stopped, none left behind
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
 
 
 def _exit_code(outcome: dict[str, Counter[str]]) -> int:

@@ -198,8 +198,8 @@ MUTANTS = [
         "console-replay",
         "the console's Replay button replays the dead letter (it is applied)",
         "edges/http/console.py",
-        "        replayed, refused = await run_in_threadpool(\n            lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt)\n        )",
-        "        replayed: list[str] = []  # mutant: the button does nothing\n        refused: list[str] = []",
+        "    replayed, refused = await run_in_threadpool(lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt))",
+        "    replayed: list[str] = []  # mutant: the button does nothing\n    refused: list[str] = []",
         "tests/browser/test_console_browser.py::test_an_operator_replays_one_dead_letter_and_purges_another",
     ),
 ]

@@ -17,6 +17,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from edges import cli, demo
+from edges.cli.jobs import job_fields
 from edges.http.app import create_app
 from tasks import producer
 from tasks.jobs import KINDS
@@ -51,7 +52,7 @@ def readme_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
         argv = shlex.split(line, comments=True)
         if argv[:2] == ["b24q", "enqueue"] and len(argv) > 2 and not argv[2].startswith("-"):
             args = cli.build_parser().parse_args(argv[1:])
-            yield args.kind, cli.job_fields(args)
+            yield args.kind, job_fields(args)
     body = re.search(r"-d '(.*?)'", README.split("## Producing over HTTP")[1], re.DOTALL)
     assert body is not None, "the README's curl example posts a body"
     for job in json.loads(body.group(1)):

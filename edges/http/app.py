@@ -8,12 +8,11 @@ holds everything), so instances scale out behind any load balancer.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +22,7 @@ from edges.http import appside, console, intake
 from edges.http.body import BodyTooLarge
 from edges.http.docs import serve_docs
 from edges.http.problems import answer_refusals, problem, responses
+from edges.http.runtime import RuntimeDep, keep
 from workers.events import add_observer, remove_observer
 from workers.observe import logs
 from workers.observe.metrics import Metrics
@@ -35,25 +35,33 @@ log = logging.getLogger(__name__)
 #: the loggers whose handlers get the redaction filter: the root logger and uvicorn's
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
 
+#: The process's own health and metrics.
+operations = APIRouter(tags=["operations"])
 
-def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
-    """The app, reading the process's `Runtime` through `runtime` (tests pass their own)."""
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, portal_labels=0)
-    disconnects = Counter(
-        "b24q_http_client_disconnects",
-        "Requests whose client went away before sending its whole body",
-        registry=registry,
-    )
-    lock = threading.Lock()
-    state: dict[str, Runtime] = {}
 
-    def rt() -> Runtime:
-        with lock:
-            if "rt" not in state:
-                state["rt"] = runtime()
-            return state["rt"]
+@operations.get("/healthz", summary="The process answers")
+def healthz() -> dict[str, Any]:
+    return {"ok": True}
 
+
+@operations.get("/readyz", summary="Redis answers", responses=responses({503: "Redis does not answer."}))
+async def readyz(rt: RuntimeDep) -> dict[str, Any]:
+    await run_in_threadpool(rt.redis.ping)  # not answering: 503 (`answer_refusals`)
+    return {"ok": True}
+
+
+@operations.get(
+    "/metrics",
+    summary="Prometheus metrics of this process (events, moves)",
+    response_class=PlainTextResponse,
+    response_description="The Prometheus text format.",
+)
+def prometheus(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _lifespan(metrics: Metrics) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # uvicorn has set up its loggers by now: a traceback (uvicorn.error) or an access line may carry a
@@ -68,13 +76,15 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         finally:
             remove_observer(metrics)
 
-    app = FastAPI(
-        title="b24q",
-        summary="Delivers message-state updates to Bitrix24 portals: the application's back end.",
-        version="0.1.0",
-        lifespan=lifespan,
-        docs_url=None,  # served by `serve_docs`, from the app itself
-        redoc_url=None,
+    return lifespan
+
+
+def _answer_broken_bodies(app: FastAPI, registry: CollectorRegistry) -> None:
+    """A body over its limit is 413; a client gone before sending all of it is counted, not logged."""
+    disconnects = Counter(
+        "b24q_http_client_disconnects",
+        "Requests whose client went away before sending its whole body",
+        registry=registry,
     )
 
     @app.exception_handler(BodyTooLarge)
@@ -88,37 +98,28 @@ def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
         log.debug("%s %s: the client went away before sending its whole body", request.method, request.url.path)
         return problem(400, "the client went away before sending its whole body")
 
+
+def create_app(runtime: Callable[[], Runtime] = get_runtime) -> FastAPI:
+    """The app, reading the process's `Runtime` through `runtime` (tests pass their own)."""
+    registry = CollectorRegistry()
+    app = FastAPI(
+        title="b24q",
+        summary="Delivers message-state updates to Bitrix24 portals: the application's back end.",
+        version="0.1.0",
+        lifespan=_lifespan(Metrics(registry, portal_labels=0)),
+        docs_url=None,  # served by `serve_docs`, from the app itself
+        redoc_url=None,
+    )
+    app.state.metrics = registry  # what /metrics shows
+    shared = keep(app, runtime)
+    _answer_broken_bodies(app, registry)
     answer_refusals(app)
     serve_docs(app)
-    app.include_router(appside.router(rt))
-    app.include_router(intake.router(rt))
-    app.include_router(console.router(rt))
+    app.include_router(appside.router(shared))
+    app.include_router(intake.router)
+    app.include_router(console.router)
     intake.document(app)
-
-    @app.get("/healthz", tags=["operations"], summary="The process answers")
-    def healthz() -> dict[str, Any]:
-        return {"ok": True}
-
-    @app.get(
-        "/readyz",
-        tags=["operations"],
-        summary="Redis answers",
-        responses=responses({503: "Redis does not answer."}),
-    )
-    async def readyz() -> dict[str, Any]:
-        await run_in_threadpool(rt().redis.ping)  # not answering: 503 (`answer_refusals`)
-        return {"ok": True}
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics of this process (events, moves)",
-        response_class=PlainTextResponse,
-        response_description="The Prometheus text format.",
-    )
-    def prometheus() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(operations)
     return app
 
 

@@ -1,9 +1,9 @@
 """The operator's console at /console: for the people who answer "why didn't my SMS status update?".
 
-Server-rendered pages (Jinja2, `templates/`; one stylesheet and a few lines of script in `static/`, nothing
-from a CDN), for a person holding an admin-scoped API key (`edges.http.apikeys`, `*admin`): a sign-in form
-sets a signed session cookie (`edges.http.sessions`), and every action is a POST carrying the session's CSRF
-token. The pages read the stores (registry, ledger, dead letters, parking, `workers.observe.status`) and
+Server-rendered pages (`edges.http.pages`: Jinja2, `templates/`; one stylesheet and a few lines of script in
+`static/`, nothing from a CDN), for a person holding an admin-scoped API key (`edges.http.apikeys`, `*admin`):
+a sign-in form sets a signed session cookie (`edges.http.sessions`), and every action is a POST carrying the
+session's CSRF token. The pages read the stores (registry, ledger, dead letters, parking, `workers.observe.status`) and
 act through the producer and the lifecycle, as the CLI does; each page reads a bounded amount (a page of
 portals, a page of letters), so thousands of portals and dead letters keep it fast.
 
@@ -17,24 +17,21 @@ portals, a page of letters), so thousands of portals and dead letters keep it fa
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.routing import APIRoute
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from edges import jobreport
 from edges.http import apikeys, sessions
 from edges.http.body import BodyTooLarge, read_body
+from edges.http.pages import ConsoleRoute, Refused, refusal, render
+from edges.http.runtime import RuntimeDep
 from edges.http.sessions import Session
 from edges.lifecycle import Lifecycle
 from tasks.producer import reactivate, replay
@@ -47,58 +44,7 @@ from workers.runtime import Runtime
 PAGE = 50
 #: Largest form the console reads (a page's worth of letter ids).
 MAX_FORM = 64 * 1024
-_HEADERS = {
-    # scripts and styles only from here (no inline script, no CDN); never framed (clickjacking)
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "same-origin",
-}
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-
-_templates = Environment(
-    loader=PackageLoader("edges.http", "templates"),
-    autoescape=select_autoescape(default=True),
-    trim_blocks=True,
-    auto_reload=False,  # the templates are package data: no stat() of each file at every page
-)
-_templates.filters["when"] = jobreport.when
-_templates.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
-def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(template).render(**context)
-    return HTMLResponse(html, status_code=status, headers=_HEADERS)
-
-
-def _refusal(status: int, message: str) -> HTMLResponse:
-    return _page("error.html", status, message=message, session=None)
-
-
-class Refused(Exception):
-    """A console request answered otherwise than its page or action: `response` (the sign-in form, a refusal)."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-
-
-class _ConsoleRoute(APIRoute):
-    """A console page whose Redis does not answer is a plain 503 page, not a traceback; a `Refused` request
-    gets its answer."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def answer(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Refused as refused:
-                return refused.response
-            except redis.RedisError:
-                return _refusal(503, "Redis does not answer: the console shows nothing until it does.")
-
-        return answer
 
 
 def _pages(total: int, page: int) -> dict[str, int]:
@@ -110,260 +56,277 @@ def _int(value: str, default: int = 1) -> int:
     return int(value) if value.isdigit() else default
 
 
-def router(runtime: Callable[[], Runtime]) -> APIRouter:
-    """The /console routes, given a callable that returns the process's `Runtime`."""
-    console = APIRouter(prefix="/console", include_in_schema=False, route_class=_ConsoleRoute)
+#: The /console routes.
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
-    def secret(rt: Runtime) -> bytes:
-        return rt.settings.client_secret.get_secret_value().encode()
 
-    def current(request: Request, rt: Runtime) -> Session | None:
-        cookie = request.cookies.get(sessions.COOKIE, "")
-        return sessions.read(cookie, apikeys.parse(rt.settings.api_keys), secret(rt), time.time()) if cookie else None
+def _secret(rt: Runtime) -> bytes:
+    return rt.settings.client_secret.get_secret_value().encode()
 
-    async def form(request: Request) -> dict[str, list[str]]:
-        try:
-            body = await read_body(request, MAX_FORM)
-        except BodyTooLarge:
-            return {}
-        return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
-    async def act(request: Request) -> tuple[Runtime, dict[str, list[str]]]:
-        """The runtime and the form of a POST from a signed-in operator with the session's CSRF token; else
-        (`Refused`) the refusal to answer."""
-        rt = runtime()
-        session = current(request, rt)
-        if session is None:
-            raise Refused(_refusal(401, "Sign in with an admin API key first."))
-        fields = await form(request)
-        if not sessions.csrf_ok(session, (fields.get("csrf") or [""])[0]):
-            raise Refused(
-                _refusal(403, "The form's CSRF token does not match this session: reload the page and retry.")
-            )
-        return rt, fields
+def _current(request: Request, rt: Runtime) -> Session | None:
+    cookie = request.cookies.get(sessions.COOKIE, "")
+    return sessions.read(cookie, apikeys.parse(rt.settings.api_keys), _secret(rt), time.time()) if cookie else None
 
-    def done(to: str, message: str) -> RedirectResponse:
-        sep = "&" if "?" in to else "?"
-        return RedirectResponse(f"{to}{sep}{urlencode({'done': message})}", status_code=303)
 
-    # --- sign-in -----------------------------------------------------------------------------------------
+async def _form(request: Request) -> dict[str, list[str]]:
+    try:
+        body = await read_body(request, MAX_FORM)
+    except BodyTooLarge:
+        return {}
+    return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
-    @console.get("")
-    @console.get("/")
-    def home() -> RedirectResponse:
-        return RedirectResponse("/console/portals", status_code=303)
 
-    @console.get("/login")
-    def login_form() -> HTMLResponse:
-        return _page("login.html", session=None, error="")
+async def _act(request: Request, rt: Runtime) -> dict[str, list[str]]:
+    """The form of a POST from a signed-in operator with the session's CSRF token; else (`Refused`) the
+    refusal to answer."""
+    session = _current(request, rt)
+    if session is None:
+        raise Refused(refusal(401, "Sign in with an admin API key first."))
+    fields = await _form(request)
+    if not sessions.csrf_ok(session, (fields.get("csrf") or [""])[0]):
+        raise Refused(refusal(403, "The form's CSRF token does not match this session: reload the page and retry."))
+    return fields
 
-    @console.post("/login")
-    async def login(request: Request) -> Response:
-        rt = runtime()
-        presented = (await form(request)).get("key", [""])[0].strip()
-        key = apikeys.identify(apikeys.parse(rt.settings.api_keys), presented) if presented else None
-        if key is None:
-            return _page("login.html", 401, session=None, error="This is not a valid API key.")
-        if not key.admin:
-            return _page("login.html", 403, session=None, error="This API key is not an admin key (scope *admin).")
-        cookie, _ = sessions.issue(key, secret(rt), time.time())
-        answer = RedirectResponse("/console/portals", status_code=303)
-        answer.set_cookie(
-            sessions.COOKIE,
-            cookie,
-            max_age=sessions.LIFETIME,
-            path="/console",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        return answer
 
-    @console.post("/logout")
-    async def logout(request: Request) -> Response:
-        await act(request)
-        answer = RedirectResponse("/console/login", status_code=303)
-        answer.delete_cookie(sessions.COOKIE, path="/console")
-        return answer
+def _done(to: str, message: str) -> RedirectResponse:
+    sep = "&" if "?" in to else "?"
+    return RedirectResponse(f"{to}{sep}{urlencode({'done': message})}", status_code=303)
 
-    # --- pages ---------------------------------------------------------------------------------------------
 
-    def signed_in(request: Request) -> tuple[Runtime, Session]:
-        """The runtime and the operator's session; else (`Refused`) to the sign-in form."""
-        rt = runtime()
-        session = current(request, rt)
-        if session is None:
-            raise Refused(RedirectResponse("/console/login", status_code=303))
-        return rt, session
+# --- sign-in -----------------------------------------------------------------------------------------
 
-    def portal_rows(rt: Runtime, names: list[str], dead: dict[str, int] | None = None) -> list[dict[str, Any]]:
-        """The rows of these portals; `dead`: their dead letters' counts, when the caller has them already."""
-        if not names:
-            return []
-        rows = {row["key"]: row for row in snapshot(rt, names, dead_letters=False)["portals"]}
-        dead = rt.dead.counts_by_portal(names) if dead is None else dead
-        out = []
-        for name in names:
-            portal = rt.registry.get(name)
-            if portal is None or name not in rows:
-                continue
-            out.append(
-                {
-                    **rows[name],
-                    "domain": portal.domain,
-                    "member_id": portal.member_id,
-                    "plan": portal.plan,
-                    "providers": len(portal.provider_list(rt.settings)) if portal.kind == "oauth" else 0,
-                    "providers_pending": portal.providers_pending.split(),
-                    "dead": dead.get(name, 0),
-                }
-            )
-        return out
 
-    @console.get("/portals")
-    def portals(request: Request, q: str = "", page: str = "1", done: str = "") -> Response:
-        rt, session = signed_in(request)
-        names = rt.registry.keys()
-        if q:
-            exact = rt.registry.resolve(q.strip())  # a domain or member_id names its portal through an alias
-            names = [n for n in names if q.strip().lower() in n.lower() and n != exact]
-            names = ([exact] if exact else []) + names
-        at = _pages(len(names), _int(page))
-        shown = names[(at["page"] - 1) * PAGE : at["page"] * PAGE]
-        rows = portal_rows(rt, shown)
-        return _page("portals.html", session=session, rows=rows, q=q, now=time.time(), done=done, **at)
+@router.get("")
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/console/portals", status_code=303)
 
-    @console.get("/portals/{key}")
-    def portal(request: Request, key: str, done: str = "") -> Response:
-        rt, session = signed_in(request)
-        found = rt.registry.get(key)
-        if found is None:
-            return _page("error.html", 404, session=session, message=f"No portal {key!r}.")
-        letters = rt.dead.page(portal=key, limit=PAGE)
-        rows = portal_rows(rt, [key], {key: letters.total})
-        parked = rt.parking.parked(key)[:PAGE]
-        parked_states = rt.ledger.states([p["id"] for p in parked], "state", "updated")
-        return _page(
-            "portal.html",
-            session=session,
-            portal=found.public(),
-            row=rows[0] if rows else None,
-            parked=[{**p, "kwargs": summarise(p["kwargs"]), "state": parked_states[p["id"]]} for p in parked],
-            parked_total=rt.parking.count(key),
-            recent=[{**job, "last_error": redact(job.get("last_error", ""))} for job in rt.ledger.recent(key)],
-            letters=[_letter(letter) for letter in letters.letters],
-            dead_total=letters.total,
-            providers=[summarise(p) for p in found.provider_list(rt.settings)] if found.kind == "oauth" else [],
-            now=time.time(),
-            done=done,
-        )
 
-    @console.post("/portals/{key}/resume")
-    async def resume(request: Request, key: str) -> Response:
-        rt, _ = await act(request)
-        count = await run_in_threadpool(reactivate, key, rt)
-        return done(f"/console/portals/{key}", f"{count} parked job(s) resumed")
+@router.get("/login")
+def login_form() -> HTMLResponse:
+    return render("login.html", session=None, error="")
 
-    @console.post("/portals/{key}/providers")
-    async def providers(request: Request, key: str) -> Response:
-        rt, _ = await act(request)
-        found = rt.registry.get(key)
-        if found is None:
-            return _refusal(404, f"No portal {key!r}.")
-        try:
-            count = await run_in_threadpool(Lifecycle(rt).register_providers, found)
-        except B24QError as exc:
-            return done(f"/console/portals/{key}", f"providers not registered: {exc}")
-        return done(f"/console/portals/{key}", f"{count} provider(s) enqueued for messageservice.sender.add")
 
-    @console.post("/portals/{key}/replay")
-    async def replay_portal(request: Request, key: str) -> Response:
-        rt, _ = await act(request)
-        replayed, refused = await run_in_threadpool(lambda: replay(portal=key, rt=rt))
-        return done(f"/console/portals/{key}", f"{len(replayed)} dead letter(s) replayed, {len(refused)} refused")
+@router.post("/login")
+async def login(request: Request, rt: RuntimeDep) -> Response:
+    presented = (await _form(request)).get("key", [""])[0].strip()
+    key = apikeys.identify(apikeys.parse(rt.settings.api_keys), presented) if presented else None
+    if key is None:
+        return render("login.html", 401, session=None, error="This is not a valid API key.")
+    if not key.admin:
+        return render("login.html", 403, session=None, error="This API key is not an admin key (scope *admin).")
+    cookie, _ = sessions.issue(key, _secret(rt), time.time())
+    answer = RedirectResponse("/console/portals", status_code=303)
+    answer.set_cookie(
+        sessions.COOKIE,
+        cookie,
+        max_age=sessions.LIFETIME,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return answer
 
-    @console.get("/dead")
-    def dead(request: Request, reason: str = "", portal: str = "", page: str = "1", done: str = "") -> Response:
-        rt, session = signed_in(request)
-        number = _int(page)
-        found = rt.dead.page(portal or None, reason or None, (max(1, number) - 1) * PAGE, PAGE)
-        at = _pages(found.total, number)
-        return _page(
-            "dead.html",
-            session=session,
-            letters=[_letter(letter) for letter in found.letters],
-            by_reason=list(found.by_reason.items()),
-            reason=reason,
-            portal=portal,
-            done=done,
-            **at,
-        )
 
-    def chosen(rt: Runtime, fields: dict[str, list[str]]) -> tuple[list[str] | None, str, str]:
-        """The letters a dead-letter form names: its ids, or (with `all`) every letter of its filter."""
-        reason, portal = (fields.get("reason") or [""])[0], (fields.get("portal") or [""])[0]
-        if (fields.get("all") or [""])[0]:
-            return None, reason, portal
-        return [i for i in fields.get("id", []) if i], reason, portal
+@router.post("/logout")
+async def logout(request: Request, rt: RuntimeDep) -> Response:
+    await _act(request, rt)
+    answer = RedirectResponse("/console/login", status_code=303)
+    answer.delete_cookie(sessions.COOKIE, path="/console")
+    return answer
 
-    def back(reason: str, portal: str) -> str:
-        query = urlencode({k: v for k, v in (("reason", reason), ("portal", portal)) if v})
-        return "/console/dead" + (f"?{query}" if query else "")
 
-    @console.post("/dead/replay")
-    async def dead_replay(request: Request) -> Response:
-        rt, fields = await act(request)
-        ids, reason, portal = chosen(rt, fields)
-        replayed, refused = await run_in_threadpool(
-            lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt)
-        )
-        return done(back(reason, portal), f"{len(replayed)} replayed, {len(refused)} refused")
+# --- pages ---------------------------------------------------------------------------------------------
 
-    @console.post("/dead/purge")
-    async def dead_purge(request: Request) -> Response:
-        rt, fields = await act(request)
-        ids, reason, portal = chosen(rt, fields)
 
-        def purge() -> int:
-            found = ids if ids is not None else [d.id for d in rt.dead.iter(portal or None, reason or None)]
-            return sum(rt.dead.remove(i) for i in found)
+def _signed_in(request: Request, rt: Runtime) -> Session:
+    """The operator's session; else (`Refused`) to the sign-in form."""
+    session = _current(request, rt)
+    if session is None:
+        raise Refused(RedirectResponse("/console/login", status_code=303))
+    return session
 
-        return done(back(reason, portal), f"{await run_in_threadpool(purge)} purged")
 
-    @console.get("/jobs")
-    def job(request: Request, id: str = "") -> Response:
-        rt, session = signed_in(request)
-        report = jobreport.text(rt, id.strip()) if id.strip() else None
-        # a payload or an error text may carry a secret: masked as the logs mask it
-        return _page("job.html", session=session, id=id, report=redact(report) if report is not None else None)
-
-    @console.get("/live.json")
-    def live(request: Request) -> Response:
-        rt = runtime()
-        if current(request, rt) is None:
-            return JSONResponse({"detail": "sign in first"}, status_code=401)
-        counts = rt.ledger.outcomes(rt.registry.keys())
-        return JSONResponse(
+def _portal_rows(rt: Runtime, names: list[str], dead: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The rows of these portals; `dead`: their dead letters' counts, when the caller has them already."""
+    if not names:
+        return []
+    rows = {row["key"]: row for row in snapshot(rt, names, dead_letters=False)["portals"]}
+    dead = rt.dead.counts_by_portal(names) if dead is None else dead
+    out = []
+    for name in names:
+        portal = rt.registry.get(name)
+        if portal is None or name not in rows:
+            continue
+        out.append(
             {
-                "t": time.time(),
-                "applied": counts.get("applied", 0),
-                "superseded": counts.get("superseded", 0),
-                "dead": counts.get("dead", 0),
-                "parked": counts.get("parked", 0),
-                "refused_503": sum(rt.limiter.refusals().values()),
-                "dead_letters": rt.dead.count(),
-            },
-            headers={"Cache-Control": "no-store"},
+                **rows[name],
+                "domain": portal.domain,
+                "member_id": portal.member_id,
+                "plan": portal.plan,
+                "providers": len(portal.provider_list(rt.settings)) if portal.kind == "oauth" else 0,
+                "providers_pending": portal.providers_pending.split(),
+                "dead": dead.get(name, 0),
+            }
         )
+    return out
 
-    @console.get("/static/{name}")
-    def static(name: str) -> Response:
-        if name not in _STATIC:
-            return _refusal(404, "No such file.")
-        body = resources.files("edges.http").joinpath("static", name).read_bytes()
-        return Response(body, media_type=_STATIC[name], headers={"Cache-Control": "max-age=300"})
 
-    return console
+@router.get("/portals")
+def portals(request: Request, rt: RuntimeDep, q: str = "", page: str = "1", done: str = "") -> Response:
+    session = _signed_in(request, rt)
+    names = rt.registry.keys()
+    if q:
+        exact = rt.registry.resolve(q.strip())  # a domain or member_id names its portal through an alias
+        names = [n for n in names if q.strip().lower() in n.lower() and n != exact]
+        names = ([exact] if exact else []) + names
+    at = _pages(len(names), _int(page))
+    shown = names[(at["page"] - 1) * PAGE : at["page"] * PAGE]
+    rows = _portal_rows(rt, shown)
+    return render("portals.html", session=session, rows=rows, q=q, now=time.time(), done=done, **at)
+
+
+@router.get("/portals/{key}")
+def portal(request: Request, rt: RuntimeDep, key: str, done: str = "") -> Response:
+    session = _signed_in(request, rt)
+    found = rt.registry.get(key)
+    if found is None:
+        return render("error.html", 404, session=session, message=f"No portal {key!r}.")
+    letters = rt.dead.page(portal=key, limit=PAGE)
+    rows = _portal_rows(rt, [key], {key: letters.total})
+    parked = rt.parking.parked(key)[:PAGE]
+    parked_states = rt.ledger.states([p["id"] for p in parked], "state", "updated")
+    return render(
+        "portal.html",
+        session=session,
+        portal=found.public(),
+        row=rows[0] if rows else None,
+        parked=[{**p, "kwargs": summarise(p["kwargs"]), "state": parked_states[p["id"]]} for p in parked],
+        parked_total=rt.parking.count(key),
+        recent=[{**job, "last_error": redact(job.get("last_error", ""))} for job in rt.ledger.recent(key)],
+        letters=[_letter(letter) for letter in letters.letters],
+        dead_total=letters.total,
+        providers=[summarise(p) for p in found.provider_list(rt.settings)] if found.kind == "oauth" else [],
+        now=time.time(),
+        done=done,
+    )
+
+
+@router.post("/portals/{key}/resume")
+async def resume(request: Request, rt: RuntimeDep, key: str) -> Response:
+    await _act(request, rt)
+    count = await run_in_threadpool(reactivate, key, rt)
+    return _done(f"/console/portals/{key}", f"{count} parked job(s) resumed")
+
+
+@router.post("/portals/{key}/providers")
+async def providers(request: Request, rt: RuntimeDep, key: str) -> Response:
+    await _act(request, rt)
+    found = rt.registry.get(key)
+    if found is None:
+        return refusal(404, f"No portal {key!r}.")
+    try:
+        count = await run_in_threadpool(Lifecycle(rt).register_providers, found)
+    except B24QError as exc:
+        return _done(f"/console/portals/{key}", f"providers not registered: {exc}")
+    return _done(f"/console/portals/{key}", f"{count} provider(s) enqueued for messageservice.sender.add")
+
+
+@router.post("/portals/{key}/replay")
+async def replay_portal(request: Request, rt: RuntimeDep, key: str) -> Response:
+    await _act(request, rt)
+    replayed, refused = await run_in_threadpool(lambda: replay(portal=key, rt=rt))
+    return _done(f"/console/portals/{key}", f"{len(replayed)} dead letter(s) replayed, {len(refused)} refused")
+
+
+@router.get("/dead")
+def dead(
+    request: Request, rt: RuntimeDep, reason: str = "", portal: str = "", page: str = "1", done: str = ""
+) -> Response:
+    session = _signed_in(request, rt)
+    number = _int(page)
+    found = rt.dead.page(portal or None, reason or None, (max(1, number) - 1) * PAGE, PAGE)
+    at = _pages(found.total, number)
+    return render(
+        "dead.html",
+        session=session,
+        letters=[_letter(letter) for letter in found.letters],
+        by_reason=list(found.by_reason.items()),
+        reason=reason,
+        portal=portal,
+        done=done,
+        **at,
+    )
+
+
+def _chosen(fields: dict[str, list[str]]) -> tuple[list[str] | None, str, str]:
+    """The letters a dead-letter form names: its ids, or (with `all`) every letter of its filter."""
+    reason, portal = (fields.get("reason") or [""])[0], (fields.get("portal") or [""])[0]
+    if (fields.get("all") or [""])[0]:
+        return None, reason, portal
+    return [i for i in fields.get("id", []) if i], reason, portal
+
+
+def _back(reason: str, portal: str) -> str:
+    query = urlencode({k: v for k, v in (("reason", reason), ("portal", portal)) if v})
+    return "/console/dead" + (f"?{query}" if query else "")
+
+
+@router.post("/dead/replay")
+async def dead_replay(request: Request, rt: RuntimeDep) -> Response:
+    fields = await _act(request, rt)
+    ids, reason, portal = _chosen(fields)
+    replayed, refused = await run_in_threadpool(lambda: replay(ids, portal=portal or None, code=reason or None, rt=rt))
+    return _done(_back(reason, portal), f"{len(replayed)} replayed, {len(refused)} refused")
+
+
+@router.post("/dead/purge")
+async def dead_purge(request: Request, rt: RuntimeDep) -> Response:
+    fields = await _act(request, rt)
+    ids, reason, portal = _chosen(fields)
+
+    def purge() -> int:
+        found = ids if ids is not None else [d.id for d in rt.dead.iter(portal or None, reason or None)]
+        return sum(rt.dead.remove(i) for i in found)
+
+    return _done(_back(reason, portal), f"{await run_in_threadpool(purge)} purged")
+
+
+@router.get("/jobs")
+def job(request: Request, rt: RuntimeDep, id: str = "") -> Response:
+    session = _signed_in(request, rt)
+    report = jobreport.text(rt, id.strip()) if id.strip() else None
+    # a payload or an error text may carry a secret: masked as the logs mask it
+    return render("job.html", session=session, id=id, report=redact(report) if report is not None else None)
+
+
+@router.get("/live.json")
+def live(request: Request, rt: RuntimeDep) -> Response:
+    if _current(request, rt) is None:
+        return JSONResponse({"detail": "sign in first"}, status_code=401)
+    counts = rt.ledger.outcomes(rt.registry.keys())
+    return JSONResponse(
+        {
+            "t": time.time(),
+            "applied": counts.get("applied", 0),
+            "superseded": counts.get("superseded", 0),
+            "dead": counts.get("dead", 0),
+            "parked": counts.get("parked", 0),
+            "refused_503": sum(rt.limiter.refusals().values()),
+            "dead_letters": rt.dead.count(),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    if name not in _STATIC:
+        return refusal(404, "No such file.")
+    body = resources.files("edges.http").joinpath("static", name).read_bytes()
+    return Response(body, media_type=_STATIC[name], headers={"Cache-Control": "max-age=300"})
 
 
 def _letter(letter: Any) -> dict[str, Any]:

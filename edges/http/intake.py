@@ -7,17 +7,17 @@
 
 Every request names an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`; `edges.http.apikeys`) and
 spends a unit of that key's GCRA bucket (`B24Q_HTTP_RATE`, `B24Q_HTTP_BURST`). A body is read up to
-`B24Q_HTTP_MAX_BODY`, then validated whole by the producer (`tasks.producer.enqueue_many`: the job models and
-the portal registry) before anything touches the queue: one bad job refuses the array. Refusals are
-problem+json naming each bad field (and its job's index in an array). A POST with an `Idempotency-Key`
-header, retried, gets the ids the first one got (`workers.records.idempotency`).
+`B24Q_HTTP_MAX_BODY`, then validated whole by the producer (`edges.http.posting`, then
+`tasks.producer.enqueue_many`: the job models and the portal registry) before anything touches the queue: one
+bad job refuses the array. Refusals are problem+json naming each bad field (and its job's index in an array).
+A POST with an `Idempotency-Key` header, retried, gets the ids the first one got
+(`workers.records.idempotency`).
 
 The jobs' JSON Schemas (`tasks.schema`) are the OpenAPI document's components (`document`): the route reads
 its body itself, size limit first, so FastAPI has no body model of its own to document.
 """
 
-# no `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime, and they name
-# `caller`, a dependency local to `router`
+from __future__ import annotations
 
 import asyncio
 import hashlib
@@ -37,18 +37,18 @@ from starlette.concurrency import run_in_threadpool
 
 from edges.http import apikeys
 from edges.http.apikeys import ApiKey
-from edges.http.body import NotJson, parse_json, read_body
+from edges.http.body import read_body
+from edges.http.posting import MAX_JOBS, enqueue, jobs_in, portal_filter
 from edges.http.problems import Problem, ProblemDocument, field_error, problem, responses
+from edges.http.runtime import RuntimeDep
 from tasks import schema
-from tasks.jobs import KINDS
-from tasks.producer import enqueue_many, replay
-from workers.errors import JobsRefused, PortalUninstalled
+from tasks.producer import replay
+from workers.errors import PortalUninstalled
 from workers.portals.limits import Limits
 from workers.redaction import redact
 from workers.runtime import Runtime
 
-#: Jobs in one POST, and ids in one GET.
-MAX_JOBS = 1000
+#: Ids in one GET (and `MAX_JOBS` jobs in one POST).
 MAX_IDS = 1000
 #: Largest request line and headers uvicorn reads (`b24q serve`; uvicorn's flag
 #: --h11-max-incomplete-event-size): GET /v1/jobs?ids= with 1,000 ids is a 37 KB line, h11's default 16 KB.
@@ -123,80 +123,6 @@ class _ProblemRoute(APIRoute):
         return answer
 
 
-def _refused(exc: JobsRefused, total: int, single: bool) -> Problem:
-    errors = [
-        field_error(field, message, None if single else index)
-        for index, refusal in exc.refusals
-        for field, message in refusal.errors
-    ]
-    # only uninstalled portals: the jobs are fine, the portal is not (reinstall, then post again)
-    status = 409 if all(isinstance(r, PortalUninstalled) for _, r in exc.refusals) else 422
-    what = "the job was refused" if single else f"{len(exc.refusals)} of {total} jobs refused"
-    return Problem(status, f"{what}; nothing was enqueued", errors=errors)
-
-
-def _jobs_in(content_type: str | None, body: bytes) -> tuple[list[Any], bool]:
-    """The posted jobs, and whether the body was one job rather than an array."""
-    media = (content_type or "application/json").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise Problem(415, "send the jobs as application/json")
-    try:
-        data = parse_json(body)
-    except NotJson as exc:
-        raise Problem(400, f"{exc}: send a job object or an array of jobs (UTF-8 JSON)") from None
-    if isinstance(data, dict):
-        return [data], True
-    if isinstance(data, list) and 1 <= len(data) <= MAX_JOBS:
-        return data, False
-    what = f"an array of {len(data)}" if isinstance(data, list) else f"a JSON {type(data).__name__}"
-    rule = f"a job object or an array of 1 to {MAX_JOBS} jobs, not {what}"
-    raise Problem(422, f"the body must be {rule}", errors=[field_error("(body)", rule)])
-
-
-def _portal_filter(rt: Runtime, key: ApiKey) -> Callable[[str], bool]:
-    """Whether `key` may touch the portal named so (by key, member_id or domain; so may its entries)."""
-    if key.portals is None:
-        return lambda _: True
-    allowed = {rt.registry.resolve(name) or name for name in key.portals}
-    seen: dict[str, bool] = {}
-
-    def sees(name: str) -> bool:
-        if name not in seen:
-            seen[name] = (rt.registry.resolve(name) or name) in allowed
-        return seen[name]
-
-    return sees
-
-
-def _enqueue(rt: Runtime, key: ApiKey, items: list[Any], single: bool) -> list[str]:
-    """Validate the posted jobs whole and enqueue them (in a worker thread: the producer is synchronous)."""
-    jobs: list[tuple[str, dict[str, Any]]] = []
-    errors = []
-    for index, item in enumerate(items):
-        at = None if single else index
-        if not isinstance(item, dict):
-            errors.append(field_error("(job)", f"a job is a JSON object of fields, not {type(item).__name__}", at))
-        elif not isinstance(item.get("kind"), str):
-            errors.append(field_error("kind", f"required: the job kind, one of {', '.join(KINDS)}", at))
-        else:
-            fields = dict(item)
-            jobs.append((fields.pop("kind"), fields))
-    if errors:
-        raise Problem(422, "not a job; nothing was enqueued", errors=errors)
-    sees = _portal_filter(rt, key)
-    outside = [
-        field_error("portal", "outside this API key's portals", None if single else index)
-        for index, (_, fields) in enumerate(jobs)
-        if isinstance(fields.get("portal"), str) and not sees(fields["portal"])
-    ]
-    if outside:
-        raise Problem(403, "this API key may not post jobs for that portal; nothing was enqueued", errors=outside)
-    try:
-        return enqueue_many(jobs, rt)
-    except JobsRefused as exc:
-        raise _refused(exc, len(jobs), single) from None
-
-
 def _state(record: dict[str, Any]) -> dict[str, Any]:
     """What the ledger says of a job, without its payload; texts from portals redacted."""
 
@@ -220,187 +146,195 @@ def _state(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def router(runtime: Callable[[], Runtime]) -> APIRouter:
-    """The /v1 routes, given a callable that returns the process's `Runtime`."""
-    api = APIRouter(prefix="/v1", tags=["jobs"], route_class=_ProblemRoute)
+async def caller(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header: Annotated[str | None, Security(_header)],
+    rt: RuntimeDep,
+) -> ApiKey:
+    """The request's API key, after one unit of its rate."""
+    s = rt.settings
+    keys = apikeys.parse(s.api_keys)
+    if not keys:
+        raise Problem(401, "the HTTP intake is closed: no API keys are configured (B24Q_API_KEYS)", _CHALLENGE)
+    presented = header or (bearer.credentials if bearer is not None else "")
+    key = apikeys.identify(keys, presented) if presented else None
+    if key is None:
+        raise Problem(401, "send a valid API key: Authorization: Bearer KEY, or X-API-Key: KEY", _CHALLENGE)
+    permit = await run_in_threadpool(rt.api_limiter.reserve, key.id, Limits(s.http_rate, s.http_burst), 0.0)
+    if not permit.granted:
+        retry = str(max(1, math.ceil(permit.wait)))
+        raise Problem(429, f"this API key may make {s.http_rate:g} requests/s", {"Retry-After": retry})
+    return key
 
-    async def caller(
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-        header: Annotated[str | None, Security(_header)],
-    ) -> ApiKey:
-        """The request's API key, after one unit of its rate."""
-        rt = runtime()
-        s = rt.settings
-        keys = apikeys.parse(s.api_keys)
-        if not keys:
-            raise Problem(401, "the HTTP intake is closed: no API keys are configured (B24Q_API_KEYS)", _CHALLENGE)
-        presented = header or (bearer.credentials if bearer is not None else "")
-        key = apikeys.identify(keys, presented) if presented else None
-        if key is None:
-            raise Problem(401, "send a valid API key: Authorization: Bearer KEY, or X-API-Key: KEY", _CHALLENGE)
-        permit = await run_in_threadpool(rt.api_limiter.reserve, key.id, Limits(s.http_rate, s.http_burst), 0.0)
-        if not permit.granted:
-            retry = str(max(1, math.ceil(permit.wait)))
-            raise Problem(429, f"this API key may make {s.http_rate:g} requests/s", {"Retry-After": retry})
-        return key
 
-    Caller = Annotated[ApiKey, Security(caller)]
+Caller = Annotated[ApiKey, Security(caller)]
+#: The /v1 routes.
+router = APIRouter(prefix="/v1", tags=["jobs"], route_class=_ProblemRoute)
 
-    async def claimed(rt: Runtime, key: ApiKey, idempotency: str, token: str, body: str) -> list[str] | None:
-        """None once this request holds `idempotency`; the ids an earlier request with the same body got."""
-        deadline = time.monotonic() + PENDING_WAIT
-        while True:
-            earlier = await run_in_threadpool(rt.idempotency.claim, key.id, idempotency, token)
-            if earlier is None:
-                return None
-            if earlier.ids is not None:
-                if earlier.body != body:
-                    raise Problem(422, "this Idempotency-Key was used with another body")
-                return earlier.ids
-            if time.monotonic() >= deadline:
-                raise Problem(409, "a request with this Idempotency-Key is still running", {"Retry-After": "1"})
-            await asyncio.sleep(0.05)
 
-    @api.post(
-        "/jobs",
-        status_code=202,
-        response_model=Accepted,
-        summary="Enqueue a job, or an array of up to 1,000 (all or none)",
-        response_description="Enqueued: the jobs' ids.",
-        responses=_answers(400, 401, 403, 409, 413, 415, 422, 429, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {"$ref": _REF.format(model="Job")},
-                                {
-                                    "type": "array",
-                                    "items": {"$ref": _REF.format(model="Job")},
-                                    "minItems": 1,
-                                    "maxItems": MAX_JOBS,
-                                },
-                            ]
-                        }
-                    }
-                },
+async def claimed(rt: Runtime, key: ApiKey, idempotency: str, token: str, body: str) -> list[str] | None:
+    """None once this request holds `idempotency`; the ids an earlier request with the same body got."""
+    deadline = time.monotonic() + PENDING_WAIT
+    while True:
+        earlier = await run_in_threadpool(rt.idempotency.claim, key.id, idempotency, token)
+        if earlier is None:
+            return None
+        if earlier.ids is not None:
+            if earlier.body != body:
+                raise Problem(422, "this Idempotency-Key was used with another body")
+            return earlier.ids
+        if time.monotonic() >= deadline:
+            raise Problem(409, "a request with this Idempotency-Key is still running", {"Retry-After": "1"})
+        await asyncio.sleep(0.05)
+
+
+#: POST /v1/jobs's body, for the document: the route reads it itself (size limit first).
+_POST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": _REF.format(model="Job")},
+                        {
+                            "type": "array",
+                            "items": {"$ref": _REF.format(model="Job")},
+                            "minItems": 1,
+                            "maxItems": MAX_JOBS,
+                        },
+                    ]
+                }
             }
         },
-    )
-    async def post_jobs(
-        request: Request,
-        key: Caller,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                min_length=1,
-                max_length=255,
-                description="Retrying with the same key (and body) returns the first request's ids; kept "
-                "B24Q_LEDGER_TTL.",
-            ),
-        ] = None,
-    ) -> Response:
-        rt = runtime()
-        body = await read_body(request, rt.settings.http_max_body)
-        items, single = _jobs_in(request.headers.get("content-type"), body)
-        if idempotency_key is None:
-            return JSONResponse({"ids": await run_in_threadpool(_enqueue, rt, key, items, single)}, 202)
-        fingerprint = hashlib.sha256(body).hexdigest()
-        token = uuid.uuid4().hex
-        earlier = await claimed(rt, key, idempotency_key, token, fingerprint)
-        if earlier is not None:
-            return JSONResponse({"ids": earlier}, 202, headers={"Idempotent-Replayed": "true"})
-        try:
-            ids = await run_in_threadpool(_enqueue, rt, key, items, single)
-        except Exception:
-            await run_in_threadpool(rt.idempotency.release, key.id, idempotency_key, token)
-            raise
-        await run_in_threadpool(rt.idempotency.done, key.id, idempotency_key, fingerprint, ids)
-        return JSONResponse({"ids": ids}, 202)
+    }
+}
 
-    def visible(rt: Runtime, key: ApiKey, ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """The jobs' records; None for unknown ones and those of portals outside the key's."""
-        sees = _portal_filter(rt, key)
-        return {
-            job_id: record if record is not None and sees(str(record.get("portal", ""))) else None
-            for job_id, record in rt.ledger.get_many(ids).items()
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=Accepted,
+    summary="Enqueue a job, or an array of up to 1,000 (all or none)",
+    response_description="Enqueued: the jobs' ids.",
+    responses=_answers(400, 401, 403, 409, 413, 415, 422, 429, 503),
+    openapi_extra=_POST_BODY,
+)
+async def post_jobs(
+    request: Request,
+    key: Caller,
+    rt: RuntimeDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Retrying with the same key (and body) returns the first request's ids; kept B24Q_LEDGER_TTL.",
+        ),
+    ] = None,
+) -> Response:
+    body = await read_body(request, rt.settings.http_max_body)
+    items, single = jobs_in(request.headers.get("content-type"), body)
+    if idempotency_key is None:
+        return JSONResponse({"ids": await run_in_threadpool(enqueue, rt, key, items, single)}, 202)
+    fingerprint = hashlib.sha256(body).hexdigest()
+    token = uuid.uuid4().hex
+    earlier = await claimed(rt, key, idempotency_key, token, fingerprint)
+    if earlier is not None:
+        return JSONResponse({"ids": earlier}, 202, headers={"Idempotent-Replayed": "true"})
+    try:
+        ids = await run_in_threadpool(enqueue, rt, key, items, single)
+    except Exception:
+        await run_in_threadpool(rt.idempotency.release, key.id, idempotency_key, token)
+        raise
+    await run_in_threadpool(rt.idempotency.done, key.id, idempotency_key, fingerprint, ids)
+    return JSONResponse({"ids": ids}, 202)
+
+
+def visible(rt: Runtime, key: ApiKey, ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The jobs' records; None for unknown ones and those of portals outside the key's."""
+    sees = portal_filter(rt, key)
+    return {
+        job_id: record if record is not None and sees(str(record.get("portal", ""))) else None
+        for job_id, record in rt.ledger.get_many(ids).items()
+    }
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobState,
+    summary="A job's state, attempts, last error and history",
+    response_description="The job, as the ledger records it (no payload; secrets masked).",
+    responses=_answers(401, 404, 422, 429, 503),
+)
+async def get_job(job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller, rt: RuntimeDep) -> Response:
+    record = (await run_in_threadpool(visible, rt, key, [job_id]))[job_id]
+    if record is None:
+        raise Problem(404, "no such job (a finished job's record is kept B24Q_LEDGER_TTL)")
+    return JSONResponse(_state(record))
+
+
+@router.get(
+    "/jobs",
+    response_model=JobStates,
+    summary=f"Many jobs' states at once (up to {MAX_IDS})",
+    response_description="The jobs found, and the ids of those not found.",
+    responses=_answers(401, 422, 429, 503),
+)
+async def get_jobs(
+    ids: Annotated[
+        str,
+        Query(
+            min_length=1,
+            description=f"Job ids, comma-separated (up to {MAX_IDS}).",
+            # at least one id: "," names none (the route counts them, the document says so)
+            json_schema_extra={"pattern": r"[^\s,]"},
+        ),
+    ],
+    key: Caller,
+    rt: RuntimeDep,
+) -> Response:
+    wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
+    if not 1 <= len(wanted) <= MAX_IDS:
+        rule = f"1 to {MAX_IDS} job ids, comma-separated"
+        raise Problem(422, f"give {rule}", errors=[field_error("ids", f"{rule}; got {len(wanted)}")])
+    found = await run_in_threadpool(visible, rt, key, wanted)
+    return JSONResponse(
+        {
+            "jobs": [_state(record) for record in found.values() if record is not None],
+            "unknown": [job_id for job_id, record in found.items() if record is None],
         }
-
-    @api.get(
-        "/jobs/{job_id}",
-        response_model=JobState,
-        summary="A job's state, attempts, last error and history",
-        response_description="The job, as the ledger records it (no payload; secrets masked).",
-        responses=_answers(401, 404, 422, 429, 503),
     )
-    async def get_job(job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller) -> Response:
-        rt = runtime()
-        record = (await run_in_threadpool(visible, rt, key, [job_id]))[job_id]
-        if record is None:
-            raise Problem(404, "no such job (a finished job's record is kept B24Q_LEDGER_TTL)")
-        return JSONResponse(_state(record))
 
-    @api.get(
-        "/jobs",
-        response_model=JobStates,
-        summary=f"Many jobs' states at once (up to {MAX_IDS})",
-        response_description="The jobs found, and the ids of those not found.",
-        responses=_answers(401, 422, 429, 503),
-    )
-    async def get_jobs(
-        ids: Annotated[
-            str,
-            Query(
-                min_length=1,
-                description=f"Job ids, comma-separated (up to {MAX_IDS}).",
-                # at least one id: "," names none (the route counts them, the document says so)
-                json_schema_extra={"pattern": r"[^\s,]"},
-            ),
-        ],
-        key: Caller,
-    ) -> Response:
-        wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
-        if not 1 <= len(wanted) <= MAX_IDS:
-            rule = f"1 to {MAX_IDS} job ids, comma-separated"
-            raise Problem(422, f"give {rule}", errors=[field_error("ids", f"{rule}; got {len(wanted)}")])
-        rt = runtime()
-        found = await run_in_threadpool(visible, rt, key, wanted)
-        return JSONResponse(
-            {
-                "jobs": [_state(record) for record in found.values() if record is not None],
-                "unknown": [job_id for job_id, record in found.items() if record is None],
-            }
-        )
 
-    def replay_one(rt: Runtime, key: ApiKey, job_id: str) -> list[str]:
-        letter = rt.dead.get(job_id)
-        if letter is None or not _portal_filter(rt, key)(letter.portal):
-            raise Problem(404, "no such dead letter")
-        done, refused = replay([job_id], rt=rt)
-        for _, exc in refused:
-            status = 409 if isinstance(exc, PortalUninstalled) else 422
-            errors = [field_error(field, message) for field, message in exc.errors]
-            raise Problem(status, "the dead letter was refused again; it stays", errors=errors)
-        if not done:  # replayed or purged by someone else meanwhile
-            raise Problem(404, "no such dead letter")
-        return done
+def replay_one(rt: Runtime, key: ApiKey, job_id: str) -> list[str]:
+    letter = rt.dead.get(job_id)
+    if letter is None or not portal_filter(rt, key)(letter.portal):
+        raise Problem(404, "no such dead letter")
+    done, refused = replay([job_id], rt=rt)
+    for _, exc in refused:
+        status = 409 if isinstance(exc, PortalUninstalled) else 422
+        errors = [field_error(field, message) for field, message in exc.errors]
+        raise Problem(status, "the dead letter was refused again; it stays", errors=errors)
+    if not done:  # replayed or purged by someone else meanwhile
+        raise Problem(404, "no such dead letter")
+    return done
 
-    @api.post(
-        "/dead/{job_id}/replay",
-        status_code=202,
-        response_model=Accepted,
-        summary="Validate a dead letter again and enqueue it under its id",
-        response_description="Enqueued again, under its id.",
-        responses=_answers(401, 404, 409, 422, 429, 503),
-    )
-    async def replay_dead(job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller) -> Response:
-        ids = await run_in_threadpool(replay_one, runtime(), key, job_id)
-        return JSONResponse({"ids": ids}, 202)
 
-    return api
+@router.post(
+    "/dead/{job_id}/replay",
+    status_code=202,
+    response_model=Accepted,
+    summary="Validate a dead letter again and enqueue it under its id",
+    response_description="Enqueued again, under its id.",
+    responses=_answers(401, 404, 409, 422, 429, 503),
+)
+async def replay_dead(
+    job_id: Annotated[str, Path(min_length=1, max_length=255)], key: Caller, rt: RuntimeDep
+) -> Response:
+    ids = await run_in_threadpool(replay_one, rt, key, job_id)
+    return JSONResponse({"ids": ids}, 202)
 
 
 def document(app: FastAPI) -> None:
