@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     ledger_ttl_applied: float = Field(
         86400.0, description="How long the record of a job applied on its first run is kept (a compact one)."
     )
+    report_lateness: float = Field(
+        86400.0,
+        gt=0.0,
+        description="How late a report may arrive after a newer one of its message (or sender field, or dialog) "
+        "was sent and still be recognised as older; with job_max_age it sets how long ordering state is kept.",
+    )
 
     # --- Celery worker ---
     visibility_timeout: int = Field(
@@ -269,6 +275,15 @@ class Settings(BaseSettings):
         if value.strip() and not value.strip().startswith(("amqp://", "amqps://")):
             raise ValueError("must be empty (the Redis of B24Q_REDIS_URL) or an amqp:// or amqps:// URL (RabbitMQ)")
         return value.strip()
+
+    @property
+    def ordering_retention(self) -> float:
+        """How long a state key's ordering entry must outlive its last stamp or send: a job is gated only while
+        it is alive (`job_max_age` from its record's creation, checked at each run, plus `permit_wait` to its
+        gate; a replayed dead letter keeps that time, so an old one is dead-lettered again as MAX_AGE before
+        its gate, and one whose record expired takes a new place), plus how late a report may be enqueued
+        after a newer one of its key was sent (`report_lateness`)."""
+        return self.job_max_age + self.permit_wait + self.report_lateness
 
     @property
     def on_rabbitmq(self) -> bool:
