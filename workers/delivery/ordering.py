@@ -21,6 +21,10 @@ A call whose keys are all superseded ends as `Superseded` (a terminal outcome, n
 with some keys superseded (a sender update that also sets a field a newer job set) goes out without
 those parameters. A newer job that is redelivered may repeat itself (at-least-once); an older one
 never goes out after it.
+
+A state key's entry is kept at least `Settings.ordering_retention` after it was last written (stamped or
+sent), and less than twice that: every job that can still be gated against it is younger than that (see
+there), so it is never gone while it decides.
 """
 
 from __future__ import annotations
