@@ -113,9 +113,10 @@ class Keys:
         """A portal's sequence of recorded jobs (the producer's order)."""
         return f"{self.prefix}:seq:{{{portal}}}"
 
-    def state(self, portal: str, key: str) -> str:
-        """One piece of a portal's state (a message's status, a sender's field): versions recorded and sent."""
-        return f"{self.prefix}:state:{{{portal}}}:{key}"
+    def order_states(self, portal: str) -> str:
+        """The common prefix of a portal's ordering buckets (`{prefix}:ord:{{portal}}:GENERATION`): hashes of
+        its state keys (a message's status, a sender's field) → the versions recorded and sent."""
+        return f"{self.prefix}:ord:{{{portal}}}"
 
     def calls(self, portal: str) -> str:
         return f"{self.prefix}:calls:{{{portal}}}"

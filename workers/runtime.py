@@ -75,7 +75,7 @@ class Runtime:
             lock_ttl=s.connect_timeout + s.request_timeout + 5.0,
         )
         self.holds = OperatingHolds(self.redis, keys, s.operating_limit, s.operating_margin)
-        self.ordering = Ordering(self.redis, keys, s.ledger_ttl)
+        self.ordering = Ordering(self.redis, keys, s.ordering_retention)
         oauth = None
         if s.client_id:
             url = check_url(s.oauth_url, s.allow_insecure_http, "B24Q_OAUTH_URL")

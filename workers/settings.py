@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     ledger_ttl_applied: float = Field(
         86400.0, description="How long the record of a job applied on its first run is kept (a compact one)."
     )
+    report_lateness: float = Field(
+        86400.0,
+        gt=0.0,
+        description="How late a report may be enqueued after the last report or send of its message (or sender "
+        "field, or dialog) and still be recognised as older than a newer one; ordering state is kept the longer "
+        "of this and job_max_age + permit_wait.",
+    )
 
     # --- Celery worker ---
     visibility_timeout: int = Field(
@@ -269,6 +276,16 @@ class Settings(BaseSettings):
         if value.strip() and not value.strip().startswith(("amqp://", "amqps://")):
             raise ValueError("must be empty (the Redis of B24Q_REDIS_URL) or an amqp:// or amqps:// URL (RabbitMQ)")
         return value.strip()
+
+    @property
+    def ordering_retention(self) -> float:
+        """How long a state key's ordering entry must outlive its last write (a job's stamp or send). Every stamp
+        rewrites the entries of its job's keys, so an entry must last (1) from a job's stamp to its last gate:
+        a job is gated only while alive (`job_max_age` from its record's creation, checked at each run, plus
+        `permit_wait` to its gate; a replayed dead letter keeps that time, so an old one is dead-lettered again
+        as MAX_AGE before its gate, and one whose record expired takes a new place), and (2) from a key's last
+        report or send to a late report's stamp (`report_lateness`)."""
+        return max(self.job_max_age + self.permit_wait, self.report_lateness)
 
     @property
     def on_rabbitmq(self) -> bool:
