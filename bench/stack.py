@@ -213,6 +213,8 @@ class CommandTap:
     def __init__(self, stack: LocalStack) -> None:
         assert stack.redis is not None
         self._client = stack.redis.client()
+        # MONITOR waits for the next command however long it takes (on RabbitMQ, idle workers send none)
+        self._client.connection_pool.connection_kwargs["socket_timeout"] = None
         self.counts: dict[str, Counter[str]] = {"client": Counter(), "lua": Counter()}
         self._stop = threading.Event()
         self._ready = threading.Event()
