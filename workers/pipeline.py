@@ -24,25 +24,19 @@ from kombu.exceptions import OperationalError
 from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.errors import (
-    Action,
     Deferred,
     JobDeadLettered,
     JobRefused,
     OAuthUnavailable,
     OperationTimeLimit,
     Superseded,
-    classify,
 )
 from workers.events import events
 from workers.records.deadletters import storable
+from workers.retries import Action, backoff, classify
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: Broker priorities (kombu's Redis transport serves 0 first): fresh jobs, and the bulk lane for
-#: retries and for portals with a deep backlog, so other portals' jobs pass them.
-PRIORITY_NORMAL = 0
-PRIORITY_BULK = 6
 
 
 class KindLike(Protocol):
@@ -70,11 +64,6 @@ class KindLike(Protocol):
 
 
 Retry = Callable[[float, BaseException], NoReturn]
-
-
-def backoff(failures: int, base: float, cap: float) -> float:
-    """Capped exponential backoff with full jitter (the AWS architecture blog's recommendation)."""
-    return random.uniform(base / 2, min(cap, base * 2 ** (failures - 1)))
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
