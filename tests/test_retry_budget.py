@@ -18,6 +18,7 @@ from workers.errors import JobDeadLettered
 from workers.keys import Keys
 from workers.pipeline import run_job
 from workers.records.ledger import Ledger
+from workers.records.outcomes import Outcomes
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -41,6 +42,14 @@ def retry(countdown: float, exc: BaseException) -> NoReturn:
     raise Retry(exc=exc, when=countdown)
 
 
+def clocked(rt: Runtime) -> Clock:
+    """The runtime's ledger (and the pipeline's) on a clock the test moves."""
+    clock = Clock()
+    rt.ledger = Ledger(rt.redis, Keys(rt.settings.key_prefix), clock=clock)
+    rt.outcomes = Outcomes(rt.ledger, rt.dead, rt.parking)
+    return clock
+
+
 @pytest.fixture
 def rt(settings: Settings, rclient: redis.Redis) -> Runtime:
     s = settings.model_copy(update={"max_failures": 3, "transient_window": 600.0})
@@ -50,8 +59,7 @@ def rt(settings: Settings, rclient: redis.Redis) -> Runtime:
 
 
 def test_failures_end_a_job_only_after_the_window_since_the_first(rt: Runtime) -> None:
-    clock = Clock()
-    rt.ledger = Ledger(rt.redis, Keys(rt.settings.key_prefix), clock=clock)
+    clock = clocked(rt)
     rt.ledger.enqueued("j1", UNREAD.name, "acme")
     for _ in range(5):  # past max_failures (3), all within the window: each is a retry
         with pytest.raises(Retry):
@@ -69,8 +77,7 @@ def test_failures_end_a_job_only_after_the_window_since_the_first(rt: Runtime) -
 
 
 def test_a_window_long_past_does_not_end_a_job_before_its_count(rt: Runtime) -> None:
-    clock = Clock()
-    rt.ledger = Ledger(rt.redis, Keys(rt.settings.key_prefix), clock=clock)
+    clock = clocked(rt)
     rt.ledger.enqueued("j2", UNREAD.name, "acme")
     with pytest.raises(Retry):
         run_job(UNREAD, "j2", (), dict(KWARGS), rt, retry)
@@ -81,8 +88,7 @@ def test_a_window_long_past_does_not_end_a_job_before_its_count(rt: Runtime) -> 
 
 
 def test_a_replayed_job_gets_its_whole_budget_again(rt: Runtime) -> None:
-    clock = Clock()
-    rt.ledger = Ledger(rt.redis, Keys(rt.settings.key_prefix), clock=clock)
+    clock = clocked(rt)
     rt.ledger.enqueued("j3", UNREAD.name, "acme")
     assert rt.ledger.failure("j3").count == 1
     clock.now += 700

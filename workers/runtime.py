@@ -29,6 +29,7 @@ from workers.portals.tokens import TokenKeeper
 from workers.records.deadletters import DeadLetters
 from workers.records.idempotency import IdempotencyKeys
 from workers.records.ledger import Ledger
+from workers.records.outcomes import Outcomes
 from workers.records.parking import Parking
 from workers.redisurl import connect
 from workers.settings import Settings, get_settings
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    """Registry, limiter, token keeper, dispatcher, ledger, dead letters and parking of one process."""
+    """Registry, limiter, token keeper, dispatcher, ledger, dead letters, parking and the outcome recorder of one
+    process."""
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class Runtime:
         self.ledger = Ledger(self.redis, keys, s.ledger_ttl, ttl_applied=s.ledger_ttl_applied)
         self.dead = DeadLetters(self.redis, keys)
         self.parking = Parking(self.redis, keys)
+        self.outcomes = Outcomes(self.ledger, self.dead, self.parking)
         self.limiter = RateLimiter(self.redis, keys)
         # the HTTP intake's: a request bucket per API key, and what retried POSTs already got
         self.api_limiter = RateLimiter(self.redis, keys, bucket=keys.api_bucket)
