@@ -35,7 +35,9 @@ def _define(kind: JobKind) -> Task:
             raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=RETRY_PRIORITY)
 
         def run() -> dict[str, Any]:
-            return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+            return run_job(
+                kind, self.request.id, args, kwargs, get_runtime().job_services, retry, self.request.hostname or ""
+            )
 
         return rabbitmq.held_through_outages(run) if get_runtime().settings.on_rabbitmq else run()
 

@@ -32,7 +32,7 @@ from pydantic_core import CoreSchema, core_schema
 from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import OrderRule, StateKey
 from workers.errors import JobRefused, ResultFailed
-from workers.runtime import Runtime
+from workers.portals.registry import PortalRegistry
 
 #: C0 controls, DEL and C1 controls: refused in every string of a job, at any depth (a portal stores and
 #: shows what it is given, and a NUL or an escape sequence in it breaks pages, logs and terminals) ...
@@ -394,11 +394,11 @@ class JobKind:
     #: error codes that mean the portal already is in the state the job wanted
     applied_codes: frozenset[str] = frozenset()
     #: what else an applied job means for the portal's record
-    on_applied: Callable[[Runtime, str, Job], None] | None = None
+    on_applied: Callable[[PortalRegistry, str, Job], None] | None = None
 
-    def applied(self, rt: Runtime, portal: str, job: Job) -> None:
+    def applied(self, registry: PortalRegistry, portal: str, job: Job) -> None:
         if self.on_applied is not None:
-            self.on_applied(rt, portal, job)
+            self.on_applied(registry, portal, job)
 
     def validate(self, payload: Mapping[str, Any], horizon: Horizon | None = None) -> Job:
         """The job, or `JobRefused` naming each bad field and the rule it broke; with a `horizon`, an `at`
@@ -443,8 +443,8 @@ SENDER_UPDATE = JobKind(
 )
 
 
-def _provider_ready(rt: Runtime, portal: str, job: Job) -> None:
-    rt.registry.provider_ready(portal, str(getattr(job, "code", "")))
+def _provider_ready(registry: PortalRegistry, portal: str, job: Job) -> None:
+    registry.provider_ready(portal, str(getattr(job, "code", "")))
 
 
 SENDER_ADD = JobKind(

@@ -69,7 +69,7 @@ def test_a_status_waits_while_its_providers_are_added_again(rt: Runtime, seen: S
     rt.registry.providers_pending("acme", ["smsgw"])
     rt.ledger.enqueued("w1", STATUS.name, "acme")
     with pytest.raises(Retry) as retried:
-        run_job(STATUS, "w1", (), dict(JOB), rt, retry)
+        run_job(STATUS, "w1", (), dict(JOB), rt.job_services, retry)
     assert str(retried.value.exc).startswith("deferred ")  # a `Deferred`: nothing failed
     record = rt.ledger.record("w1")
     assert (record["state"], record["last_error"]) == (
@@ -82,7 +82,7 @@ def test_a_status_waits_while_its_providers_are_added_again(rt: Runtime, seen: S
 def test_a_job_of_a_portal_awaiting_reauthorisation_is_parked(rt: Runtime, seen: Seen) -> None:
     assert rt.registry.mark_reauth("acme", "invalid_grant: used")
     rt.ledger.enqueued("p1", STATUS.name, "acme")
-    assert run_job(STATUS, "p1", (), dict(JOB), rt, retry) == {
+    assert run_job(STATUS, "p1", (), dict(JOB), rt.job_services, retry) == {
         "outcome": "parked",
         "reason": "invalid_grant: used",
     }
@@ -107,7 +107,7 @@ def test_an_unexpected_error_is_the_dead_letter_internal_error(rt: Runtime, seen
     rt.ordering.stamp = broken  # type: ignore[method-assign]  # before the call: not the call's error
     rt.ledger.enqueued("c1", STATUS.name, "acme")
     with pytest.raises(JobDeadLettered) as dead:
-        run_job(STATUS, "c1", (), dict(JOB), rt, retry)
+        run_job(STATUS, "c1", (), dict(JOB), rt.job_services, retry)
     assert dead.value.code == "INTERNAL_ERROR"
     letter = rt.dead.get("c1")
     assert letter is not None and letter.description == "KeyError: 'surprise'"
@@ -118,6 +118,6 @@ def test_an_unexpected_error_is_the_dead_letter_internal_error(rt: Runtime, seen
 
 def test_an_applied_job_is_recorded_once(rt: Runtime, seen: Seen) -> None:
     rt.ledger.enqueued("a1", STATUS.name, "acme")
-    assert run_job(STATUS, "a1", (), dict(JOB), rt, retry) == {"outcome": "applied"}
+    assert run_job(STATUS, "a1", (), dict(JOB), rt.job_services, retry) == {"outcome": "applied"}
     assert rt.ledger.record("a1")["state"] == "applied"
     assert seen.calls == [("finished", ("status-update", "acme", "applied"))]

@@ -6,6 +6,7 @@ default backoff fit in about two minutes); one that keeps failing still ends the
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import NoReturn
 
 import httpx
@@ -47,6 +48,7 @@ def clocked(rt: Runtime) -> Clock:
     clock = Clock()
     rt.ledger = Ledger(rt.redis, Keys(rt.settings.key_prefix), clock=clock)
     rt.outcomes = Outcomes(rt.ledger, rt.dead, rt.parking)
+    rt.job_services = replace(rt.job_services, ledger=rt.ledger, outcomes=rt.outcomes)
     return clock
 
 
@@ -63,14 +65,14 @@ def test_failures_end_a_job_only_after_the_window_since_the_first(rt: Runtime) -
     rt.ledger.enqueued("j1", UNREAD.name, "acme")
     for _ in range(5):  # past max_failures (3), all within the window: each is a retry
         with pytest.raises(Retry):
-            run_job(UNREAD, "j1", (), dict(KWARGS), rt, retry)
+            run_job(UNREAD, "j1", (), dict(KWARGS), rt.job_services, retry)
         clock.now += 60
     assert rt.ledger.record("j1")["failures"] == "5"
     assert rt.dead.get("j1") is None
 
     clock.now += 600 - 5 * 60  # the window has passed since the first failure: the next one ends the job
     with pytest.raises(JobDeadLettered):
-        run_job(UNREAD, "j1", (), dict(KWARGS), rt, retry)
+        run_job(UNREAD, "j1", (), dict(KWARGS), rt.job_services, retry)
     letter = rt.dead.get("j1")
     assert letter is not None and letter.code == "INTERNAL_SERVER_ERROR"
     assert "after 6 failures in 600 s" in letter.description
@@ -80,10 +82,10 @@ def test_a_window_long_past_does_not_end_a_job_before_its_count(rt: Runtime) -> 
     clock = clocked(rt)
     rt.ledger.enqueued("j2", UNREAD.name, "acme")
     with pytest.raises(Retry):
-        run_job(UNREAD, "j2", (), dict(KWARGS), rt, retry)
+        run_job(UNREAD, "j2", (), dict(KWARGS), rt.job_services, retry)
     clock.now += 3600  # failed once, an hour ago: the second failure is a retry, not a dead letter
     with pytest.raises(Retry):
-        run_job(UNREAD, "j2", (), dict(KWARGS), rt, retry)
+        run_job(UNREAD, "j2", (), dict(KWARGS), rt.job_services, retry)
     assert rt.dead.get("j2") is None
 
 

@@ -5,8 +5,9 @@
     dead-letter.
 
 A job kind only declares its model, method, params and merge rule (`tasks.jobs`); nothing here knows
-which kind it runs. Every outcome is recorded through the outcome recorder (`workers.records.outcomes`).
-`retry` is injected (Celery's `Task.retry` in production) so the pipeline can be tested without a broker.
+which kind it runs. The pipeline uses the few services it is given (`workers.runtime.JobServices`) and records
+every outcome through the outcome recorder (`workers.records.outcomes`). `retry` is injected (Celery's
+`Task.retry` in production) so the pipeline can be tested without a broker.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.errors import Deferred, JobDeadLettered, JobRefused, Superseded
 from workers.events import events
-from workers.portals.registry import Portal
+from workers.portals.registry import Portal, PortalRegistry
 from workers.records.deadletters import storable
 from workers.records.ledger import Run
 from workers.records.outcomes import JobRef
 from workers.retries import Applied, DeadLetter, Decision, History, Park, Providers, RetryAfter, Wait
-from workers.runtime import Runtime
+from workers.runtime import JobServices
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class KindLike(Protocol):
     @property
     def applied_codes(self) -> frozenset[str]: ...
 
-    def applied(self, rt: Runtime, portal: str, job: Any) -> None: ...
+    def applied(self, registry: PortalRegistry, portal: str, job: Any) -> None: ...
     def validate(self, payload: Mapping[str, Any]) -> Any: ...
 
 
@@ -76,7 +77,7 @@ def run_job(
     job_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    services: Runtime,
+    services: JobServices,
     retry: Retry,
     worker: str = "",
 ) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class _Run:
     ref: JobRef
     kwargs: dict[str, Any]
     started: Run
-    services: Runtime
+    services: JobServices
     retry: Retry
 
     def latency(self) -> float:
@@ -140,7 +141,7 @@ def _run_job(
     job_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    services: Runtime,
+    services: JobServices,
     retry: Retry,
     worker: str,
 ) -> dict[str, Any]:
@@ -274,7 +275,7 @@ def _apply(run: _Run, decision: Decision, job: Any, error: BaseException | None)
 
 def _applied(run: _Run, job: Any) -> dict[str, Any]:
     latency = run.latency()
-    run.kind.applied(run.services, run.ref.portal, job)
+    run.kind.applied(run.services.registry, run.ref.portal, job)
     run.services.outcomes.applied(run.ref, latency)
     return {"outcome": "applied"}
 
