@@ -211,11 +211,8 @@ def too_old(age: float, settings: Settings) -> DeadLetter | None:
     """Any job older than `job_max_age` ends, whatever the cause of its delay."""
     if age <= settings.job_max_age:
         return None
-    return DeadLetter(
-        "MAX_AGE",
-        f"job is {age:.0f}s old; job_max_age is {settings.job_max_age:.0f}s",
-        "too old to be worth sending",
-    )
+    why = "too old to be worth sending"
+    return DeadLetter("MAX_AGE", f"job is {age:.0f}s old; job_max_age is {settings.job_max_age:.0f}s", why)
 
 
 def wait_for_providers(pending: str, settings: Settings, rng: Jitter = random) -> Wait:
