@@ -20,7 +20,8 @@ from tasks.publishing import republish
 from workers import rabbitmq
 from workers.broker import reconcile
 from workers.celery import app
-from workers.pipeline import PRIORITY_BULK, run_job
+from workers.pipeline import run_job
+from workers.retries import RETRY_PRIORITY
 from workers.runtime import get_runtime
 
 
@@ -31,10 +32,12 @@ def _define(kind: JobKind) -> Task:
             settings = get_runtime().settings
             if settings.on_rabbitmq:
                 raise self.retry(exc=exc, max_retries=None, **rabbitmq.retry_options(settings.queue, countdown))
-            raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=PRIORITY_BULK)
+            raise self.retry(countdown=countdown, exc=exc, max_retries=None, priority=RETRY_PRIORITY)
 
         def run() -> dict[str, Any]:
-            return run_job(kind, self.request.id, args, kwargs, get_runtime(), retry, self.request.hostname or "")
+            return run_job(
+                kind, self.request.id, args, kwargs, get_runtime().job_services, retry, self.request.hostname or ""
+            )
 
         return rabbitmq.held_through_outages(run) if get_runtime().settings.on_rabbitmq else run()
 

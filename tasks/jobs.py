@@ -25,7 +25,7 @@ from tasks.models import (
 from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import OrderRule, StateKey
 from workers.errors import JobRefused
-from workers.runtime import Runtime
+from workers.portals.registry import PortalRegistry
 
 # --- ordering: which portal state each kind sets (workers.delivery.ordering) ---------------------------
 
@@ -78,11 +78,11 @@ class JobKind:
     #: error codes that mean the portal already is in the state the job wanted
     applied_codes: frozenset[str] = frozenset()
     #: what else an applied job means for the portal's record
-    on_applied: Callable[[Runtime, str, Job], None] | None = None
+    on_applied: Callable[[PortalRegistry, str, Job], None] | None = None
 
-    def applied(self, rt: Runtime, portal: str, job: Job) -> None:
+    def applied(self, registry: PortalRegistry, portal: str, job: Job) -> None:
         if self.on_applied is not None:
-            self.on_applied(rt, portal, job)
+            self.on_applied(registry, portal, job)
 
     def validate(self, payload: Mapping[str, Any], horizon: Horizon | None = None) -> Job:
         """The job, or `JobRefused` naming each bad field and the rule it broke; with a `horizon`, an `at`
@@ -127,8 +127,8 @@ SENDER_UPDATE = JobKind(
 )
 
 
-def _provider_ready(rt: Runtime, portal: str, job: Job) -> None:
-    rt.registry.provider_ready(portal, str(getattr(job, "code", "")))
+def _provider_ready(registry: PortalRegistry, portal: str, job: Job) -> None:
+    registry.provider_ready(portal, str(getattr(job, "code", "")))
 
 
 SENDER_ADD = JobKind(

@@ -17,7 +17,7 @@ from tasks.jobs import KINDS, JobKind
 from workers import rabbitmq, redaction
 from workers.celery import app
 from workers.delivery.ordering import StateKey
-from workers.pipeline import PRIORITY_BULK, PRIORITY_NORMAL
+from workers.retries import PRIORITY_BULK, PRIORITY_NORMAL
 from workers.runtime import Runtime
 from workers.settings import Settings
 

@@ -33,6 +33,7 @@ LAYERS: list[grimp.Layer | str] = [
     grimp.Layer(
         "workers.settings",
         "workers.errors",
+        "workers.retries",
         "workers.keys",
         "workers.events",
         "workers.redaction",

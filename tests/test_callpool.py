@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.test_dispatcher import FakePortal
-from workers import errors
+from workers import errors, retries
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool, decode_outcome, encode_outcome
 from workers.delivery.calls import Call
@@ -46,12 +46,12 @@ def test_outcomes_cross_processes_with_their_types() -> None:
             assert back == outcome
         else:
             assert isinstance(back, BaseException) and str(back) == str(outcome)
-            assert errors.classify(back) == errors.classify(outcome)
+            assert retries.classify(back) == retries.classify(outcome)
     held = decode_outcome(encode_outcome(errors.OperationTimeLimit("OPERATION_TIME_LIMIT", reset_at=9.0)))
     assert isinstance(held, errors.OperationTimeLimit) and held.reset_at == 9.0
     # anything unexpected travels as a transient transport error, never as a crash of the listener
     odd = decode_outcome(encode_outcome(KeyError("x")))
-    assert isinstance(odd, errors.TransportError) and errors.classify(odd) == errors.Action.TRANSIENT
+    assert isinstance(odd, errors.TransportError) and retries.classify(odd) == retries.Action.TRANSIENT
 
 
 def _two_processes(settings: Settings, rclient: redis.Redis, portal: FakePortal) -> tuple[Runtime, Runtime]:

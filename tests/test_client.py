@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from workers.bitrix.client import CallResult, Credentials, RestClient
-from workers.errors import ACTIONS, Action, RestError, TransportError, classify
+from workers.errors import ACTIONS, RestError, TransportError
+from workers.retries import Action, classify
 
 OAUTH = Credentials("https://acme.bitrix24.com/rest/", "ACCESS-SECRET-123")
 WEBHOOK = Credentials("https://acme.bitrix24.com/rest/1/WEBHOOKCODE42/")

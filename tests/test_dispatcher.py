@@ -277,7 +277,7 @@ def test_a_token_refused_after_two_refreshes_parks_the_job_with_token_rejected(
     def retry(countdown: float, exc: BaseException) -> NoReturn:
         raise AssertionError(f"retried: {exc}")
 
-    out = run_job(unread, "t1", (), {"portal": "acme", "dialog_id": "chat1", "message_id": 5}, rt, retry)
+    out = run_job(unread, "t1", (), {"portal": "acme", "dialog_id": "chat1", "message_id": 5}, rt.job_services, retry)
     assert out["outcome"] == "parked" and "TOKEN_REJECTED" in out["reason"]
     assert [r["auth"] for r in portal.requests] == ["A0", "A1", "A2"]  # the first token, then two fresh ones
     portal_now = rt.registry.get("acme")

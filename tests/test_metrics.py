@@ -68,7 +68,7 @@ def observed(settings: Settings, rclient: redis.Redis) -> Iterator[tuple[Runtime
 def run(rt: Runtime, job_id: str, message_id: int, portal: str = "acme") -> Any:
     rt.ledger.enqueued(job_id, UNREAD.name, portal)
     kwargs = {"portal": portal, "dialog_id": "chat1", "message_id": message_id}
-    return run_job(UNREAD, job_id, (), kwargs, rt, retry)
+    return run_job(UNREAD, job_id, (), kwargs, rt.job_services, retry)
 
 
 def test_the_pipeline_feeds_the_observer(observed: tuple[Runtime, CollectorRegistry]) -> None:
@@ -82,7 +82,9 @@ def test_the_pipeline_feeds_the_observer(observed: tuple[Runtime, CollectorRegis
         run(rt, "nowhere", 1, portal="nowhere")
     with pytest.raises(Retry):
         run(rt, "flaky", 500)
-    assert run_job(UNREAD, "flaky", (), {"portal": "acme", "dialog_id": "chat1", "message_id": 500}, rt, retry)
+    assert run_job(
+        UNREAD, "flaky", (), {"portal": "acme", "dialog_id": "chat1", "message_id": 500}, rt.job_services, retry
+    )
 
     assert v("b24q_jobs_total", {"kind": "mark-unread", "outcome": "applied"}) == 4
     assert v("b24q_jobs_total", {"kind": "mark-unread", "outcome": "dead"}) == 2

@@ -168,7 +168,7 @@ def test_uninstall_erases_tokens_ends_parked_jobs_and_refuses_new_ones(runtime: 
 
     runtime.portals.forget("m-acme")
     with pytest.raises(JobDeadLettered) as dead:
-        run_job(KINDS["status-update"], "job-2", (), job, runtime, retry)
+        run_job(KINDS["status-update"], "job-2", (), job, runtime.job_services, retry)
     assert dead.value.code == "APP_UNINSTALLED"
 
 

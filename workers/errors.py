@@ -1,24 +1,14 @@
-"""Every error b24q raises, as one small hierarchy, and the action each Bitrix24 error code leads to.
+"""Every error b24q raises, as one small hierarchy, and the class of each Bitrix24 error code.
 
 Catch at the level you care about: `RestError` for anything a portal said, `TransportError` for
-anything the network did, `JobRefused` for input refused at enqueue time. `ACTIONS` is the retry
-policy table (also printed in the README); `classify()` maps any exception to an `Action`.
+anything the network did, `JobRefused` for input refused at enqueue time. `ACTIONS` maps each documented
+code to its class and what follows (also printed in the README); what a job does after an error, the
+class's action included, is the retry policy's (`workers.retries`).
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any
-
-
-class Action(enum.StrEnum):
-    """What the pipeline does with a job after an error."""
-
-    FLOW = "flow"  # rate or operating limit: wait and retry; not a failure
-    REFRESH = "refresh"  # access token expired: refresh once for the pool, retry at once
-    TRANSIENT = "transient"  # 5xx, network, timeout, garbage: capped exponential backoff with jitter
-    PARK = "park"  # credentials lost: keep the job until the portal is re-authorised
-    PERMANENT = "permanent"  # the portal refused the request itself: dead letter
 
 
 class B24QError(Exception):
@@ -77,8 +67,6 @@ class PortalUninstalled(JobRefused):
 class RestError(B24QError):
     """An error the portal (or the OAuth server) answered with."""
 
-    action: Action = Action.PERMANENT
-
     def __init__(self, code: str, description: str = "", status: int | None = None, **extra: Any) -> None:
         self.code = code
         self.description = description
@@ -90,13 +78,9 @@ class RestError(B24QError):
 class QueryLimitExceeded(RestError):
     """503 QUERY_LIMIT_EXCEEDED: the portal's leaky bucket overflowed."""
 
-    action = Action.FLOW
-
 
 class OperationTimeLimit(RestError):
     """429 OPERATION_TIME_LIMIT: this method's execution-time budget is spent until `reset_at`."""
-
-    action = Action.FLOW
 
     def __init__(self, code: str, description: str = "", status: int | None = None, **extra: Any) -> None:
         super().__init__(code, description, status, **extra)
@@ -106,32 +90,22 @@ class OperationTimeLimit(RestError):
 class TokenExpired(RestError):
     """401 expired_token (or invalid_token): refresh the pair once and repeat the call."""
 
-    action = Action.REFRESH
-
 
 class AuthLost(RestError):
     """The portal's credentials cannot be used or renewed: re-authorisation is needed."""
-
-    action = Action.PARK
 
 
 class ServerError(RestError):
     """5xx from the portal that may pass (INTERNAL_SERVER_ERROR, ERROR_UNEXPECTED_ANSWER, ...)."""
 
-    action = Action.TRANSIENT
-
 
 class ResultFailed(RestError):
     """HTTP 200 whose result says the call did not succeed (imconnector's SUCCESS: false)."""
-
-    action = Action.TRANSIENT
 
 
 class PortalMoved(RestError):
     """A 3xx answer: the portal's domain changed (bitrix24-facts.md §7.5). `location` is where the
     request should go now; the lane repeats it there once, as a POST, if the new host is allowed."""
-
-    action = Action.PARK
 
     def __init__(self, location: str, status: int, method: str) -> None:
         super().__init__("PORTAL_MOVED", f"{method}: the portal answered with a redirect", status)
@@ -141,8 +115,6 @@ class PortalMoved(RestError):
 
 class TransportError(B24QError):
     """The request did not produce a parseable answer: network error, timeout, garbage body."""
-
-    action = Action.TRANSIENT
 
     def __init__(self, code: str, description: str) -> None:
         self.code = code
@@ -157,8 +129,6 @@ class OAuthUnavailable(TransportError):
 class Deferred(B24QError):
     """Flow control: the call could not go out soon enough; retry the job in `delay` seconds."""
 
-    action = Action.FLOW
-
     def __init__(self, delay: float, why: str) -> None:
         self.delay = delay
         self.why = why
@@ -168,8 +138,6 @@ class Deferred(B24QError):
 class Superseded(B24QError):
     """Not sent: a newer job for the same portal state was sent, or is recorded and will be
     (`workers.delivery.ordering`). A terminal outcome, not a failure."""
-
-    action = Action.PERMANENT
 
     def __init__(self, by: str) -> None:
         self.by = by
@@ -266,8 +234,3 @@ def rest_error(code: str, description: str = "", status: int | None = None, **ex
     else:
         cls = RestError
     return cls(code, description, status, **extra)
-
-
-def classify(exc: BaseException) -> Action:
-    """The action for any exception raised while running a job."""
-    return getattr(exc, "action", Action.TRANSIENT)

@@ -1,4 +1,5 @@
-"""The objects one process needs, built once from `Settings` (I/O lives here, at the edge).
+"""The objects one process needs, built once from `Settings` (I/O lives here, at the edge), and the few of
+them the job pipeline uses (`JobServices`).
 
 Tests build a `Runtime` with their own Redis client and HTTP transports; workers and producers use
 `get_runtime()`, which builds one lazily per process (and again after a fork).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 
 import httpx
 import redis
@@ -30,6 +32,7 @@ from workers.portals.tokens import TokenKeeper
 from workers.records.deadletters import DeadLetters
 from workers.records.idempotency import IdempotencyKeys
 from workers.records.ledger import Ledger
+from workers.records.outcomes import Outcomes
 from workers.records.parking import Parking
 from workers.redisurl import connect
 from workers.settings import Settings, get_settings
@@ -37,8 +40,26 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class JobServices:
+    """What the job pipeline (`workers.pipeline.run_job`) uses of a process, and nothing more."""
+
+    settings: Settings
+    #: portal records as read at most a second ago: what every job reads
+    portals: CachedPortals
+    #: the records read now, where a cached one would mislead; re-authorisation marks
+    registry: PortalRegistry
+    #: a run's start, and the transient failures it counts
+    ledger: Ledger
+    #: every end of a job and every retry
+    outcomes: Outcomes
+    dispatcher: Dispatcher
+    ordering: Ordering
+
+
 class Runtime:
-    """Registry, limiter, token keeper, dispatcher, ledger, dead letters and parking of one process."""
+    """Registry, limiter, token keeper, dispatcher, ledger, dead letters, parking and the outcome recorder of one
+    process; `job_services` is what of them the job pipeline uses."""
 
     def __init__(
         self,
@@ -62,6 +83,7 @@ class Runtime:
         self.ledger = Ledger(self.redis, keys, s.ledger_ttl, ttl_applied=s.ledger_ttl_applied)
         self.dead = DeadLetters(self.redis, keys)
         self.parking = Parking(self.redis, keys)
+        self.outcomes = Outcomes(self.ledger, self.dead, self.parking)
         self.limiter = RateLimiter(self.redis, keys)
         # the HTTP intake's: a request bucket per API key, and what retried POSTs already got
         self.api_limiter = RateLimiter(self.redis, keys, bucket=keys.api_bucket)
@@ -99,6 +121,9 @@ class Runtime:
             pool=self.calls,
             share_max_rate=s.share_max_rate,
             pressure=self._pressure,
+        )
+        self.job_services = JobServices(
+            s, self.portals, self.registry, self.ledger, self.outcomes, self.dispatcher, self.ordering
         )
 
     def _pressure(self, portal: str) -> tuple[int, int]:

@@ -271,7 +271,7 @@ def pipeline_alone(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[float
 
     def one(item: tuple[Any, str, dict[str, Any]]) -> None:
         kind, job_id, kwargs = item
-        run_job(kind, job_id, (), kwargs, rt, retry, "bench")
+        run_job(kind, job_id, (), kwargs, rt.job_services, retry, "bench")
 
     cpu0, t0 = time.process_time(), time.monotonic()
     with ThreadPoolExecutor(64) as pool:

@@ -21,6 +21,8 @@ from workers.events import events
 from workers.portals.endpoints import domain_of
 from workers.portals.record import Portal
 from workers.portals.state import PortalState
+from workers.records.outcomes import JobRef
+from workers.retries import UNINSTALLED
 from workers.runtime import Runtime
 
 log = logging.getLogger("edges.lifecycle")  # one logger for the package: operators filter on it (README)
@@ -266,24 +268,12 @@ class Lifecycle:
 
     def end_parked(self, key: str) -> int:
         """Parked jobs of an uninstalled portal become dead letters `APP_UNINSTALLED` (replayable)."""
-        rt = self.rt
         count = 0
-        for envelope in rt.parking.parked(key):
+        for envelope in self.rt.parking.parked(key):
             kind = KINDS_BY_TASK.get(envelope["task"])
             name = kind.name if kind is not None else envelope["task"]
-            rt.dead.add(
-                envelope["id"],
-                envelope["task"],
-                name,
-                key,
-                envelope["kwargs"],
-                "APP_UNINSTALLED",
-                "the application was uninstalled from the portal; replay after a reinstall",
-                0,
-            )
-            rt.ledger.finish(envelope["id"], key, "dead", "APP_UNINSTALLED")
-            rt.parking.release(key, envelope["id"])
-            events.dead_letter(name, key, "APP_UNINSTALLED")
+            job = JobRef(envelope["id"], name, envelope["task"], key)
+            self.rt.outcomes.dead_while_parked(job, envelope["kwargs"], UNINSTALLED)
             count += 1
         return count
 

@@ -15,9 +15,10 @@ from typing import Any
 from workers.bitrix.client import Credentials
 from workers.delivery.oneoff import OneOffCalls
 from workers.delivery.verification import Busy, VerificationGate
-from workers.errors import Action, Deferred, RestError, TransportError, classify
+from workers.errors import Deferred, RestError, TransportError
 from workers.portals.endpoints import domain_of
 from workers.portals.record import Portal
+from workers.retries import Action, classify
 
 log = logging.getLogger("edges.lifecycle")  # one logger for the package: operators filter on it (README)
 

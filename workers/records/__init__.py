@@ -1,2 +1,2 @@
-"""What happened to each job: the ledger, dead letters and parked jobs; and what a retried HTTP post already got
-(idempotency keys)."""
+"""What happened to each job: the ledger, dead letters and parked jobs, and the outcome recorder that writes them;
+and what a retried HTTP post already got (idempotency keys)."""
