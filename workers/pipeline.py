@@ -28,7 +28,9 @@ from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.errors import Deferred, JobDeadLettered, JobRefused, Superseded
 from workers.events import events
-from workers.portals.registry import Portal, PortalRegistry
+from workers.portals.admission import admission
+from workers.portals.record import Portal
+from workers.portals.registry import PortalRegistry
 from workers.records.deadletters import storable
 from workers.records.ledger import Run
 from workers.records.outcomes import JobRef
@@ -191,16 +193,17 @@ def _admit(run: _Run, portal: Portal | None) -> Portal | DeadLetter | Park | Wai
     """May the job go to its portal now? The portal if so, else what becomes of the job. The one place the
     pipeline reads a portal's state."""
     kind, key, services = run.kind, run.ref.portal, run.services
-    if portal is None:
-        return DeadLetter("UNKNOWN_PORTAL", f"portal {key!r} is not in the registry")
-    if kind.app_only and portal.kind == "webhook":
-        return DeadLetter("WRONG_AUTH_TYPE", f"{kind.method} needs application (OAuth) context; {key} is a webhook")
-    if portal.state == "uninstalled":  # as cached: a reinstall a moment ago may have ended it
+    refusal = admission(portal, key, kind.method, kind.app_only)
+    if refusal is not None and refusal.code == "APP_UNINSTALLED":  # as cached: a reinstall may have ended it
         portal = services.portals.fresh(key) or portal
-    if portal.state == "uninstalled":
-        return retries.UNINSTALLED
-    if portal.state == "reauth":
-        return Park(portal.reason, "the portal waits for re-authorisation")
+        refusal = admission(portal, key, kind.method, kind.app_only)
+    if refusal is not None:
+        if refusal.park:
+            return Park(refusal.description, "the portal waits for re-authorisation")
+        return (
+            retries.UNINSTALLED if refusal.code == "APP_UNINSTALLED" else DeadLetter(refusal.code, refusal.description)
+        )
+    assert portal is not None
     if kind.waits_for_providers and portal.providers_pending:
         # as cached (up to a second old): the last provider may be back already, and a wait costs seconds
         portal = services.portals.fresh(key) or portal

@@ -16,25 +16,24 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from workers import retries
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call, build_commands
 from workers.delivery.packing import Packing
 from workers.delivery.wire import LaneStats
 from workers.errors import (
-    AuthLost,
     Deferred,
     OperationTimeLimit,
     PortalMoved,
-    QueryLimitExceeded,
     RestError,
     Superseded,
-    TokenExpired,
     TransportError,
 )
 from workers.events import events
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
 from workers.portals.state import PortalState
+from workers.retries import RequestStep
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
 
@@ -170,19 +169,17 @@ class Sending(Packing):
         moved: bool,
         exc: RestError | TransportError,
     ) -> None:
-        """An error for the whole request: flow control, token refresh and a domain move here, the rest
-        to each job."""
-        if isinstance(exc, PortalMoved) and not moved:
-            # repeat the POST once at the portal's new address (if the rules let it move there)
+        """An error for the whole request, as the retry policy says (`workers.retries.whole_request`): a domain
+        move, flow control and a token refresh here, the rest to each job's own decision."""
+        decision = retries.whole_request(exc, portal.kind, refreshed, moved)
+        if decision.step is RequestStep.MOVE:
+            assert isinstance(exc, PortalMoved)
             now = self._wire.follow(portal, portal.credentials(), exc)
-            if now is not None:
-                permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
-                if permit.wait:
-                    time.sleep(permit.wait)
-                self._send(now, limits, calls, refreshed, moved=True)
+            if now is not None:  # repeat the POST once at the portal's new address
+                self._repeat(now, limits, calls, refreshed, moved=True)
                 return
-            exc = AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to an endpoint the rules refuse")
-        if isinstance(exc, QueryLimitExceeded):
+            decision = retries.whole_request(retries.moved_away(), portal.kind, refreshed, moved=True)
+        if decision.step is RequestStep.FLOW:
             self.stats.refused_503 += 1
             events.refused_503(self.key)
             if limits.our_rate <= 0:  # an "unlimited" portal limits after all: do not hammer it
@@ -191,7 +188,7 @@ class Sending(Packing):
             self._wire.limiter.set_full(self.key, limits)
             self._put_back(calls)  # flow control: they go with the next slot
             return
-        if isinstance(exc, TokenExpired) and portal.kind == "oauth" and refreshed < 2:
+        if decision.step is RequestStep.REFRESH:
             self.stats.refreshes += 1
             try:
                 fresh = self._wire.tokens.refresh(self.key, portal.access_token)
@@ -199,18 +196,19 @@ class Sending(Packing):
                 self._resolve(calls, refresh_error)
                 return
             self._wire.portals.forget(self.key)
-            # the repeated request takes a slot of its own
-            permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
-            if permit.wait:
-                time.sleep(permit.wait)
-            self._send(fresh, limits, calls, refreshed + 1)
+            self._repeat(fresh, limits, calls, refreshed + 1)
             return
-        if isinstance(exc, TokenExpired):
-            exc = AuthLost("TOKEN_REJECTED", "the portal refused a freshly refreshed token")
-        if isinstance(exc, OperationTimeLimit):
-            exc.reset_at = self._wire.holds.blocked(self.key, calls[0].method)
-            events.operating_hold(self.key, calls[0].method, exc.reset_at)
-        self._resolve(calls, exc)
+        if decision.step is RequestStep.HOLD and isinstance(decision.error, OperationTimeLimit):
+            decision.error.reset_at = self._wire.holds.blocked(self.key, calls[0].method)
+            events.operating_hold(self.key, calls[0].method, decision.error.reset_at)
+        self._resolve(calls, decision.error)
+
+    def _repeat(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int, moved: bool = False) -> None:
+        """Send the request again, at a slot of its own."""
+        permit = self._wire.limiter.reserve(self.key, limits, max_wait=self._config.max_reserve)
+        if permit.wait:
+            time.sleep(permit.wait)
+        self._send(portal, limits, calls, refreshed, moved=moved)
 
     def _resolve(self, calls: list[Call], outcome: BaseException) -> None:
         for call in calls:
