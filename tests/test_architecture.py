@@ -165,3 +165,31 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph.add_import(importer="c", imported="a")
     graph.add_import(importer="c", imported="d")
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+#: What a reader takes in at once: a module of one concern, a function that fits on a screen (issue 23).
+MODULE_LINES, FUNCTION_LINES = 400, 60
+
+
+def _sizes() -> tuple[list[str], list[str]]:
+    root = Path(__file__).parents[1]
+    modules, functions = [], []
+    for package in ("workers", "tasks", "edges"):
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text()
+            name = str(path.relative_to(root))
+            if (lines := len(text.splitlines())) > MODULE_LINES:
+                modules.append(f"{name}: {lines} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    assert node.end_lineno is not None
+                    if (length := node.end_lineno - node.lineno + 1) > FUNCTION_LINES:
+                        functions.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    return modules, functions
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    # nested functions count inside the function that holds them: a router of closures is one long function
+    modules, functions = _sizes()
+    assert modules == [], f"split these by concern (≤ {MODULE_LINES} lines): {modules}"
+    assert functions == [], f"split these (≤ {FUNCTION_LINES} lines): {functions}"

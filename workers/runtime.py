@@ -98,17 +98,30 @@ class Runtime:
         )
         self.holds = OperatingHolds(self.redis, keys, s.operating_limit, s.operating_margin)
         self.ordering = Ordering(self.redis, keys, s.ordering_retention)
-        oauth = None
-        if s.client_id:
-            url = check_url(s.oauth_url, s.allow_insecure_http, "B24Q_OAUTH_URL")
-            oauth = OAuthClient(url, s.client_id, s.client_secret.get_secret_value(), s.oauth_timeout, oauth_transport)
         self.portals = CachedPortals(self.registry, s)
-        self.tokens = TokenKeeper(self.redis, self.registry, oauth, keys, s.oauth_timeout, s.refresh_ahead)
+        self.tokens = TokenKeeper(
+            self.redis, self.registry, self._oauth(oauth_transport), keys, s.oauth_timeout, s.refresh_ahead
+        )
         self.client = RestClient(
             transport, s.connect_timeout, s.request_timeout, public_only=not s.allow_private_portals
         )
         self.calls = CallPool(self.redis, keys)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = self._dispatcher()
+        self.job_services = JobServices(
+            s, self.portals, self.registry, self.ledger, self.outcomes, self.dispatcher, self.ordering
+        )
+
+    def _oauth(self, transport: httpx.BaseTransport | None) -> OAuthClient | None:
+        """The application's OAuth client, if it has one (`B24Q_CLIENT_ID`: webhook-only pools have none)."""
+        s = self.settings
+        if not s.client_id:
+            return None
+        url = check_url(s.oauth_url, s.allow_insecure_http, "B24Q_OAUTH_URL")
+        return OAuthClient(url, s.client_id, s.client_secret.get_secret_value(), s.oauth_timeout, transport)
+
+    def _dispatcher(self) -> Dispatcher:
+        s = self.settings
+        return Dispatcher(
             Wire(self.client, self.limiter, self.holds, self.tokens, self.portals, self.ordering, self.ledger.backlog),
             LaneConfig(
                 batch_max=s.batch_max,
@@ -121,9 +134,6 @@ class Runtime:
             pool=self.calls,
             share_max_rate=s.share_max_rate,
             pressure=self._pressure,
-        )
-        self.job_services = JobServices(
-            s, self.portals, self.registry, self.ledger, self.outcomes, self.dispatcher, self.ordering
         )
 
     def _pressure(self, portal: str) -> tuple[int, int]:
