@@ -111,8 +111,10 @@ class Sending(Packing):
         return [c for c in calls if not c.done.is_set()]
 
     def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0, moved: bool = False) -> None:
-        if portal.state == PortalState.UNINSTALLED:  # the app was removed while these waited for a slot (or, as
-            self._wire.portals.forget(self.key)  # cached, a moment before a reinstall)
+        # each job was admitted (workers.portals.admission) before it got here; the app may have been removed
+        # while these waited for a slot (or, as cached, a moment before a reinstall)
+        if portal.state == PortalState.UNINSTALLED:
+            self._wire.portals.forget(self.key)
             portal = self._wire.portals(self.key)
         if portal.state == PortalState.UNINSTALLED:
             self._resolve(calls, RestError("APP_UNINSTALLED", portal.reason))
