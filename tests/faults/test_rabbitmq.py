@@ -260,7 +260,9 @@ def test_status_shows_each_rabbitmq_queue(domain: str) -> None:
         assert "not reported over AMQP" in render({**found, "workers": {"answered": []}})
 
 
-def test_an_enqueue_on_a_connection_rabbitmq_no_longer_answers_fails_in_bounded_time(domain: str) -> None:
+def test_an_enqueue_on_a_connection_rabbitmq_no_longer_answers_fails_in_bounded_time(
+    domain: str, figures: dict[str, Any]
+) -> None:
     """The producer's pooled connection is open but RabbitMQ hears nothing more from it (a peer gone without
     a reset): opening the batch's channel gives up after CHANNEL_OPEN_TIMEOUT, a new connection is tried
     (its handshake bounded by the connect timeout), and the enqueue raises for the caller to retry, instead
@@ -285,6 +287,7 @@ def test_an_enqueue_on_a_connection_rabbitmq_no_longer_answers_fails_in_bounded_
             thread.start()
             thread.join(rabbitmq.CHANNEL_OPEN_TIMEOUT + 20)
             assert not thread.is_alive(), "the enqueue hangs on a connection RabbitMQ does not answer"
+            figures.update(raised_after_s=round(time.monotonic() - started, 1), raised=repr(raised[:1]))
             assert raised, "the enqueue returned, yet RabbitMQ never heard of its messages"
             assert time.monotonic() - started >= rabbitmq.CHANNEL_OPEN_TIMEOUT
             proxy.cut()  # the broker answers again
