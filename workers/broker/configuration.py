@@ -68,8 +68,8 @@ def _broker(_s: Settings) -> dict[str, Any]:
             # worker's memory: a worker's death does not touch them
             broker_native_delayed_delivery_queue_type="quorum",
             # a frozen worker (SIGSTOP, a host that vanished) holds its unacknowledged jobs until RabbitMQ closes
-            # its connection, after about two missed heartbeats: seconds here, not Celery's default 120 s
-            # (tests/faults/test_rabbitmq.py stops a worker)
+            # its connection, after two to three missed heartbeats: seconds here, not Celery's default 120 s
+            # (tests/faults/test_dead_workers.py freezes a worker)
             broker_heartbeat=_s.broker_heartbeat,
             # the remote-control queues (`celery inspect`, `b24q status`, Flower) are exclusive and named after
             # the worker's hostname and this exchange: named after B24Q_QUEUE, two pools (or test runs) that share
