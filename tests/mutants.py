@@ -104,7 +104,7 @@ MUTANTS = [
         "workers/delivery/ordering.py",
         "        answers = self._gate(keys=[self._keys.order_states(portal)], args=args)",
         "        answers = [[''] * len(o.keys) for o, _ in calls]  # mutant: everything goes",
-        "tests/faults/test_ordering_faults.py::test_every_message_ends_in_its_last_reported_status",
+        "tests/faults/test_ordering_faults.py::test_every_message_ends_in_its_last_reported_status[redis]",
     ),
     Mutant(
         "sender-heartbeat",
@@ -144,7 +144,7 @@ MUTANTS = [
         "edges/lifecycle/events.py",
         "    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())",
         "    return True  # mutant",
-        "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing",
+        "tests/integration/test_application.py::test_forged_events_are_refused_and_change_nothing[redis]",
     ),
     Mutant(
         "verify-budget",
@@ -168,7 +168,7 @@ MUTANTS = [
         "tasks/jobs.py",
         "    order=STATUS_ORDER,\n    waits_for_providers=True,",
         "    order=STATUS_ORDER,\n    waits_for_providers=False,",
-        "tests/integration/test_application.py::test_an_update_brings_the_providers_back_before_status_jobs_go",
+        "tests/integration/test_application.py::test_an_update_brings_the_providers_back_before_status_jobs_go[redis]",
     ),
     Mutant(
         "redirect-hosts",

@@ -249,3 +249,86 @@ def test_a_quiet_portals_call_stays_in_its_process_and_a_busy_portals_goes_throu
     assert rt.dispatcher.pooled("acme") is True
     other.close()
     rt.close()
+
+
+class FlakyRedis:
+    """A Redis client that refuses the commands named in `down` (ConnectionError), as during an outage."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.down: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.down:
+            raise redis.ConnectionError(f"{name}: Redis is down (a test's outage)")
+        if name == "pipeline":
+            return lambda **kw: FlakyPipeline(self, self.client.pipeline(**kw))
+        return getattr(self.client, name)
+
+
+class FlakyPipeline:
+    def __init__(self, flaky: FlakyRedis, pipe: Any) -> None:
+        self.flaky = flaky
+        self.pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipe, name)
+
+    def execute(self) -> Any:
+        if "execute" in self.flaky.down:
+            raise redis.ConnectionError("execute: Redis is down (a test's outage)")
+        return self.pipe.execute()
+
+
+def test_an_outcome_redis_refused_reaches_its_owner_once_redis_answers(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """On RabbitMQ jobs keep running through a Redis outage: a sender whose answer for another worker's call
+    meets Redis down keeps it and sends it once Redis answers (its listener does, if its lane has nothing
+    more to send), instead of leaving the owner to watch a live sender until the in-flight bound."""
+    keys = Keys(settings.key_prefix)
+    owner = CallPool(rclient, keys, "owner-6")
+    flaky = FlakyRedis(rclient)
+    sender = CallPool(flaky, keys, "sender-6")  # type: ignore[arg-type]
+    sender.submit("elsewhere", Call("im.dialog.unread", {"DIALOG_ID": "chat9", "MESSAGE_ID": 1}))  # listening
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 12})
+    owner.submit("acme", call)
+    (theirs,) = sender.take("acme", 10)
+    flaky.down.add("execute")
+    sender.reply(theirs, CallResult(True, None))
+    with pytest.raises(redis.ConnectionError):
+        sender.flush()
+    assert not call.done.wait(1.0)
+    flaky.down.clear()  # Redis is back; nobody calls flush: the sender's listener sends what it kept
+    assert call.done.wait(5) and isinstance(call.outcome, CallResult)
+    assert call.taker == "sender-6"
+    sender.close()
+    owner.close()
+
+
+def test_calls_popped_as_redis_fails_are_still_sent(settings: Settings, rclient: redis.Redis) -> None:
+    """Redis fails between the pop of calls and the notices to their owners: the sender keeps the calls (they
+    are no longer in the list) and tells their owners once Redis answers."""
+    keys = Keys(settings.key_prefix)
+    owner = CallPool(rclient, keys, "owner-7")
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 13})
+    owner.submit("acme", call)
+    flaky = FlakyRedis(rclient)
+    sender = CallPool(flaky, keys, "sender-7")  # type: ignore[arg-type]
+    flaky.down |= {"exists", "execute"}  # the owner's heartbeat and the notices
+    assert [c.id for c in sender.take("acme", 10)] == [call.id]
+    assert call.taker is None
+    flaky.down.clear()
+    sender.flush()
+    assert _until(lambda: call.taker == "sender-7")
+    sender.close()
+    owner.close()
+
+
+def _until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

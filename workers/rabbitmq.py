@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from amqp import spec
 from amqp.exceptions import MessageNacked
 from celery.exceptions import Reject
 from kombu import Connection, Exchange, Producer, Queue
@@ -188,19 +189,43 @@ class _Confirms:
             connection.drain_events(timeout=left)
 
 
-def _fresh_channel(connection: Connection) -> Any:
+#: Seconds RabbitMQ has to answer a channel's opening before its connection is taken for dead.
+CHANNEL_OPEN_TIMEOUT = 10.0
+
+
+def _fresh_channel(connection: Connection, timeout: float = CHANNEL_OPEN_TIMEOUT) -> Any:
     """A new channel on the pooled connection, or on a new connection when that one has died (the broker
-    restarted or cut it): nothing is published yet, so trying again is safe, and a producer recovers by
-    itself instead of failing on a dead socket until its process restarts."""
+    restarted or cut it, or no longer answers): nothing is published yet, so trying again is safe, and a
+    producer recovers by itself instead of failing on a dead socket until its process restarts."""
     try:
         if connection.connected:  # (False once the pool closed it after an error, or py-amqp dropped it)
-            return connection.channel()
+            return open_channel(connection, timeout)
     except (*connection.connection_errors, OSError):
-        pass  # a socket that died unnoticed: found out on the first write
+        pass  # a socket that died unnoticed (found out on the first write), or a broker that stays silent
     with contextlib.suppress(Exception):
         connection.collect()
     connection.connect()
-    return connection.channel()
+    return open_channel(connection, timeout)
+
+
+def open_channel(connection: Connection, timeout: float = CHANNEL_OPEN_TIMEOUT) -> Any:
+    """A new channel, or `TimeoutError` when RabbitMQ has not answered its opening within `timeout` s.
+
+    py-amqp waits for channel.open-ok with no bound: on a connection RabbitMQ no longer answers (a peer that
+    vanished without a reset, a frozen broker) an enqueue would hang for good. Producer connections carry no
+    AMQP heartbeats to find that out, and a socket timeout alone restarts with every frame that does arrive,
+    so the wait here is one deadline over the frames read.
+    """
+    raw = connection.connection  # py-amqp's (connected by kombu if need be)
+    channel = raw.Channel(raw)  # kombu's channel class, registered with the connection, not yet open
+    channel.send_method(spec.Channel.Open, "s", ("",))
+    deadline = time.monotonic() + timeout
+    while not channel.is_open:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"RabbitMQ did not open a channel in {timeout} s")
+        raw.blocking_read(left)
+    return channel
 
 
 def depths(url: str, queue: str) -> dict[str, int | None]:
@@ -208,7 +233,7 @@ def depths(url: str, queue: str) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     with Connection(url, connect_timeout=5) as conn:
         for name in names(queue):
-            channel = conn.channel()
+            channel = open_channel(conn)
             try:
                 out[name] = int(channel.queue_declare(name, passive=True).message_count)
             except conn.channel_errors:

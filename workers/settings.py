@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="RabbitMQ: deliveries of one message (a worker died or stopped holding it) before it is moved "
         "aside and kept as the dead letter DELIVERY_LIMIT.",
     )
+    broker_heartbeat: float = Field(
+        5.0,
+        ge=0.0,
+        description="RabbitMQ: seconds of a worker's AMQP heartbeat. A worker that stops answering (frozen, "
+        "SIGSTOPped, its host gone) has its connection closed by RabbitMQ after two to three of them, which puts "
+        "its jobs back in their queue (0 = none: they wait until the TCP connection itself fails).",
+    )
     key_prefix: str = Field("b24q", description="Prefix of every Redis key b24q writes (besides the broker's).")
     queue: str = Field("b24q", description="Celery queue the jobs go to.")
 

@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     make_fault_stack,
     outcome,
     wait_drained,
+    wait_terminal,
 )
 from tests.integration.conftest import on_broker
 from workers.localdev.localstack import LocalStack
@@ -150,4 +151,35 @@ def test_a_worker_frozen_past_the_limit_loses_its_jobs_to_the_pool(domain: str, 
         assert backlog == {"queued": 0, "unacked": 0}
         assert rt.ledger.get(ids[0]) is not None
     finally:
+        stack.__exit__(None, None, None)
+
+
+#: On RabbitMQ: seconds from a worker's freeze until its jobs are all terminal elsewhere, at defaults (two to
+#: three missed AMQP heartbeats of B24Q_BROKER_HEARTBEAT, 5 s, then the jobs' own run; README: Running workers).
+FROZEN_BOUND = 30.0
+
+
+def test_a_frozen_workers_jobs_come_back_on_rabbitmq_within_its_heartbeat(domain: str, figures: dict[str, Any]) -> None:
+    """No sweeper watches workers on RabbitMQ: the broker closes a frozen worker's connection once it misses
+    its AMQP heartbeats, which puts the jobs it held back in their queue. At Celery's default heartbeat (120 s)
+    that took minutes; at b24q's (5 s) it takes seconds."""
+    stack = make_fault_stack(workers=0, **PRODUCTION, **on_broker("rabbitmq"))
+    holder: Worker | None = None
+    try:
+        add_portal(stack, domain, rate=0)
+        stack.emulator.set_faults(domain, latency=2.0)
+        jobs, ids, holder = start_holding(stack, domain, 16)
+        holder.kill(signal.SIGSTOP)
+        stopped = time.monotonic()
+        stack.emulator.set_faults(domain, latency=0.0)
+        found = wait_terminal(ids, timeout=FROZEN_BOUND + 30)
+        recovered = time.monotonic() - stopped
+        result = outcome(jobs, ids, found, applied_counts(stack.emulator.state(domain)))
+        figures.update(result, freeze_to_all_terminal_s=round(recovered, 1), settings=PRODUCTION)
+        assert result["lost"] == 0, result
+        assert recovered <= FROZEN_BOUND, recovered
+        assert recovery_notes(ids) == 0  # the broker, not a sweeper
+    finally:
+        if holder is not None:
+            holder.kill(signal.SIGKILL)  # never resumed: it would only finish jobs the pool already did
         stack.__exit__(None, None, None)

@@ -258,3 +258,43 @@ def test_status_shows_each_rabbitmq_queue(domain: str) -> None:
         ]
         assert found["unacked"] is None
         assert "not reported over AMQP" in render({**found, "workers": {"answered": []}})
+
+
+def test_an_enqueue_on_a_connection_rabbitmq_no_longer_answers_fails_in_bounded_time(
+    domain: str, figures: dict[str, Any]
+) -> None:
+    """The producer's pooled connection is open but RabbitMQ hears nothing more from it (a peer gone without
+    a reset): opening the batch's channel gives up after CHANNEL_OPEN_TIMEOUT, a new connection is tried
+    (its handshake bounded by the connect timeout), and the enqueue raises for the caller to retry, instead
+    of hanging for good; once the broker answers again, the next enqueue goes through."""
+    proxy = HoldingProxy(("127.0.0.1", 5672))
+    try:
+        url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+        with rabbitmq_stack(broker_url=url) as stack:
+            add_portal(stack, domain)
+            try:
+                producer.enqueue_many(mixed_jobs(domain, 1))  # connected, and the topology declared
+                proxy.hold.set()  # from now on nothing the producer writes reaches RabbitMQ
+                raised: list[BaseException] = []
+
+                def enqueue() -> None:
+                    try:
+                        producer.enqueue_many(mixed_jobs(domain, 5, start=1))
+                    except Exception as exc:
+                        raised.append(exc)
+
+                started = time.monotonic()
+                thread = threading.Thread(target=enqueue, daemon=True)
+                thread.start()
+                thread.join(rabbitmq.CHANNEL_OPEN_TIMEOUT + 20)
+                assert not thread.is_alive(), "the enqueue hangs on a connection RabbitMQ does not answer"
+                figures.update(raised_after_s=round(time.monotonic() - started, 1), raised=repr(raised[:1]))
+                assert raised, "the enqueue returned, yet RabbitMQ never heard of its messages"
+                assert time.monotonic() - started >= rabbitmq.CHANNEL_OPEN_TIMEOUT
+                proxy.cut()  # the broker answers again
+                ids = producer.enqueue_many(mixed_jobs(domain, 5, start=10))
+                assert set(ids) <= set(queued_ids(get_runtime().settings.queue))
+            finally:
+                proxy.cut()  # a failing run too: the stack's cleanup deletes its queues through the proxy
+    finally:
+        proxy.close()

@@ -4,6 +4,7 @@ themselves."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -14,13 +15,19 @@ from tests.faults.conftest import (
     KeepEnqueueing,
     add_portal,
     applied_counts,
+    broker_backlog,
     make_fault_stack,
     outcome,
     wait_drained,
+    wait_terminal,
 )
 from tests.integration.conftest import BROKERS, on_broker
+from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
+
+#: Seconds after the last restart by which every job is terminal: well under the in-flight bound (80 s).
+BOUND = 40.0
 
 
 @pytest.mark.parametrize("broker", BROKERS)
@@ -63,5 +70,41 @@ def test_redis_crash_loses_no_acknowledged_job(domain: str, broker: str, figures
         assert result["dead_lettered"] == 0, result
         # the workers reconnected too (sender updates of one code may supersede each other: README, Ordering)
         assert "applied" in {found[i] for i in after} <= {"applied", "superseded"}
+    finally:
+        stack.__exit__(None, None, None)
+
+
+def test_pooled_calls_meet_redis_crashes_without_waiting_out_the_in_flight_bound(
+    domain: str, figures: dict[str, Any]
+) -> None:
+    """On RabbitMQ, jobs keep running while Redis is down (their messages are not in it). A rate-limited
+    portal's calls wait in the pool-wide call list and any worker may carry them (workers.delivery.callpool):
+    each such call gets its outcome, or fails fast and is retried, across Redis crashes; none waits out the
+    in-flight bound (request_timeout x 2 + oauth_timeout x 4 + 30 s: 80 s here)."""
+    stack = make_fault_stack(workers=2, concurrency=32, **on_broker("rabbitmq"))
+    try:
+        add_portal(stack, domain, rate=5.0, burst=20)
+        stack.emulator.set_faults(domain, latency=0.5)
+        load = KeepEnqueueing(domain)
+        time.sleep(3.0)
+        for _ in range(3):
+            stack.restart_redis(down=3.0)
+            time.sleep(2.5)
+        back = time.monotonic()
+        ids, jobs = load.stop()
+        found = wait_terminal(ids, timeout=BOUND)
+        terminal = time.monotonic() - back
+        counts: Counter[str] = applied_counts(stack.emulator.state(domain))
+        result = outcome(jobs, ids, found, counts)
+        records = get_runtime().ledger.get_many(ids)
+        timed_out = [i for i, r in records.items() if r and "LANE_TIMEOUT" in json.dumps(r["events"])]
+        figures.update(
+            result,
+            terminal_after_last_restart_s=round(terminal, 1),
+            lane_timeouts=len(timed_out),
+            broker_left=broker_backlog(),
+        )
+        assert result["lost"] == 0, result
+        assert timed_out == [], records[timed_out[0]]
     finally:
         stack.__exit__(None, None, None)

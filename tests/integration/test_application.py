@@ -1,6 +1,11 @@
 """b24q as the Bitrix24 application's back end, end to end: the emulator installs, updates, uninstalls and
 moves portals exactly as Bitrix24 does (form-encoded events to the app's handlers), the HTTP app (uvicorn,
-on loopback) registers them, and real workers deliver the jobs producers enqueue by member_id or domain."""
+on loopback) registers them, and real workers deliver the jobs producers enqueue by member_id or domain.
+
+The tests whose jobs take broker-specific paths run on both brokers (`BOTH`): jobs waiting in their retry
+countdown when the app is uninstalled (on RabbitMQ, in its delay queues), dead letters replayed, status jobs
+held and resumed around an update. The others only meet the HTTP app and the portal (`REDIS_ONLY`): a second
+stack for them would add CI time and prove nothing of the broker."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from workers.localdev.localstack import LocalStack
 from workers.portals.record import Portal
 from workers.runtime import get_runtime
 
-from .conftest import make_stack, wait_for
+from .conftest import BROKERS, make_stack, on_broker, wait_for
 
 PROVIDER = {"code": "b24qsms", "name": "b24q SMS", "handler": "https://sms.example.com/b24"}
 
@@ -38,9 +43,14 @@ def until(what: Callable[[], T], timeout: float = 30.0, why: str = "") -> T:
         time.sleep(0.05)
 
 
+#: A test on both brokers, or on Redis only (one stack per broker for the module: `stack` is parametrised).
+BOTH = pytest.mark.parametrize("stack", BROKERS, indirect=True)
+REDIS_ONLY = pytest.mark.parametrize("stack", ["redis"], indirect=True)
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    s = make_stack(workers=2, providers=json.dumps([PROVIDER]))
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    s = make_stack(workers=2, providers=json.dumps([PROVIDER]), **on_broker(request.param))
     s.start_http()
     yield s
     s.__exit__(None, None, None)
@@ -73,6 +83,7 @@ def post_event(stack: LocalStack, fields: dict[str, Any]) -> httpx.Response:
     )
 
 
+@REDIS_ONLY
 def test_installed_portals_take_jobs_by_member_id_and_by_domain(stack: LocalStack, domain: str) -> None:
     standard = installed(stack, domain)
     enterprise = installed(stack, "ent-" + domain, plan="enterprise")
@@ -97,6 +108,7 @@ def test_installed_portals_take_jobs_by_member_id_and_by_domain(stack: LocalStac
     assert len(get_runtime().registry.keys()) == len(set(get_runtime().registry.keys()))
 
 
+@REDIS_ONLY
 def test_forged_events_are_refused_and_change_nothing(stack: LocalStack, domain: str) -> None:
     portal = installed(stack, domain)
     answer = post_event(
@@ -125,6 +137,7 @@ def test_forged_events_are_refused_and_change_nothing(stack: LocalStack, domain:
     assert set(wait_for([enqueue(*statuses(domain, 1)[0])]).values()) == {"applied"}
 
 
+@BOTH
 def test_uninstall_dead_letters_waiting_jobs_and_a_reinstall_replays_them(stack: LocalStack, domain: str) -> None:
     portal = installed(stack, domain)
     rt = get_runtime()
@@ -150,6 +163,7 @@ def test_uninstall_dead_letters_waiting_jobs_and_a_reinstall_replays_them(stack:
     assert applied_statuses(stack, domain) == 10
 
 
+@BOTH
 def test_an_update_brings_the_providers_back_before_status_jobs_go(stack: LocalStack, domain: str) -> None:
     portal = installed(stack, domain, rate=2, burst=5)  # a slow portal: a backlog is waiting at the update
     ids = enqueue_many(statuses(domain, 120))
@@ -171,6 +185,7 @@ def test_an_update_brings_the_providers_back_before_status_jobs_go(stack: LocalS
     assert post_event(stack, {"event": "ONAPPUNINSTALL", "auth": old}).status_code == 401
 
 
+@REDIS_ONLY
 def test_a_domain_move_mid_run_loses_nothing(stack: LocalStack, domain: str) -> None:
     portal = installed(stack, domain, rate=4, burst=10)
     rt = get_runtime()
@@ -188,6 +203,7 @@ def test_a_domain_move_mid_run_loses_nothing(stack: LocalStack, domain: str) -> 
     assert set(wait_for([enqueue(*statuses(new, 1, start=500)[0])]).values()) == {"applied"}
 
 
+@REDIS_ONLY
 def test_the_app_refuses_big_bodies_counts_refusals_and_logs_no_secret(stack: LocalStack, domain: str) -> None:
     portal = installed(stack, domain)
     assert stack.http is not None

@@ -67,6 +67,14 @@ def _broker(_s: Settings) -> dict[str, Any]:
             # countdown retries wait in RabbitMQ's delay queues (kombu's native delayed delivery), not in a
             # worker's memory: a worker's death does not touch them
             broker_native_delayed_delivery_queue_type="quorum",
+            # a frozen worker (SIGSTOP, a host that vanished) holds its unacknowledged jobs until RabbitMQ closes
+            # its connection, after two to three missed heartbeats: seconds here, not Celery's default 120 s
+            # (tests/faults/test_dead_workers.py freezes a worker)
+            broker_heartbeat=_s.broker_heartbeat,
+            # the remote-control queues (`celery inspect`, `b24q status`, Flower) are exclusive and named after
+            # the worker's hostname and this exchange: named after B24Q_QUEUE, two pools (or test runs) that share
+            # a vhost do not take each other's (Celery's default, "celery", made a second w1@host fail to start)
+            control_exchange=_s.queue,
         )
     return dict(
         broker_url=_s.redis_url,

@@ -17,7 +17,11 @@ at-least-once contract is unchanged. What can go wrong between processes, and wh
 * the sender dies after taking calls: owners learn who took them ("taken" notices) and watch that
   worker's heartbeat key; when it expires the job fails as transient and is retried;
 * the list itself is lost (a Redis restart without persistence): an owner that can neither withdraw
-  its call nor hear that it was taken gives up after `lost_after` seconds and retries the job.
+  its call nor hear that it was taken gives up after `lost_after` seconds and retries the job;
+* Redis is down when a sender answers (jobs keep running through a Redis outage on RabbitMQ): its
+  "taken" notices and outcomes stay queued and go once Redis answers again, by the next flush or the
+  listener's; dropped, they would leave owners watching a live sender for an answer that never comes,
+  until the in-flight bound (tests/faults/test_redis_restart.py).
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ class CallPool:
         self._pending: dict[str, Call] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
-        self._outbox: dict[str, list[str]] = defaultdict(list)
+        self._outbox: dict[str, list[tuple[float, str]]] = defaultdict(list)  # owner -> (queued at, reply)
         self._outbox_lock = threading.Lock()
         self._alive_cache: dict[str, float] = {}  # worker -> when it was last seen alive (monotonic)
         self._beat_at = float("-inf")
@@ -192,7 +196,7 @@ class CallPool:
         calls: list[Call] = []
         for item in raw or ():
             data = json.loads(item)
-            if not self.alive(data["owner"]):
+            if not self._owner_alive(data["owner"]):
                 continue
             with self._lock:
                 own = self._pending.get(data["id"]) if data["owner"] == self.worker_id else None
@@ -215,8 +219,21 @@ class CallPool:
             )
             self._queue_reply(call.owner, {"id": call.id, "taken": self.worker_id})
             calls.append(call)
-        self.flush()
+        # once popped, the calls are this sender's to send: Redis failing now must not lose them (their
+        # notices stay queued for the next flush)
+        try:
+            self.flush()
+        except redis.RedisError as exc:
+            log.warning("call pool: notices of taken calls not delivered yet (%s)", exc)
         return calls
+
+    def _owner_alive(self, owner: str) -> bool:
+        """`alive`, for a call already popped: when Redis cannot tell, the call is sent (a dead owner's call
+        applied twice is harmless; a live owner's dropped would wait `lost_after` for nothing)."""
+        try:
+            return self.alive(owner)
+        except redis.RedisError:
+            return True
 
     def put_back(self, portal: str, calls: list[Call]) -> None:
         """Return calls that did not fit in the request to the head of the list, in order."""
@@ -228,21 +245,32 @@ class CallPool:
         self._queue_reply(call.owner, {"id": call.id, "outcome": encode_outcome(outcome)})
 
     def flush(self) -> None:
-        """Send the queued replies: one RPUSH per owner."""
+        """Send the queued replies: one RPUSH per owner. When Redis fails, they stay queued (ahead of newer
+        ones) for the next flush, until `reply_ttl` has passed (their owners have given up by then; a reply
+        sent twice, as by a pipeline that failed half-way, is ignored by its owner)."""
         with self._outbox_lock:
             outbox, self._outbox = self._outbox, defaultdict(list)
+        oldest = time.monotonic() - self.reply_ttl
+        outbox = {owner: kept for owner, items in outbox.items() if (kept := [i for i in items if i[0] > oldest])}
         if not outbox:
             return
         pipe = self._redis.pipeline(transaction=False)
         for owner, items in outbox.items():
             key = self._keys.replies(owner)
-            pipe.rpush(key, *items)
+            pipe.rpush(key, *[text for _, text in items])
             pipe.expire(key, self.reply_ttl)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except BaseException:
+            with self._outbox_lock:
+                for owner, items in outbox.items():
+                    self._outbox[owner][:0] = items
+            raise
 
     def _queue_reply(self, owner: str, message: dict[str, Any]) -> None:
+        text = json.dumps(message, separators=(",", ":"), default=str)
         with self._outbox_lock:
-            self._outbox[owner].append(json.dumps(message, separators=(",", ":"), default=str))
+            self._outbox[owner].append((time.monotonic(), text))
 
     @staticmethod
     def _entry(call: Call) -> str:
@@ -261,7 +289,7 @@ class CallPool:
             sort_keys=True,
         )
 
-    # -- the listener: outcomes and "taken" notices for this process, and its heartbeat --------
+    # -- the listener: outcomes and "taken" notices for this process, its heartbeat, held-back replies --
 
     def _ensure_listener(self) -> None:
         if self._listener is not None and self._listener.is_alive():
@@ -283,6 +311,8 @@ class CallPool:
             try:
                 if time.monotonic() - self._beat_at >= self.alive_ttl / 6:
                     self._heartbeat()
+                if self._outbox:  # replies a Redis outage held back: their lane may not flush again soon
+                    self.flush()
                 first = self._redis.blpop([key], timeout=self.alive_ttl / 6)
                 if first is None:
                     continue
