@@ -23,6 +23,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from workers.keys import PORTAL_KEY_CHARS, PORTAL_KEY_MAX
+
 #: C0 controls, DEL and C1 controls: refused in every string of a job, at any depth (a portal stores and
 #: shows what it is given, and a NUL or an escape sequence in it breaks pages, logs and terminals) ...
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -91,7 +93,9 @@ INTEGRAL = BeforeValidator(_integral)
 ProviderCode = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9.\-_]+$", min_length=1, max_length=100), NO_CONTROL, PHP_EMPTY
 ]
-PortalKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-_:]+$"), NO_CONTROL]
+PortalKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=PORTAL_KEY_MAX, pattern=PORTAL_KEY_CHARS), NO_CONTROL
+]
 PositiveInt = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True), INTEGRAL]
 #: An identifier of the source's (a message id, a chat id): anything printable, no control characters.
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255), NO_CONTROL]

@@ -1,7 +1,7 @@
 """The five job kinds, each a declaration (`JobKind`): its public and Celery task names, the REST method it
 calls, its model (`tasks.models`), whether its calls may merge and which portal state it sets (the order
-rules below). Everything else (limit, call, classify, retry, dead letter) is one shared pipeline in
-`workers.pipeline`.
+rules below). Everything else is shared by every kind: the pipeline (`workers.pipeline`: limit, pack, call),
+the retry policy (`workers.retries`) and the outcome recorder (`workers.records.outcomes`).
 """
 
 from __future__ import annotations

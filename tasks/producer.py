@@ -26,7 +26,6 @@ from tasks.publishing import publish
 from workers.errors import JobRefused, JobsRefused, PortalUninstalled, UnknownPortal
 from workers.portals.admission import Refusal, admission
 from workers.portals.record import Portal
-from workers.portals.state import PortalState
 from workers.runtime import Runtime, get_runtime
 
 
@@ -60,11 +59,8 @@ def check(
         portals = {}
     if job.portal not in portals:
         # the record as this process read it within the last second (a state change, such as an uninstall,
-        # reaches producers within that second; the worker checks again); a refusal is decided on a fresh read
-        found = rt.portals.get(job.portal)
-        if found is None or found.state == PortalState.UNINSTALLED:
-            found = rt.portals.fresh(job.portal)
-        portals[job.portal] = found
+        # reaches producers within that second; the worker checks again); a refusal on a fresh read
+        portals[job.portal] = rt.portals.current(job.portal)
     portal = portals[job.portal]
     refusal = admission(portal, job.portal, k.method, k.app_only)
     if refusal is not None and not refusal.park:  # a portal in `reauth` takes jobs: a worker parks them

@@ -1,6 +1,7 @@
 """Hooks into the job lifecycle, for metrics and anything else that watches b24q.
 
-The pipeline, the dispatcher and the token keeper call `events.<hook>(...)` at each step; an
+The outcome recorder (`workers.records.outcomes`), the lanes, the token keeper and the lifecycle call
+`events.<hook>(...)` at each step; an
 `Observer` subclass overrides the hooks it cares about and is added with `add_observer`. The
 default is to do nothing, so the core carries no dependency on any metrics library, and a failing
 observer is logged, never allowed to fail a job. (dramatiq's middleware, reduced to what b24q needs.)

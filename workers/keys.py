@@ -18,6 +18,9 @@ UNACKED_INDEX = "unacked_index"
 PRIORITY_SEP = "\x06\x16"
 #: The broker's priority steps (kombu's Redis transport serves 0 first; `priority_steps` in its configuration).
 PRIORITY_STEPS = (0, 3, 6, 9)
+#: What a portal key may be made of: it names Redis keys (the job schemas say the same of `portal`).
+PORTAL_KEY_CHARS = r"^[A-Za-z0-9.\-_:]+$"
+PORTAL_KEY_MAX = 255
 
 
 def queue(name: str, priority: int) -> str:

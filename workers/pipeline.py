@@ -28,6 +28,7 @@ from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.errors import Deferred, JobDeadLettered, JobRefused, Superseded
 from workers.events import events
+from workers.keys import PORTAL_KEY_CHARS, PORTAL_KEY_MAX
 from workers.portals.admission import admission
 from workers.portals.record import Portal
 from workers.portals.registry import PortalRegistry
@@ -66,8 +67,12 @@ class KindLike(Protocol):
 
 Retry = Callable[[float, BaseException], NoReturn]
 
-#: What a portal key may look like (tasks.jobs.PortalKey); anything else is recorded under "?".
-_PORTAL_KEY = re.compile(r"^[A-Za-z0-9.\-_:]{1,255}$")
+#: What a portal key may look like (`workers.keys`, as `tasks.fields.PortalKey`); anything else is recorded as "?".
+_PORTAL_KEY = re.compile(PORTAL_KEY_CHARS)
+
+
+def _keyable(portal: str) -> bool:
+    return len(portal) <= PORTAL_KEY_MAX and _PORTAL_KEY.match(portal) is not None
 
 
 def _broker_trouble(exc: BaseException) -> bool:
@@ -109,7 +114,7 @@ def run_job(
             log.warning("job %s: Redis unavailable (%s: %s); requeued", job_id, type(exc).__name__, exc)
             raise Reject(exc, requeue=True) from None
         portal_key = str(kwargs.get("portal", ""))
-        job = JobRef(job_id, kind.name, kind.task_name, portal_key if _PORTAL_KEY.match(portal_key) else "?")
+        job = JobRef(job_id, kind.name, kind.task_name, portal_key if _keyable(portal_key) else "?")
         try:
             services.outcomes.crashed(job, kwargs, exc)
         except Exception as store_error:
@@ -148,10 +153,10 @@ def _run_job(
     worker: str,
 ) -> dict[str, Any]:
     portal_key = str(kwargs.get("portal", "")) or "?"
-    if not _PORTAL_KEY.match(portal_key):
+    if not _keyable(portal_key):
         # a raw message's `portal` names Redis keys (backlog): refused below, recorded as "?"
         portal_key = "?"
-    portal = services.portals.get(portal_key) if portal_key != "?" else None
+    portal = services.portals.current(portal_key) if portal_key != "?" else None
     if portal is not None and portal.key != portal_key:
         # a raw message may name the portal by an alias (its domain or member_id): every record, lane and
         # limit of the job is the registry key's, as if the producer had resolved it
@@ -193,10 +198,7 @@ def _admit(run: _Run, portal: Portal | None) -> Portal | DeadLetter | Park | Wai
     """May the job go to its portal now? The portal if so, else what becomes of the job. The one place the
     pipeline reads a portal's state."""
     kind, key, services = run.kind, run.ref.portal, run.services
-    refusal = admission(portal, key, kind.method, kind.app_only)
-    if refusal is not None and refusal.code == "APP_UNINSTALLED":  # as cached: a reinstall may have ended it
-        portal = services.portals.fresh(key) or portal
-        refusal = admission(portal, key, kind.method, kind.app_only)
+    refusal = admission(portal, key, kind.method, kind.app_only)  # as read by `CachedPortals.current`
     if refusal is not None:
         if refusal.park:
             return Park(refusal.description, "the portal waits for re-authorisation")

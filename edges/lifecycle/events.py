@@ -20,7 +20,7 @@ from workers.errors import ConfigError, EndpointRefused
 from workers.events import events
 from workers.portals.endpoints import domain_of
 from workers.portals.record import Portal
-from workers.portals.state import PortalState
+from workers.portals.state import PortalEvent, PortalState, applies
 from workers.records.outcomes import JobRef
 from workers.retries import UNINSTALLED
 from workers.runtime import Runtime
@@ -227,7 +227,7 @@ class Lifecycle:
         portal = self._portal_of(auth)
         if portal is None:
             return Outcome("ignored", detail="no such portal")
-        if portal.state == PortalState.UNINSTALLED:  # only an install brings a portal back (its old tokens are erased)
+        if not applies(portal.state, PortalEvent.TOKENS_ROTATED):  # uninstalled: only an install brings it back
             return Outcome("refused", portal.key, "the application is uninstalled from this portal", status=409)
         access = str(auth.get("access_token") or "")
         if not _same(token, portal.application_token) and (

@@ -1,1 +1,2 @@
-"""The broker side hardened: messages that cannot become jobs, and messages the broker lost."""
+"""The broker side: Celery's settings for either broker (configuration), messages that cannot become jobs
+(consumer), messages the broker lost (reconcile), and a dead worker's jobs brought back (recovery)."""

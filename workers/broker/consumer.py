@@ -29,6 +29,8 @@ import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from workers import rabbitmq
+from workers.records.outcomes import JobRef
+from workers.retries import DeadLetter
 from workers.runtime import get_runtime
 
 #: Dead-letter reasons of messages that never reached a job (see `b24q dead list --code ...`).
@@ -226,18 +228,8 @@ def record_delivery_limit(message: Any) -> None:
         f"delivered {limit} times without an outcome (each worker that took it "
         "died or stopped); RabbitMQ moved it aside"
     )
-    rt.dead.add(
-        job_id,
-        task,
-        record.get("kind", "?"),
-        portal,
-        kwargs,
-        rabbitmq.DELIVERY_LIMIT,
-        why,
-        rt.settings.broker_delivery_limit,
-    )
-    rt.ledger.finish(job_id, portal, "dead", f"{rabbitmq.DELIVERY_LIMIT}: {why}")
-    log.error("job %s (task %s) recorded as dead letter %s: %s", job_id, task, rabbitmq.DELIVERY_LIMIT, why)
+    job = JobRef(job_id, record.get("kind", "?"), task, portal)
+    rt.outcomes.unrun(job, kwargs, DeadLetter(rabbitmq.DELIVERY_LIMIT, why), limit)
 
 
 def record_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:

@@ -24,9 +24,13 @@ from typing import Any
 
 from workers import keys
 from workers.records.ledger import TERMINAL
+from workers.records.outcomes import JobRef
+from workers.retries import DeadLetter
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+
+LOST = DeadLetter("LOST_MESSAGE", "the broker lost this job's message and the ledger has no payload to publish again")
 
 #: Publish a job's message again: (runtime, kind name, job id, kwargs) → its task name, or None when the
 #: kind is unknown (nothing published).
@@ -89,17 +93,7 @@ def reconcile(rt: Runtime, republish: Republish, grace: float | None = None) -> 
         payload = rt.ledger.payload(job_id)
         task = republish(rt, kind, job_id, payload) if payload is not None else None
         if task is None:
-            rt.dead.add(
-                job_id,
-                "?",
-                kind,
-                portal,
-                payload or {},
-                "LOST_MESSAGE",
-                "the broker lost this job's message and the ledger has no payload to publish again",
-                int(record.get("runs") or 0),
-            )
-            rt.ledger.finish(job_id, portal, "dead", "LOST_MESSAGE")
+            rt.outcomes.unrun(JobRef(job_id, kind, "?", portal), payload or {}, LOST, int(record.get("runs") or 0))
             done["dead"] += 1
             continue
         rt.ledger.recovered(job_id, "the broker lost its message; published again by the reconciler")

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from workers import retries
 from workers.bitrix.client import CallResult, Credentials
 from workers.delivery.ratelimit import Permit
 from workers.delivery.wire import Wire
@@ -53,4 +54,4 @@ class OneOffCalls:
         (`Deferred`); else the credentials go no further (`PORTAL_MOVED_AWAY`)."""
         if portal is not None and portal.endpoint == creds.endpoint and self._wire.follow(portal, creds, exc):
             return Deferred(0.0, "the portal moved to a new domain: call it there at its next slot")
-        return AuthLost("PORTAL_MOVED_AWAY", "the portal redirected to an endpoint the rules refuse")
+        return retries.moved_away()

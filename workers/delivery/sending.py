@@ -4,7 +4,8 @@ out what may not go, send one call or a `batch`, and give every call its outcome
 Whole-request trouble is handled here, once for all the calls in it: an expired token is refreshed
 (once for the pool) and the request repeated; a 503 sets the limiter to full and the calls wait for
 the next slot; a redirect to an endpoint the rules allow moves the portal and repeats the request there.
-Everything else is returned to each job for the pipeline to classify.
+Which of these an error calls for is the retry policy's to say (`workers.retries.whole_request`); everything
+else is returned to each job, whose pipeline applies the policy's decision (`workers.retries.decide`).
 
 Part of `Lane` (`workers.delivery.lane`).
 """
@@ -30,9 +31,9 @@ from workers.errors import (
     TransportError,
 )
 from workers.events import events
+from workers.portals.admission import admission
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
-from workers.portals.state import PortalState
 from workers.retries import RequestStep
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
@@ -111,13 +112,12 @@ class Sending(Packing):
         return [c for c in calls if not c.done.is_set()]
 
     def _send(self, portal: Portal, limits: Limits, calls: list[Call], refreshed: int = 0, moved: bool = False) -> None:
-        # each job was admitted (workers.portals.admission) before it got here; the app may have been removed
-        # while these waited for a slot (or, as cached, a moment before a reinstall)
-        if portal.state == PortalState.UNINSTALLED:
-            self._wire.portals.forget(self.key)
-            portal = self._wire.portals(self.key)
-        if portal.state == PortalState.UNINSTALLED:
-            self._resolve(calls, RestError("APP_UNINSTALLED", portal.reason))
+        # each job was admitted before it got here; the app may have been removed while these waited for a
+        # slot (or, as cached, a moment before a reinstall): asked again, of the record as it is now
+        portal = self._wire.portals.current(self.key) or portal
+        refusal = admission(portal, self.key)
+        if refusal is not None and refusal.code == "APP_UNINSTALLED":
+            self._resolve(calls, RestError(refusal.code, portal.reason))
             return
         commands = build_commands(calls, merge=self._config.merge_max > 1)
         method = commands[0].method if len(commands) == 1 else "batch"

@@ -12,7 +12,8 @@ that portal. This gate bounds that work per portal host, pool-wide (Redis), whoe
   token lives one hour, §2.1), so replaying one costs nothing.
 
 Nothing here waits: a refused turn says when to try again. It never touches the portal's own request bucket
-either; the caller takes a slot there without waiting (`RateLimiter.reserve(max_wait=0)`).
+either; the caller books a slot there without waiting for it (`OneOffCalls.book`), and a slot not due now
+defers the event to it.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Literal
 
 from workers.portals.record import Portal
 from workers.portals.state import PortalState
+from workers.retries import UNINSTALLED
 
 RefusalCode = Literal["UNKNOWN_PORTAL", "WRONG_AUTH_TYPE", "APP_UNINSTALLED", "REAUTH_NEEDED"]
 
@@ -55,7 +56,7 @@ def admission(portal: Portal | None, key: str, method: str = "", app_only: bool 
     if app_only and portal.kind == "webhook":
         return Refusal("WRONG_AUTH_TYPE", f"{method} needs application (OAuth) context; {key} is a webhook")
     if portal.state == PortalState.UNINSTALLED:
-        return Refusal("APP_UNINSTALLED", "the application was uninstalled from the portal; replay after a reinstall")
+        return Refusal("APP_UNINSTALLED", UNINSTALLED.description)
     if portal.state == PortalState.REAUTH:
         return Refusal("REAUTH_NEEDED", portal.reason, park=True)
     return None

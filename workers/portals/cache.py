@@ -9,6 +9,7 @@ from workers.errors import RestError
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
 from workers.portals.registry import PortalRegistry
+from workers.portals.state import PortalState
 from workers.settings import Settings
 
 
@@ -39,6 +40,15 @@ class CachedPortals:
             portal = self._registry.get(canonical)  # `key` is an alias: its domain or member_id
         with self._lock:
             self._cache[key] = (now, portal)
+        return portal
+
+    def current(self, key: str) -> Portal | None:
+        """The record to decide a job's admission on (`workers.portals.admission`): as cached, unless the cached
+        one may be a moment behind a change that ends its refusal (none yet: an install; `uninstalled`: a
+        reinstall), which is read again now. The producer and the pipeline ask this, so both decide alike."""
+        portal = self.get(key)
+        if portal is None or portal.state == PortalState.UNINSTALLED:
+            portal = self.fresh(key) or portal
         return portal
 
     def fresh(self, key: str) -> Portal | None:

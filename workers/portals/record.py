@@ -122,7 +122,7 @@ class Portal:
             plan=data.get("plan", "standard"),
             rate=float(data.get("rate") or 0),
             burst=int(float(data.get("burst") or 0)),
-            state=PortalState(data.get("state", PortalState.ACTIVE)),
+            state=PortalState(data.get("state") or PortalState.ACTIVE),  # as the registry's Lua reads it too
             reason=data.get("reason", ""),
             added_at=float(data.get("added_at") or 0),
             updated_at=float(data.get("updated_at") or 0),

@@ -1,8 +1,9 @@
 """The outcome recorder: every end of a job (applied, superseded, parked, dead) and every retry, recorded one way.
 
 Each method owns all of an outcome's records: the ledger write, the dead letter or the parking entry, the
-event for the observers (`workers.events`: the metrics) and the log line. Callers decide (`workers.retries`)
-and apply; they never write an outcome's records themselves.
+event for the observers (`workers.events`: the metrics) and, for a dead letter, the log line. Callers decide
+(`workers.retries`) and apply; they never write an outcome's records themselves: the pipeline, the lifecycle's
+end of parked jobs, the consumer's delivery limit and the reconciler's lost messages all come here.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class Outcomes:
         self._ledger.finish(job.id, job.portal, "dead", letter.code)
         self._parking.release(job.portal, job.id)
         events.dead_letter(job.kind, job.portal, letter.code)
+
+    def unrun(self, job: JobRef, kwargs: dict[str, Any], letter: DeadLetter, runs: int) -> None:
+        """A job no run could end: the broker moved its message aside (the delivery limit) or lost it (the
+        reconciler's finding). The dead letter, replayable, and the ledger's end; no run was there to time."""
+        self._dead.add(job.id, job.task, job.kind, job.portal, kwargs, letter.code, letter.description, runs)
+        self._ledger.finish(job.id, job.portal, "dead", f"{letter.code}: {letter.description}")
+        events.dead_letter(job.kind, job.portal, letter.code)
+        log.error("job %s (task %s) recorded as dead letter %s: %s", job.id, job.task, letter.code, letter.description)
 
     def crashed(self, job: JobRef, kwargs: dict[str, Any], error: BaseException) -> None:
         """An unexpected error ended the job: the dead letter `INTERNAL_ERROR`, seen and replayable, with the
