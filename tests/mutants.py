@@ -136,7 +136,7 @@ MUTANTS = [
         "workers/redaction.py",
         "    args = record.args\n",
         "    record.msg, record.args = redact(message), None  # mutant: the arguments dropped\n    return\n",
-        "tests/security/test_logs.py::test_urls_carrying_secrets_leave_their_access_line_masked_and_no_traceback",
+        "tests/test_redaction.py::test_uvicorns_own_access_formatter_reads_a_masked_line",
     ),
     Mutant(
         "application-token",

@@ -104,3 +104,24 @@ def test_the_http_apps_log_lines_are_masked_too(runtime: Runtime) -> None:
     finally:
         uvicorn_error.removeHandler(handler)
     assert "tok-SECRET-1" not in out.getvalue() and MASK in out.getvalue()
+
+
+def test_uvicorns_own_access_formatter_reads_a_masked_line() -> None:
+    """`uvicorn edges.http.app:app` with uvicorn's default logging: its access formatter unpacks the record's
+    five arguments, so the filter masks them in place and keeps their shape (a record whose arguments were
+    dropped would raise in the formatter: a lost line and a traceback per request)."""
+    from uvicorn.logging import AccessFormatter
+
+    secret = "AUTHsecret0123456789abcdef"
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", f"/b24/install?AUTH_ID={secret}&member_id=abc", "1.1", 200),
+        None,
+    )
+    assert RedactSecrets().filter(record)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False).format(record)
+    assert secret not in line and f"AUTH_ID={MASK}" in line and line.endswith(" 200 OK"), line
