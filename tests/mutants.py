@@ -56,7 +56,7 @@ MUTANTS = [
         "workers/portals/tokens.py",
         "if self._client.set(lock_key, owner, nx=True, px=int(self._lock_ttl * 1000)):",
         "if self._client.set(lock_key, owner, nx=True):  # mutant: a lock for ever",
-        "tests/faults/test_oauth_faults.py::test_oauth_down_during_refresh_jobs_wait_and_resume[503]",
+        "tests/faults/test_oauth_faults.py::test_oauth_down_during_refresh_jobs_wait_and_resume[redis-503]",
     ),
     Mutant(
         "reconciler",

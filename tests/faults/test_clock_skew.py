@@ -1,6 +1,10 @@
 """Worker clocks do not matter to the limiter: two workers whose wall clocks are 90 s behind and 90 s
 ahead (a sitecustomize skews `time.time` in their processes only) share one portal's limit exactly as
-workers with true clocks would, because the GCRA script reads the Redis server's TIME."""
+workers with true clocks would, because the GCRA script reads the Redis server's TIME.
+
+On both brokers: the skewed workers take their jobs, and a held job's retry, from either (on Redis, kombu's
+redelivery reads the workers' clocks, so a long visibility timeout keeps it out of the tests' way; on
+RabbitMQ a retry's countdown waits in the broker's delay queues)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 from emulator import max_in_window
 from tasks import producer
 from tests.faults.conftest import QUICK, make_fault_stack, wait_drained
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import BROKERS, on_broker, wait_for
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
@@ -24,9 +28,10 @@ SKEWCLOCK = Path(__file__).parent / "skewclock"
 SKEW = 90.0
 
 
-def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, Any]) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_limiter_holds_with_workers_90s_apart(domain: str, broker: str, figures: dict[str, Any]) -> None:
     # kombu's redelivery reads worker clocks (unacked_index scores): keep it out of this test's way
-    stack = make_fault_stack(workers=0, visibility_timeout=600)
+    stack = make_fault_stack(workers=0, visibility_timeout=600, **on_broker(broker))
     try:
         path = os.pathsep.join(p for p in (str(SKEWCLOCK), os.environ.get("PYTHONPATH", "")) if p)
         for skew in (-SKEW, SKEW):
@@ -75,7 +80,10 @@ def test_limiter_holds_with_workers_90s_apart(domain: str, figures: dict[str, An
         stack.__exit__(None, None, None)
 
 
-def test_operating_holds_end_on_time_whatever_the_worker_clock(domain: str, figures: dict[str, Any]) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_operating_holds_end_on_time_whatever_the_worker_clock(
+    domain: str, broker: str, figures: dict[str, Any]
+) -> None:
     """A method held after a 429 is held until the portal's bucket resets, not 90 s longer (a clock behind)
     nor for the 60 s default (a clock ahead, to which the reset looks past): the hold is measured on the
     answer's clock (`operating_reset_at - finish`) and kept on the Redis server's.
@@ -83,7 +91,7 @@ def test_operating_holds_end_on_time_whatever_the_worker_clock(domain: str, figu
     (Only b24q's hold is measured, not when the held job runs again: this harness skews `time.time()` but
     not `datetime.now()`, and Celery's ETA arithmetic and kombu's unacked index mix the two, so a skewed
     worker runs its own retries early or late. With a real clock skew both move together.)"""
-    stack = make_fault_stack(workers=0, visibility_timeout=600)
+    stack = make_fault_stack(workers=0, visibility_timeout=600, **on_broker(broker))
     window = 30.0  # the emulator's operating window (600 s in Bitrix24), so that a hold ends within the test
     try:
         path = os.pathsep.join(p for p in (str(SKEWCLOCK), os.environ.get("PYTHONPATH", "")) if p)

@@ -24,6 +24,7 @@ from tests.faults.conftest import (
     settle_bound,
     wait_drained,
 )
+from tests.integration.conftest import BROKERS, on_broker
 from workers.localdev.localstack import LocalStack
 from workers.redisurl import connect
 from workers.runtime import get_runtime
@@ -95,9 +96,10 @@ class LockWatch:
             self.error = TimeoutError("MONITOR did not stop")
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    s = make_fault_stack(workers=2, concurrency=32, oauth_timeout=OAUTH_TIMEOUT)
+@pytest.fixture(scope="module", params=BROKERS)
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """One stack per broker: waiting jobs retry with countdowns (on RabbitMQ: in its delay queues)."""
+    s = make_fault_stack(workers=2, concurrency=32, oauth_timeout=OAUTH_TIMEOUT, **on_broker(request.param))
     yield s
     s.__exit__(None, None, None)
 

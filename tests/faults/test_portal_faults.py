@@ -21,16 +21,18 @@ from tests.faults.conftest import (
     wait_drained,
     wait_terminal,
 )
+from tests.integration.conftest import BROKERS, on_broker
 from workers.localdev.localstack import LocalStack
 from workers.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    # a short read timeout, so "applied, then answered late" is a timeout for the client
-    s = make_fault_stack(workers=2, concurrency=64, request_timeout=1.0)
+@pytest.fixture(scope="module", params=BROKERS)
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """One stack per broker: retries wait out their countdowns (on RabbitMQ: in its delay queues). A short read
+    timeout, so "applied, then answered late" is a timeout for the client."""
+    s = make_fault_stack(workers=2, concurrency=64, request_timeout=1.0, **on_broker(request.param))
     yield s
     s.__exit__(None, None, None)
 
@@ -69,6 +71,17 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
         broker_left=backlog,
     )
     return result, state
+
+
+def one_sender_update(jobs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """`jobs` without the sender updates after the first. They all set the one sender's handler: an older one
+    run together with a newer one is superseded by it, rightly, and never sent (whether a mix has two depends
+    on the portal's name, and so on the test's id)."""
+    kept: list[tuple[str, dict[str, Any]]] = []
+    for kind, payload in jobs:
+        if kind != "sender-update" or all(k != kind for k, _ in kept):
+            kept.append((kind, payload))
+    return kept
 
 
 def test_500s_drops_and_garbage_are_retried_until_applied(
@@ -137,7 +150,7 @@ def test_a_portal_that_keeps_failing_dead_letters_jobs_after_their_budget(
     rt = get_runtime()
     add_portal(stack, domain)
     stack.emulator.set_faults(domain, error_500_rate=1.0)
-    jobs = mixed_jobs(domain, 6)
+    jobs = one_sender_update(mixed_jobs(domain, 12))[:6]
     ids = enqueue(jobs)
     # every job spends its whole budget: max_failures failures and transient_window seconds since the first
     # (60 s is ample at the fault suite's)

@@ -10,7 +10,10 @@ celery 5.7 / kombu 5.7 (tests/faults/test_raw_messages.py):
   reader: the same crash, and the item is gone;
 - a body that does not decode (not JSON, a disallowed content type such as pickle) is logged and
   dropped by Celery (`on_decode_error`, `on_invalid_task`): nothing records the job;
-- a message for a task name b24q does not know is dropped by Celery (`task_unknown`).
+- a message for a task name b24q does not know is dropped by Celery (`task_unknown`);
+- on RabbitMQ, the messages Celery rejects (a disallowed content type, an unknown task, a body that is not a
+  message at all) are not dropped but dead-lettered by RabbitMQ to b24q's dead queue, from which a worker
+  recorded each a second time, as DELIVERY_LIMIT (a bare body as a second letter).
 
 Each is recorded as a dead letter (reason, task name, id, the raw body cut to 2,000 characters),
 acknowledged, and the worker carries on. `workers.celery` connects the signal handlers below and
@@ -160,8 +163,37 @@ def harden_redis_transport() -> None:
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]  # the patch is the point
 
 
+class _AckedWhenRejected:
+    """A message Celery rejects as one it cannot run, acknowledged instead: b24q keeps it as a dead letter (the
+    signal handlers below), so the broker has nothing more to do with it. Redis drops a rejected message
+    anyway; RabbitMQ would dead-letter it to b24q's dead queue (`workers.rabbitmq`), which is for messages
+    delivered too often, and it would be recorded again there."""
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def reject_log_error(self, logger: logging.Logger, errors: Any, requeue: bool = False) -> None:
+        if requeue:
+            self._message.reject_log_error(logger, errors, requeue=True)
+        else:
+            self._message.ack_log_error(logger, errors)
+
+
 class Consumer(CeleryConsumer):
-    """Celery's consumer, except that no single message can stop it (its `worker_consumer` setting)."""
+    """Celery's consumer, except that no single message can stop it (its `worker_consumer` setting), and a
+    message it cannot run is acknowledged once recorded, on either broker."""
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        super().on_unknown_message(body, _AckedWhenRejected(message))
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_unknown_task(body, _AckedWhenRejected(message), exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_invalid_task(body, _AckedWhenRejected(message), exc)
 
     def create_task_handler(self, promise: Any = None) -> Any:
         handler = super().create_task_handler() if promise is None else super().create_task_handler(promise)
