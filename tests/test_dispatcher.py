@@ -6,6 +6,8 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import httpx
@@ -61,21 +63,30 @@ def make_runtime(settings: Settings, rclient: redis.Redis, portal: FakePortal) -
     return rt
 
 
-def run_concurrently(rt: Runtime, n: int, message_id: int = 1) -> list[Any]:
-    out: list[Any] = [None] * n
+def at_once(rt: Runtime, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Each call in a thread of its own, all at once, each counted in the portal's backlog as a producer's job
+    is (a lane packs by it); what each returned or raised."""
+    out: list[Any] = [None] * len(calls)
+    for i in range(len(calls)):
+        rt.ledger.enqueued(f"at-once-{uuid.uuid4().hex}-{i}", "test", "acme")
 
     def one(i: int) -> None:
         try:
-            out[i] = rt.dispatcher.run("acme", "im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": message_id}, 5)
+            out[i] = calls[i]()
         except Exception as exc:
             out[i] = exc
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return out
+
+
+def run_concurrently(rt: Runtime, n: int, message_id: int = 1) -> list[Any]:
+    params = {"DIALOG_ID": "chat1", "MESSAGE_ID": message_id}
+    return at_once(rt, [lambda: rt.dispatcher.run("acme", "im.dialog.unread", params, 5)] * n)
 
 
 def test_concurrent_calls_share_a_batch(settings: Settings, rclient: redis.Redis) -> None:
@@ -206,22 +217,12 @@ def delivery(message_id: int, line: int = 7) -> dict[str, Any]:
 
 
 def run_deliveries(rt: Runtime, params: list[dict[str, Any]]) -> list[Any]:
-    out: list[Any] = [None] * len(params)
+    method, merge = DELIVERY_CONFIRMATION.method, DELIVERY_CONFIRMATION.merge
 
-    def one(i: int) -> None:
-        try:
-            out[i] = rt.dispatcher.run(
-                "acme", DELIVERY_CONFIRMATION.method, params[i], 5, DELIVERY_CONFIRMATION.merge
-            ).result
-        except Exception as exc:
-            out[i] = exc
+    def deliver(p: dict[str, Any]) -> Callable[[], Any]:
+        return lambda: rt.dispatcher.run("acme", method, p, 5, merge).result
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(params))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+    return at_once(rt, [deliver(p) for p in params])
 
 
 def test_deliveries_for_one_connector_and_line_share_a_call(settings: Settings, rclient: redis.Redis) -> None:

@@ -31,12 +31,21 @@ def test_a_spent_budget_holds_until_the_reset_the_answer_names(rclient: redis.Re
 
 def test_a_budget_with_room_holds_nothing_but_remembers_the_reset(rclient: redis.Redis, settings: Settings) -> None:
     holds = _holds(rclient, settings, clock=0.0)
-    assert holds.record("op1-acme", M, {"operating": 100.0, "operating_reset_at": 1045.0, "finish": 1000.0}) is None
+    assert holds.record("op1-acme", M, {"operating": 300.0, "operating_reset_at": 1045.0, "finish": 1000.0}) is None
     assert holds.held_until("op1-acme", [M]) == {}
     # a 429 then holds until that reset (45 s on), however wrong this worker's clock is
     until = holds.blocked("op1-acme", M)
     assert 45.0 < until <= 46.01  # (the reset is kept to the millisecond)
     assert 45_000 < rclient.pttl(Keys(settings.key_prefix).hold("op1-acme", M)) <= 46_000
+
+
+def test_far_from_the_limit_an_answer_writes_nothing(rclient: redis.Redis, settings: Settings) -> None:
+    """Below half the limit no hold is near: the answer costs no round trip (a 429 would hold the default)."""
+    holds = _holds(rclient, settings, clock=0.0)
+    before = rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert holds.record("op2-acme", M, {"operating": 239.0, "operating_reset_at": 1045.0, "finish": 1000.0}) is None
+    assert rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) == before
+    assert abs(holds.blocked("op2-acme", M) - DEFAULT_HOLD) < 0.5
 
 
 def test_a_429_with_no_known_reset_holds_for_the_default(rclient: redis.Redis, settings: Settings) -> None:

@@ -63,26 +63,34 @@ class Dispatcher:
 
     def pooled(self, portal_key: str) -> bool:
         """Does a call for this portal go through the pool-wide call queue now?"""
+        return self._route(portal_key)[0]
+
+    def _route(self, portal_key: str) -> tuple[bool, int | None]:
+        """Whether a call for this portal goes through the pool now, and the portal's backlog if it was read
+        to decide (the lane of this process then need not read it again)."""
         if self.pool is None or self.share_max_rate <= 0:
-            return False
+            return False, None
         portals = self.wire.portals
         if not 0 < portals.limits(portals(portal_key)).our_rate <= self.share_max_rate:
-            return False
+            return False, None
         if self.pressure is None:
-            return True
+            return True, None
         backlog, waiting = self.pressure(portal_key)
-        return waiting > 0 or backlog >= self.config.batch_max
+        return waiting > 0 or backlog >= self.config.batch_max, backlog
 
     def lane(self, portal_key: str, pooled: bool | None = None) -> Lane:
         """The portal's lane that sends through the pool (`pooled`), or its lane of this process alone;
         by default the one a call for it takes now."""
+        backlog = None
         if pooled is None:
-            pooled = self.pooled(portal_key)
+            pooled, backlog = self._route(portal_key)
         with self._lock:
             lane = self._lanes.get((portal_key, pooled))
             if lane is None:
                 pool = self.pool if pooled else None
                 lane = self._lanes[(portal_key, pooled)] = Lane(portal_key, self.wire, self.config, pool)
+        if backlog is not None:
+            lane.note_backlog(backlog)
         return lane
 
     def run(

@@ -19,6 +19,10 @@ from workers.delivery.wire import LaneConfig, Wire
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
 
+#: A reading of the portal's backlog younger than this is good enough to decide whether to wait for more
+#: calls (a fill looks again every 20 ms at most): one Redis round trip per request, not three.
+BACKLOG_FRESH = 0.02
+
 
 class Packing:
     """A lane's staged calls and how a request is filled from them (and from the pool-wide list)."""
@@ -30,6 +34,7 @@ class Packing:
     _cond: threading.Condition  # guards the fields below
     _queue: deque[Call]
     _closing: bool
+    _backlog_read: tuple[float, int] | None = None  # (monotonic time, the portal's backlog then)
 
     def depth(self) -> int:
         with self._cond:
@@ -46,6 +51,8 @@ class Packing:
             return
         deadline = time.monotonic() + self._config.gather_max
         seen = self.depth()
+        if self.pool is None and self._wire.backlog is not None and self._backlog() <= seen:
+            return  # nothing of this portal is unfinished beyond these calls: no companion is coming
         expecting = self.pool is None and self._expecting(seen)
         while seen < self._config.batch_max:
             time.sleep(self._config.gather)
@@ -57,7 +64,22 @@ class Packing:
     def _expecting(self, depth: int) -> bool:
         """More of this portal's jobs are on their way: its pool-wide backlog (which counts the calls already
         here and jobs on the wire too) holds a full batch more than `depth`."""
-        return depth < self._config.batch_max and self._wire.backlog(self.key) >= depth + self._config.batch_max
+        return depth < self._config.batch_max and self._backlog() >= depth + self._config.batch_max
+
+    def note_backlog(self, backlog: int) -> None:
+        """A reading of the portal's pool-wide backlog taken just now (the dispatcher's, for routing the call)."""
+        self._backlog_read = (time.monotonic(), backlog)
+
+    def _backlog(self) -> int:
+        """The portal's pool-wide backlog, as read within `BACKLOG_FRESH` s (0 when no source is wired)."""
+        if self._wire.backlog is None:
+            return 0
+        now, read = time.monotonic(), self._backlog_read
+        if read is not None and now - read[0] < BACKLOG_FRESH:
+            return read[1]
+        backlog = self._wire.backlog(self.key)
+        self._backlog_read = (now, backlog)
+        return backlog
 
     def _fill(self, longest: float) -> None:
         """Spend the slot on a full batch when one is coming. At the start of a backlog (a free burst, a pool

@@ -42,8 +42,8 @@ class Wire:
     tokens: TokenKeeper
     portals: PortalSource
     ordering: Ordering
-    #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming
-    backlog: Callable[[str], int] = lambda portal: 0
+    #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming; None: not known
+    backlog: Callable[[str], int] | None = None
 
     def follow(self, portal: Portal, creds: Credentials, redirect: PortalMoved) -> Portal | None:
         """The portal's domain changed (bitrix24-facts.md §7.5): store the address `redirect` points to and
