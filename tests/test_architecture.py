@@ -27,6 +27,7 @@ LAYERS: list[grimp.Layer | str] = [
     grimp.Layer("workers.broker", "workers.observe"),  # kombu hardening, reconciler, recovery; metrics, status
     "workers.pipeline",  # one job to an outcome
     "workers.runtime",  # the one place that wires the pieces of a process
+    "workers.jobstart",  # a job's first round trip: its run, its portal, its portal's traffic
     "workers.delivery",  # calls, lanes, the pool-wide call queue, limits
     grimp.Layer("workers.records", "workers.portals"),  # ledger, dead letters, parking; registry and tokens
     "workers.bitrix",  # the wire: REST client, query strings, OAuth; no Redis

@@ -112,19 +112,11 @@ def test_a_lone_call_goes_out_alone_and_fast(settings: Settings, rclient: redis.
 def test_per_command_errors_reach_only_their_job(settings: Settings, rclient: redis.Redis) -> None:
     portal = FakePortal()
     rt = make_runtime(settings, rclient, portal)
-    results: dict[int, Any] = {}
 
-    def one(mid: int) -> None:
-        try:
-            results[mid] = rt.dispatcher.run("acme", "im.dialog.unread", {"DIALOG_ID": "1", "MESSAGE_ID": mid}, 5)
-        except RestError as exc:
-            results[mid] = exc
+    def unread(mid: int) -> Callable[[], Any]:
+        return lambda: rt.dispatcher.run("acme", "im.dialog.unread", {"DIALOG_ID": "1", "MESSAGE_ID": mid}, 5)
 
-    threads = [threading.Thread(target=one, args=(mid,)) for mid in (1, 2, 404, 3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = dict(zip((1, 2, 404, 3), at_once(rt, [unread(mid) for mid in (1, 2, 404, 3)]), strict=True))
     assert isinstance(results[404], RestError) and results[404].code == "ERROR_MESSAGE_NOT_FOUND"
     assert all(results[m].result is True for m in (1, 2, 3))
 
@@ -383,3 +375,42 @@ def test_a_quiet_portal_keeps_no_thread(settings: Settings, rclient: redis.Redis
     lanes = [t.name for t in threading.enumerate() if t.name.startswith("b24q-lane-")]
     assert not lanes, f"{len(lanes)} quiet portals kept a thread"
     assert len(portal.requests) == len(names)
+
+
+def test_a_quiet_portals_job_costs_four_redis_round_trips(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its start (its run, its portal's record, the portal's traffic), its slot, the ordering gate and its
+    finish. A round trip costs a worker more than anything else b24q does for a job (docs/benchmarks.md:
+    issue 21), so one more is a regression."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    unread = KINDS["mark-unread"]
+
+    def record(job_id: str, kwargs: dict[str, Any]) -> None:  # as the producer records a job it enqueues
+        assert unread.order is not None
+        pipe = rclient.pipeline(transaction=True)
+        rt.ledger.enqueued(job_id, unread.name, "acme", pipe, payload=kwargs)
+        rt.ordering.stamp("acme", [(job_id, 0, None, unread.order.keys(kwargs))], pipe)
+        pipe.execute()
+
+    def retry(countdown: float, exc: BaseException) -> NoReturn:
+        raise AssertionError(f"retried: {exc}")
+
+    sent: list[bytes] = []
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        real_send(conn, command, check_health)
+
+    for n in range(3):  # the first loads the scripts and the registry's keys; the others are any job's
+        kwargs = {"portal": "acme", "dialog_id": "chat1", "message_id": n + 1}
+        record(f"quiet-{n}", kwargs)
+        sent.clear()
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+        rt.portals.forget("acme")  # its record as a quiet portal's is: older than the cache keeps it
+        assert run_job(unread, f"quiet-{n}", (), kwargs, rt.job_services, retry) == {"outcome": "applied"}
+        monkeypatch.undo()
+    assert len(portal.requests) == 3
+    assert len(sent) == 4, [s[:80] for s in sent]

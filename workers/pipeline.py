@@ -12,6 +12,7 @@ every outcome through the outcome recorder (`workers.records.outcomes`). `retry`
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -26,6 +27,7 @@ from kombu.exceptions import OperationalError
 from workers import retries
 from workers.delivery.calls import MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
+from workers.delivery.wire import Look
 from workers.errors import Deferred, JobDeadLettered, JobRefused, Superseded
 from workers.events import events
 from workers.keys import PORTAL_KEY_CHARS, PORTAL_KEY_MAX
@@ -156,12 +158,17 @@ def _run_job(
     if not _keyable(portal_key):
         # a raw message's `portal` names Redis keys (backlog): refused below, recorded as "?"
         portal_key = "?"
-    portal = services.portals.current(portal_key) if portal_key != "?" else None
-    if portal is not None and portal.key != portal_key:
-        # a raw message may name the portal by an alias (its domain or member_id): every record, lane and
-        # limit of the job is the registry key's, as if the producer had resolved it
-        portal_key, kwargs = portal.key, {**kwargs, "portal": portal.key}
-    started = services.ledger.started(job_id, kind.name, portal_key, worker, payload=lambda: storable(kwargs))
+    payload = functools.partial(storable, kwargs)  # kept only for a job no producer recorded
+    look = None
+    if portal_key == "?":
+        portal, started = None, services.ledger.started(job_id, kind.name, portal_key, worker, payload)
+    else:
+        begun = services.start(job_id, kind.name, kind.method, portal_key, worker, payload)
+        portal, started, look = begun.portal, begun.run, begun.look
+        if begun.key != portal_key:
+            # a raw message may name the portal by an alias (its domain or member_id): every record, lane and
+            # limit of the job is the registry key's, as if the producer had resolved it
+            portal_key, kwargs = begun.key, {**kwargs, "portal": begun.key}
     events.job_started(kind.name, portal_key)
     run = _Run(kind, JobRef(job_id, kind.name, kind.task_name, portal_key), kwargs, started, services, retry)
 
@@ -171,7 +178,7 @@ def _run_job(
         return _apply(run, admitted, job, None)
     order = _order(run, job)
     try:
-        _call(run, job, order)
+        _call(run, job, order, look)
     except Superseded as exc:  # a newer job has this portal state: nothing to send
         services.outcomes.superseded(run.ref, exc.by, run.latency())
         return {"outcome": "superseded", "by": exc.by}
@@ -228,7 +235,7 @@ def _order(run: _Run, job: Any) -> Order | None:
     return Order(run.ref.id, version, keys)
 
 
-def _call(run: _Run, job: Any, order: Order | None) -> None:
+def _call(run: _Run, job: Any, order: Order | None, look: Look | None) -> None:
     """The job's call, through its portal's lane (limit, pack, token, send); raises what went wrong."""
     services = run.services
     result = services.dispatcher.run(
@@ -238,6 +245,7 @@ def _call(run: _Run, job: Any, order: Order | None) -> None:
         wait=services.settings.permit_wait,
         merge=run.kind.merge,
         order=order,
+        look=look,
     )
     job.check_result(result.result)
 

@@ -24,6 +24,7 @@ from workers.delivery.ordering import Ordering
 from workers.delivery.ratelimit import RateLimiter
 from workers.delivery.verification import VerificationGate
 from workers.delivery.wire import LaneConfig, Wire
+from workers.jobstart import JobStart
 from workers.keys import Keys
 from workers.portals.cache import CachedPortals
 from workers.portals.endpoints import check_url
@@ -55,6 +56,8 @@ class JobServices:
     outcomes: Outcomes
     dispatcher: Dispatcher
     ordering: Ordering
+    #: a job's start: its run, its portal, its portal's traffic, in one round trip
+    start: JobStart
 
 
 class Runtime:
@@ -107,8 +110,9 @@ class Runtime:
         )
         self.calls = CallPool(self.redis, keys)
         self.dispatcher = self._dispatcher()
+        start = JobStart(self.redis, self.portals, self.registry, self.ledger, self.calls, self.holds)
         self.job_services = JobServices(
-            s, self.portals, self.registry, self.ledger, self.outcomes, self.dispatcher, self.ordering
+            s, self.portals, self.registry, self.ledger, self.outcomes, self.dispatcher, self.ordering, start
         )
 
     def _oauth(self, transport: httpx.BaseTransport | None) -> OAuthClient | None:

@@ -23,7 +23,7 @@ from workers.delivery.calls import Call, MergeRule
 from workers.delivery.lane import Lane
 from workers.delivery.oneoff import OneOffCalls
 from workers.delivery.ordering import Order
-from workers.delivery.wire import LaneConfig, Wire
+from workers.delivery.wire import LaneConfig, Look, Wire
 from workers.errors import Deferred, TransportError
 
 
@@ -65,32 +65,34 @@ class Dispatcher:
         """Does a call for this portal go through the pool-wide call queue now?"""
         return self._route(portal_key)[0]
 
-    def _route(self, portal_key: str) -> tuple[bool, int | None]:
+    def _route(self, portal_key: str, look: Look | None = None) -> tuple[bool, int | None]:
         """Whether a call for this portal goes through the pool now, and the portal's backlog if it was read
-        to decide (the lane of this process then need not read it again)."""
+        to decide (the lane of this process then need not read it again); by `look` while it is fresh."""
         if self.pool is None or self.share_max_rate <= 0:
             return False, None
         portals = self.wire.portals
         if not 0 < portals.limits(portals(portal_key)).our_rate <= self.share_max_rate:
             return False, None
-        if self.pressure is None:
+        if look is not None and look.fresh():
+            backlog, waiting = look.backlog, look.waiting
+        elif self.pressure is None:
             return True, None
-        backlog, waiting = self.pressure(portal_key)
+        else:
+            backlog, waiting = self.pressure(portal_key)
         return waiting > 0 or backlog >= self.config.batch_max, backlog
 
-    def lane(self, portal_key: str, pooled: bool | None = None) -> Lane:
+    def lane(self, portal_key: str, pooled: bool | None = None, look: Look | None = None) -> Lane:
         """The portal's lane that sends through the pool (`pooled`), or its lane of this process alone;
-        by default the one a call for it takes now."""
+        by default the one a call for it takes now (as `look` says, if it is fresh)."""
         backlog = None
         if pooled is None:
-            pooled, backlog = self._route(portal_key)
+            pooled, backlog = self._route(portal_key, look)
         with self._lock:
             lane = self._lanes.get((portal_key, pooled))
             if lane is None:
                 pool = self.pool if pooled else None
                 lane = self._lanes[(portal_key, pooled)] = Lane(portal_key, self.wire, self.config, pool)
-        if backlog is not None:
-            lane.note_backlog(backlog)
+        lane.note(look if look is not None and look.fresh() else None, backlog)
         return lane
 
     def run(
@@ -101,11 +103,12 @@ class Dispatcher:
         wait: float,
         merge: MergeRule | None = None,
         order: Order | None = None,
+        look: Look | None = None,
     ) -> CallResult:
         """Send one call through its portal's lane; raise what it got, or `Deferred` after `wait` s.
         Calls with the same `merge` key may share one command; an `order` makes it pass the ordering
-        gate (it may end `Superseded`)."""
-        lane = self.lane(portal_key)
+        gate (it may end `Superseded`); a `look` read just now saves the lane reading it again."""
+        lane = self.lane(portal_key, look=look)
         call = Call(method, params, merge, order)
         deadline = time.monotonic() + wait
         if lane.offer(call):

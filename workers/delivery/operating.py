@@ -128,7 +128,14 @@ class OperatingHolds:
         if not methods:
             return {}
         pipe = self._client.pipeline(transaction=False)
+        self.queue_held(pipe, portal, methods)
+        return self.held_from(methods, pipe.execute())
+
+    def queue_held(self, pipe: Any, portal: str, methods: Sequence[str]) -> None:
+        """Queue `held_until(portal, methods)` in a pipeline: one reply per method, for `held_from`."""
         for method in methods:
             pipe.pttl(self._keys.hold(portal, method))
+
+    def held_from(self, methods: Sequence[str], replies: Sequence[int]) -> dict[str, float]:
         now = self._clock()
-        return {m: now + ms / 1000.0 for m, ms in zip(methods, pipe.execute(), strict=True) if ms > 0}
+        return {m: now + ms / 1000.0 for m, ms in zip(methods, replies, strict=True) if ms > 0}

@@ -15,13 +15,9 @@ from typing import Any
 
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call
-from workers.delivery.wire import LaneConfig, Wire
+from workers.delivery.wire import FRESH, LaneConfig, Look, Wire
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
-
-#: A reading of the portal's backlog younger than this is good enough to decide whether to wait for more
-#: calls (a fill looks again every 20 ms at most): one Redis round trip per request, not three.
-BACKLOG_FRESH = 0.02
 
 
 class Packing:
@@ -35,6 +31,7 @@ class Packing:
     _queue: deque[Call]
     _closing: bool
     _backlog_read: tuple[float, int] | None = None  # (monotonic time, the portal's backlog then)
+    _look: Look | None = None  # the last reading of the portal's traffic a job's start passed in
 
     def depth(self) -> int:
         with self._cond:
@@ -66,16 +63,21 @@ class Packing:
         here and jobs on the wire too) holds a full batch more than `depth`."""
         return depth < self._config.batch_max and self._backlog() >= depth + self._config.batch_max
 
-    def note_backlog(self, backlog: int) -> None:
-        """A reading of the portal's pool-wide backlog taken just now (the dispatcher's, for routing the call)."""
-        self._backlog_read = (time.monotonic(), backlog)
+    def note(self, look: Look | None = None, backlog: int | None = None) -> None:
+        """Readings of the portal's traffic taken just now: a job's start's (`look`), or the dispatcher's
+        backlog, read to route the call. Used while `FRESH` instead of reading again."""
+        if look is not None:
+            self._look = look
+            self._backlog_read = (look.at, look.backlog)
+        elif backlog is not None:
+            self._backlog_read = (time.monotonic(), backlog)
 
     def _backlog(self) -> int:
-        """The portal's pool-wide backlog, as read within `BACKLOG_FRESH` s (0 when no source is wired)."""
+        """The portal's pool-wide backlog, as read within `FRESH` s (0 when no source is wired)."""
         if self._wire.backlog is None:
             return 0
         now, read = time.monotonic(), self._backlog_read
-        if read is not None and now - read[0] < BACKLOG_FRESH:
+        if read is not None and now - read[0] < FRESH:
             return read[1]
         backlog = self._wire.backlog(self.key)
         self._backlog_read = (now, backlog)

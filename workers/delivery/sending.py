@@ -89,7 +89,12 @@ class Sending(Packing):
     def _ready(self, calls: list[Call]) -> list[Call]:
         """The calls that go out now: those of a held method are deferred, those a newer job superseded
         end (`_gate`)."""
-        held = self._wire.holds.held_until(self.key, {c.method for c in calls})
+        methods = {c.method for c in calls}
+        look = self._look
+        if look is not None and look.fresh() and methods <= look.methods:
+            held = {m: end for m, end in look.held.items() if m in methods}  # read with the job's start
+        else:
+            held = self._wire.holds.held_until(self.key, methods)
         if held:
             now = time.time()
             for call in [c for c in calls if c.method in held]:

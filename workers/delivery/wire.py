@@ -5,7 +5,8 @@ calls (`oneoff`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,26 @@ class Wire:
         events.portal_moved(portal.key)
         log.warning("portal %s moved: requests now go to its new domain", portal.key)
         return now
+
+
+#: A reading of a portal's traffic younger than this is good enough for a lane's decisions (to wait for more
+#: calls, to defer a held method; a fill looks again every 20 ms at most), so it is not read again.
+FRESH = 0.02
+
+
+@dataclass(frozen=True)
+class Look:
+    """A portal's traffic as read moments before a call reaches its lane (`workers.jobstart`, with the job's
+    other reads): the dispatcher routes the call by it and the lane decides by it while it is `FRESH`."""
+
+    at: float  # time.monotonic() of the reading
+    backlog: int  # the portal's unfinished jobs pool-wide (the ledger's count)
+    waiting: int  # its calls waiting in the pool-wide call queue
+    methods: frozenset[str]  # the methods whose holds were read
+    held: Mapping[str, float]  # those of them held now: method -> the hold's end on this process's clock
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.at < FRESH
 
 
 @dataclass(frozen=True)

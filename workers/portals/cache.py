@@ -26,6 +26,7 @@ class CachedPortals:
         self._settings = settings
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Portal | None]] = {}
+        self._keys: set[str] | None = None  # names known to be registry keys (`is_key`)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Portal | None:
@@ -40,7 +41,33 @@ class CachedPortals:
             portal = self._registry.get(canonical)  # `key` is an alias: its domain or member_id
         with self._lock:
             self._cache[key] = (now, portal)
+            if portal is not None and self._keys is not None:
+                self._keys.add(portal.key)
         return portal
+
+    def is_key(self, name: str) -> bool:
+        """Is `name` a portal's registry key (not an alias, not unknown)? As this process knows: the registry's
+        index when first asked, and every key read since (a portal removed since is still answered True)."""
+        with self._lock:
+            known = self._keys
+        if known is None:
+            known = set(self._registry.keys())
+            with self._lock:
+                self._keys = known = known | (self._keys or set())
+        return name in known
+
+    def cached(self, key: str) -> tuple[Portal | None, bool]:
+        """The record as cached (None if none) and whether it is fresh: read under `ttl` seconds ago."""
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            return None, False
+        return hit[1], time.monotonic() - hit[0] < self._ttl
+
+    def keep(self, key: str, portal: Portal | None) -> None:
+        """A record read just now by another path (`workers.jobstart`: with the job's other reads)."""
+        with self._lock:
+            self._cache[key] = (time.monotonic(), portal)
 
     def current(self, key: str) -> Portal | None:
         """The record to decide a job's admission on (`workers.portals.admission`): as cached, unless the cached

@@ -148,7 +148,13 @@ class PortalRegistry:
         )
 
     def get(self, key: str) -> Portal | None:
-        raw = self._client.hgetall(self._keys.portal(key))
+        return self.portal_from(self._client.hgetall(self._keys.portal(key)))
+
+    def queue_get(self, pipe: Any, key: str) -> None:
+        """Queue `get(key)` in a pipeline; its reply goes to `portal_from`."""
+        pipe.hgetall(self._keys.portal(key))
+
+    def portal_from(self, raw: Any) -> Portal | None:
         return Portal.from_stored(raw, self._cipher) if raw else None
 
     def resolve(self, name: str) -> str | None:

@@ -190,14 +190,25 @@ class Ledger:
     ) -> Run:
         """A worker picked the job up (one script call). A job no producer recorded (a non-Python
         producer's raw message) gets its record here, with `payload()` kept for the reconciler."""
-        event = self._event("running", worker=worker) if worker else self._event("running")
-        first, created, runs, version = self._started(
-            keys=[self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)],
-            args=[self._clock(), job_id, kind, portal, event, worker],
-        )
+        keys, args = self._started_call(job_id, kind, portal, worker)
+        return self.run_from(job_id, self._started(keys=keys, args=args), payload)
+
+    def queue_started(self, pipe: Any, job_id: str, kind: str, portal: str, worker: str = "") -> None:
+        """Queue `started` in a pipeline (its reply goes to `run_from`; a pipeline's NoScriptError to `started`)."""
+        keys, args = self._started_call(job_id, kind, portal, worker)
+        pipe.evalsha(self._started.sha, len(keys), *keys, *args)
+
+    def run_from(self, job_id: str, reply: Any, payload: Callable[[], Any] | None = None) -> Run:
+        """The run `started`'s script replied (keeping the payload of a job seen for the first time)."""
+        first, created, runs, version = reply
         if first and payload is not None:
             self._client.set(self._payload_key(job_id), self._payload(payload()), ex=self._ttl, nx=True)
         return Run(float(created), int(runs), version.decode() if isinstance(version, bytes) else str(version))
+
+    def _started_call(self, job_id: str, kind: str, portal: str, worker: str) -> tuple[list[str], list[Any]]:
+        event = self._event("running", worker=worker) if worker else self._event("running")
+        keys = [self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)]
+        return keys, [self._clock(), job_id, kind, portal, event, worker]
 
     def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
         """A non-terminal step: retrying, deferred."""
