@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from workers.delivery.callpool import CallPool
 from workers.delivery.operating import OperatingHolds
-from workers.delivery.wire import Look
+from workers.delivery.wire import Look, pipelined
 from workers.portals.cache import CachedPortals
 from workers.portals.record import Portal
 from workers.portals.registry import PortalRegistry
@@ -79,7 +79,7 @@ class JobStart:
         at = time.monotonic()
         replies = pipe.execute(raise_on_error=False)
         if read:
-            portal = self._registry.portal_from(_checked(replies.pop(0)))
+            portal = self._registry.portal_from(pipelined(replies.pop(0)))
             self._portals.keep(key, portal)
             if portal is None:  # removed since, or its name now another portal's alias: asked as `current` does
                 portal = self._portals.current(key)
@@ -87,19 +87,12 @@ class JobStart:
         if isinstance(started, NoScriptError):  # a Redis restarted or flushed since the script was loaded
             run = self._ledger.started(job_id, kind, key, worker, payload)
         else:
-            run = self._ledger.run_from(job_id, _checked(started), payload)
+            run = self._ledger.run_from(job_id, pipelined(started), payload)
         look = Look(
             at,
-            int(_checked(backlog) or 0),
-            int(_checked(waiting) or 0),
+            int(pipelined(backlog) or 0),
+            int(pipelined(waiting) or 0),
             frozenset([method]),
-            self._holds.held_from([method], [_checked(held)]),
+            self._holds.held_from([method], [pipelined(held)]),
         )
         return Started(portal, portal.key if portal is not None else key, run, look)
-
-
-def _checked(reply: Any) -> Any:
-    """A pipeline's reply, or the error it carries raised."""
-    if isinstance(reply, Exception):
-        raise reply
-    return reply

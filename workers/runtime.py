@@ -126,7 +126,16 @@ class Runtime:
     def _dispatcher(self) -> Dispatcher:
         s = self.settings
         return Dispatcher(
-            Wire(self.client, self.limiter, self.holds, self.tokens, self.portals, self.ordering, self.ledger.backlog),
+            Wire(
+                self.client,
+                self.limiter,
+                self.holds,
+                self.tokens,
+                self.portals,
+                self.ordering,
+                self.ledger.backlog,
+                self.redis,
+            ),
             LaneConfig(
                 batch_max=s.batch_max,
                 gather=s.gather_ms / 1000.0,

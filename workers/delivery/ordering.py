@@ -341,11 +341,25 @@ class Ordering:
 
     def gate(self, portal: str, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> list[Verdict]:
         """Decide and record, in one step, which of these calls (with their params) go out."""
+        return self.verdicts_from(
+            calls, self._gate(keys=[self._keys.order_states(portal)], args=self._gate_args(calls))
+        )
+
+    def queue_gate(self, pipe: Any, portal: str, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> None:
+        """Queue `gate` in a pipeline; its reply goes to `verdicts_from`, a NoScriptError (a Redis restarted
+        since) to `gate`."""
+        pipe.evalsha(self._gate.sha, 1, self._keys.order_states(portal), *self._gate_args(calls))
+
+    def _gate_args(self, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> list[Any]:
         args: list[Any] = [self._window, self._keys.job("")]
         for order, _params in calls:
             rank, t, seq = order.version
             args += [order.job_id, f"{rank:g}", f"{t:.6f}", seq, len(order.keys), *(_field(k.name) for k in order.keys)]
-        answers = self._gate(keys=[self._keys.order_states(portal)], args=args)
+        return args
+
+    @staticmethod
+    def verdicts_from(calls: Sequence[tuple[Order, Mapping[str, Any]]], answers: Any) -> list[Verdict]:
+        """What `gate`'s script answered, as a verdict per call."""
         verdicts: list[Verdict] = []
         for (order, params), answer in zip(calls, answers, strict=True):
             by = [b.decode() if isinstance(b, bytes) else str(b) for b in answer]

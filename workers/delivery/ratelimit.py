@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -62,10 +63,20 @@ class RateLimiter:
         """Take the next slot if it comes within `max_wait` seconds."""
         if limits.our_rate <= 0:
             return Permit(True, 0.0)
-        granted, wait, *slack = self._script(
-            keys=[self._bucket(portal)],
-            args=["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait],
-        )
+        return self.permit_from(self._script(keys=[self._bucket(portal)], args=self._reserve_args(limits, max_wait)))
+
+    def queue_reserve(self, pipe: Any, portal: str, limits: Limits, max_wait: float) -> None:
+        """Queue `reserve` in a pipeline (a rate-limited portal's); its reply goes to `permit_from`, a
+        NoScriptError (a Redis restarted since) to `reserve`."""
+        pipe.evalsha(self._script.sha, 1, self._bucket(portal), *self._reserve_args(limits, max_wait))
+
+    @staticmethod
+    def _reserve_args(limits: Limits, max_wait: float) -> list[Any]:
+        return ["reserve", 1.0 / limits.our_rate, limits.our_burst, max_wait]
+
+    @staticmethod
+    def permit_from(reply: Any) -> Permit:
+        granted, wait, *slack = reply
         return Permit(bool(int(granted)), max(0.0, float(wait)), max(0.0, float(slack[0])) if slack else 0.0)
 
     def set_full(self, portal: str, limits: Limits) -> float:

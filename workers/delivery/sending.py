@@ -17,11 +17,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from workers import retries
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call, build_commands
+from workers.delivery.ordering import Verdict
 from workers.delivery.packing import Packing
-from workers.delivery.wire import LaneStats
+from workers.delivery.wire import LaneStats, pipelined
 from workers.errors import (
     Deferred,
     OperationTimeLimit,
@@ -49,6 +52,9 @@ class Sending(Packing):
         portal = self._wire.portals(self.key)
         limits = self._wire.portals.limits(portal)
         longest = self._config.max_reserve if within is None else min(within, self._config.max_reserve)
+        if self._alone(limits):
+            self._send_alone(portal, limits, longest, within)
+            return
         permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         if not permit.granted:
             if within is None:
@@ -65,6 +71,55 @@ class Sending(Packing):
             self._send_calls(portal, limits, calls)
         except Exception as exc:
             # whatever went wrong, no call taken from the queue is left without an outcome
+            self._resolve([c for c in calls if not c.done.is_set()], exc)
+            raise
+
+    def _alone(self, limits: Limits) -> bool:
+        """Is what is staged here all this portal has unfinished pool-wide (a quiet portal's lone call, most
+        often), and one request's worth? Then there is nothing to gather or fill."""
+        if self.pool is not None or limits.our_rate <= 0 or self._wire.redis is None:
+            return False
+        staged = self.depth()
+        return 0 < staged <= self._config.batch_max and self._backlog() <= staged
+
+    def _send_alone(self, portal: Portal, limits: Limits, longest: float, within: float | None) -> None:
+        """Take the calls first, then book the slot and ask the ordering gate in one round trip. The gate's
+        verdicts hold for a slot that is now; calls whose slot is later wait for it unsent and are gated again
+        when it comes (a newer job may go out meanwhile), as calls left without a slot are by the next round."""
+        calls = self._take()
+        try:
+            ready = self._unheld(calls)
+            orders = [(c.order, c.params) for c in ready if c.order is not None]
+            pipe = self._wire.redis.pipeline(transaction=False)
+            self._wire.limiter.queue_reserve(pipe, self.key, limits, longest)
+            if orders:
+                self._wire.ordering.queue_gate(pipe, self.key, orders)
+            replies = pipe.execute(raise_on_error=False)
+            if isinstance(replies[0], NoScriptError):  # a Redis restarted since the script was loaded
+                permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
+            else:
+                permit = self._wire.limiter.permit_from(pipelined(replies[0]))
+            if not permit.granted or permit.wait > 0:
+                # not now: the calls wait unsent (a job may still withdraw its call), and are gated when they go
+                self._put_back([c for c in ready if not c.done.is_set()])
+                calls = []  # staged again: the lane's, not this round's
+                if not permit.granted:
+                    if within is None:
+                        time.sleep(min(permit.wait, self._config.max_reserve))
+                    return
+                events.limiter_wait(self.key, permit.wait)
+                time.sleep(permit.wait)
+                calls = self._take()
+                if calls:
+                    self._send_calls(portal, limits, calls)
+                return
+            if orders and not isinstance(replies[1], NoScriptError):
+                ready = self._gate(ready, self._wire.ordering.verdicts_from(orders, pipelined(replies[1])))
+            else:
+                ready = self._gate(ready)
+            if ready:
+                self._send(portal, limits, ready)
+        except Exception as exc:
             self._resolve([c for c in calls if not c.done.is_set()], exc)
             raise
 
@@ -89,6 +144,10 @@ class Sending(Packing):
     def _ready(self, calls: list[Call]) -> list[Call]:
         """The calls that go out now: those of a held method are deferred, those a newer job superseded
         end (`_gate`)."""
+        return self._gate(self._unheld(calls))
+
+    def _unheld(self, calls: list[Call]) -> list[Call]:
+        """The calls whose method is not held; the others are deferred until the hold ends."""
         methods = {c.method for c in calls}
         look = self._look
         if look is not None and look.fresh() and methods <= look.methods:
@@ -100,15 +159,17 @@ class Sending(Packing):
             for call in [c for c in calls if c.method in held]:
                 self._settle(call, Deferred(held[call.method] - now, f"{call.method} held by the operating limit"))
             calls = [c for c in calls if c.method not in held]
-        return self._gate(calls)
+        return calls
 
-    def _gate(self, calls: list[Call]) -> list[Call]:
+    def _gate(self, calls: list[Call], verdicts: list[Verdict] | None = None) -> list[Call]:
         """Calls that still go out: one whose portal state a newer job has (or will have) ends as
-        `Superseded`; one that sets fields a newer job set goes without them (`workers.delivery.ordering`)."""
+        `Superseded`; one that sets fields a newer job set goes without them (`workers.delivery.ordering`).
+        `verdicts`: the gate's, asked already (for the calls with an order, in their order)."""
         ordered = [c for c in calls if c.order is not None]
         if not ordered:
             return calls
-        verdicts = self._wire.ordering.gate(self.key, [(c.order, c.params) for c in ordered if c.order is not None])
+        if verdicts is None:
+            verdicts = self._wire.ordering.gate(self.key, [(c.order, c.params) for c in ordered if c.order is not None])
         for call, verdict in zip(ordered, verdicts, strict=True):
             if verdict.params is None:
                 self._settle(call, Superseded(verdict.superseded_by))

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from workers.bitrix.client import Credentials, RestClient
 from workers.delivery.operating import OperatingHolds
@@ -45,6 +45,8 @@ class Wire:
     ordering: Ordering
     #: a portal's pool-wide count of unfinished jobs (the ledger's), to know more are coming; None: not known
     backlog: Callable[[str], int] | None = None
+    #: the stores' Redis, to ask several of them in one round trip (None: each is asked on its own)
+    redis: Any = None
 
     def follow(self, portal: Portal, creds: Credentials, redirect: PortalMoved) -> Portal | None:
         """The portal's domain changed (bitrix24-facts.md §7.5): store the address `redirect` points to and
@@ -56,6 +58,13 @@ class Wire:
         events.portal_moved(portal.key)
         log.warning("portal %s moved: requests now go to its new domain", portal.key)
         return now
+
+
+def pipelined(reply: Any) -> Any:
+    """A reply from a pipeline run with `raise_on_error=False`, or the error it carries, raised."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 #: A reading of a portal's traffic younger than this is good enough for a lane's decisions (to wait for more
