@@ -50,10 +50,22 @@ def _rabbitmq_pid() -> int | None:
     return None
 
 
-def floor(broker_url: str, redis_url: str, n: int, log_path: str) -> float:
-    """Worker CPU per message (ms) of Celery's no-op task on this broker draining a backlog, as b24q's worker is
-    measured: `n` messages enqueued with no worker running, then one worker started; its CPU is counted from
-    its first `noop.STEP` messages done (its start-up before) to the last."""
+def floor(
+    broker_url: str,
+    redis_url: str,
+    n: int,
+    log_path: str,
+    pace: float | None = None,
+    workers: int = 1,
+    threads: int = 64,
+) -> float:
+    """Worker CPU per message (ms) of Celery's no-op task on this broker, as b24q's worker is measured.
+
+    Draining a backlog (`pace` None): `n` messages enqueued with no worker running, then the workers started;
+    their CPU is counted from the first `noop.STEP` messages done (their start-up before) to the last. At a
+    steady load (`pace` messages a second, as `bench.run scale` offers b24q): the workers run `noop.STEP`
+    messages first, then `n` more are sent at that pace; their CPU is counted from the first of those to the
+    last done."""
     queue = f"b24q-bench-noop-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "NOOP_BROKER_URL": broker_url, "NOOP_QUEUE": queue, "NOOP_COUNTER_URL": redis_url}
     counter = redis.Redis.from_url(redis_url)
@@ -71,33 +83,45 @@ def floor(broker_url: str, redis_url: str, n: int, log_path: str) -> float:
                 raise RuntimeError(f"no-op worker did not finish; see {log_path}")
             time.sleep(0.02)
 
-    with producer.producer_or_acquire() as pub:
-        for i in range(n):
+    def send(pub: Any, count: int, every: float = 0.0) -> None:
+        start = time.monotonic()
+        for i in range(count):
+            pause = start + i * every - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             producer.send_task("noop.noop", args=({"i": i},), queue=queue, producer=pub)
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "--pool", "threads", "-c", "64"]
+
+    cmd = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "--pool", "threads", "-c", str(threads)]
     cmd += ["-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"]
-    with open(log_path, "wb") as out:
-        worker = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        meter = CpuMeter({"noop": worker.pid})
-        wait(noop.STEP)
-        cpu0 = meter.sample()
-        wait(n)
-        cpu = CpuMeter.delta(cpu0, meter.sample())["noop"]
-    finally:
-        worker.send_signal(signal.SIGTERM)
+    procs: list[subprocess.Popen[bytes]] = []
+    with producer.producer_or_acquire() as pub, open(log_path, "wb") as out:
         try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        if broker_url.startswith("amqp"):
-            with Connection(broker_url) as conn:
-                conn.default_channel.queue_delete(queue)
-        else:
-            counter.delete(queue)
-        counter.delete(noop.COUNTER)
-    return 1000 * cpu / (n - noop.STEP)
+            send(pub, noop.STEP if pace else n)
+            for i in range(workers):
+                procs.append(subprocess.Popen([*cmd, f"--hostname=noop{i}@%h"], env=env, stdout=out, stderr=out))
+            meter = CpuMeter({f"noop{i}": p.pid for i, p in enumerate(procs)})
+            wait(noop.STEP)
+            cpu0 = meter.sample()
+            if pace:
+                send(pub, n, 1.0 / pace)
+            wait(n + noop.STEP if pace else n)
+            cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if broker_url.startswith("amqp"):
+                with Connection(broker_url) as conn:
+                    conn.default_channel.queue_delete(queue)
+            else:
+                counter.delete(queue)
+            counter.delete(noop.COUNTER)
+    return 1000 * cpu / (n if pace else n - noop.STEP)
 
 
 def measure(broker: str, n: int, opts: Options) -> dict[str, float]:

@@ -5,7 +5,8 @@ a portal drawn at random from N (N = 10, 100, 1,000, 10,000; --quick: 10, 1,000 
 50 ms, standard plan. b24q: 2 workers at the default concurrency (B24Q_WORKER_CONCURRENCY, 128 threads);
 then, on the same stack and portals, the naive task (`bench.naive`: one httpx POST per job, no limiter) on
 2 workers of 16 threads, fed the same reports. Per N and per design: worker CPU per job, requests per job,
-peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s.
+peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s. Last, Celery's own
+floor at the same load: its no-op task on 2 workers at b24q's concurrency (`brokers.floor`, paced).
 
 With 10 portals each gets 20 reports/s, past what one request a slot could carry unbatched (the naive task
 loses jobs to 503s there); with 1,000 each gets one every 5 s: quiet portals, each job its own request.
@@ -25,7 +26,8 @@ from bench import naive
 from bench.baseline import NaiveWorkers
 from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile
-from bench.scenarios import Options
+from bench.scenarios import RABBITMQ_URL, Options
+from bench.scenarios.brokers import floor
 from bench.scenarios.many import PeakSampler
 from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, records
 from tasks.jobs import STATUS_UPDATE
@@ -71,6 +73,7 @@ def run(opts: Options) -> list[Table]:
     for n in sizes:
         for row in measure(opts, n, seconds):
             table.add(*row)
+    table.add("Celery's no-op task", fmt(noop_floor(opts, seconds), 2), "0.00", "", "", "", "", "")
     table.note("CPU: the worker processes' user+system time over the jobs they ran (not the emulator's or Redis's)")
     table.note("naive latency: enqueue -> the task's end; b24q's: the ledger's enqueue -> applied")
     return [table]
@@ -172,6 +175,19 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         finally:
             workers.stop()
     return [b24q_row, naive_row]
+
+
+def noop_floor(opts: Options, seconds: float) -> float:
+    """Celery's own worker CPU per message on the same broker at the same load (`brokers.floor`, paced): a
+    no-op task run as b24q runs its jobs, 2 workers at b24q's default concurrency."""
+    with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for("scale-noop")) as stack:
+        log("scale: Celery's no-op task at the same load")
+        redis_url = stack.env["B24Q_REDIS_URL"]
+        broker = RABBITMQ_URL if opts.broker == "rabbitmq" else redis_url
+        concurrency = stack.settings.worker_concurrency
+        messages = int(RATE_PER_S * seconds)
+        log_path = str(stack.dir / "noop.log")
+        return floor(broker, redis_url, messages, log_path, pace=RATE_PER_S, workers=2, threads=concurrency)
 
 
 def requests(before: dict[str, Any], after: dict[str, Any]) -> int:
