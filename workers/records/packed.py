@@ -1,4 +1,4 @@
-"""The records of jobs applied on their first run, packed into shared hashes: ~50 Redis bytes a job, not ~300.
+"""The records of jobs applied on their first run, packed into shared hashes: ~45-50 Redis bytes a job, not ~300.
 
 Most jobs go straight through (queued, running, applied), and their record is kept for `ledger_ttl_applied`.
 A key of its own would cost ~100 bytes before its fields (the 36-character key, its object, its entry in the
@@ -7,9 +7,10 @@ shared hash ("bucket") kept in Redis's compact encoding (a listpack: up to `hash
 default, and values of at most 64 bytes):
 
 * the field is the job id: a UUID (Celery's ids) as its 16 bytes, any other id as it is;
-* the value is ~30 bytes of fixed-width binary: created in ms, started and updated as deltas, the kind, portal
-  and worker as 2-byte ids of the generation's table of names, the order version if the job has one (the
-  layout is in `lua/packed.lua`, the one codec: the scripts that pack, unpack and read it all run in Redis).
+* the value is ~23 bytes of binary, each width chosen per record: created in ms (from the generation's start),
+  started and updated as deltas, the kind, portal and worker as 2-byte ids of the generation's table of names,
+  the order version if the job has one (the layout is in `lua/packed.lua`, the one codec: the scripts that
+  pack, unpack and read it all run in Redis).
 
 Buckets live in *generations* of `ledger_ttl_applied` seconds (the Redis server's clock): a record goes into
 the current one, is looked up there and in the one before, and every key of a generation expires at the end

@@ -99,18 +99,24 @@ local function pack_version(text)  -- rank, t in us, seq; nil unless the text re
   return r, us, s
 end
 
--- The value: a head byte (1: has a version; 2, 4: the started, updated deltas take 4 bytes, not 2; 8: the
--- version's t is absolute (7 bytes), not 4 bytes from created; 16: its seq takes 5 bytes, not 4), created in ms
--- (6 bytes), started - created and updated - started in ms, the ids of kind, portal and worker (2 bytes each),
--- then the version: rank (1 byte), t, seq. State and runs are not kept: they are 'applied' and '1'.
+-- The value, 23 bytes for a typical job with a version (widths chosen per record, the head says which): a head
+-- byte (1: has a version; 2, 4: the started, updated deltas take 4 bytes, not 2; 8: the version's t is absolute,
+-- 7 bytes, not 4 from created; 16, 64: its seq takes 5 or 4 bytes, not 3; 32: created is absolute, 6 bytes, not
+-- 4 from the generation's start), created in ms, started - created and updated - started in ms, the ids of
+-- kind, portal and worker (2 bytes each), then the version: rank (1 byte), t in us, seq. State and runs are not
+-- kept: they are 'applied' and '1'.
 local PACK_FIELDS = {kind = 1, portal = 1, state = 1, created = 1, updated = 1, started = 1, worker = 1, runs = 1,
                      ver = 1}
 local function pack_version_bytes(ver, created)  -- the head bits and bytes of a version; nil if it cannot be
   local r, us, s = pack_version(ver)
   if not r then return nil end
-  local head, ft, t, fq = 1, 'i4', us - created * 1000, 'I4'
+  local head, ft, t, fq = 1, 'i4', us - created * 1000, 'I3'
   if t < -2147483648 or t > 2147483647 then head, ft, t = head + 8, 'I7', us end
-  if s > 4294967295 then head, fq = head + 16, 'I5' end
+  if s > 4294967295 then
+    head, fq = head + 16, 'I5'
+  elseif s > 16777215 then
+    head, fq = head + 64, 'I4'
+  end
   return head, struct.pack('>B' .. ft .. fq, r, t, s)
 end
 
@@ -126,27 +132,33 @@ local function pack_encode(g, flat)  -- a record (HGETALL's reply) packed; nil w
   local fs, ws = pack_delta(started - created)
   local fu, wu = pack_delta(updated - started)
   if not (fs and fu) then return nil end
-  local head, tail = 0, ''
+  local head, tail, fc, since = 0, '', 'i4', created - g * PACK_WINDOW * 1000
+  if since < -2147483648 or since > 2147483647 then fc, since, head = 'I6', created, 32 end
   if f.ver then
-    head, tail = pack_version_bytes(f.ver, created)
-    if not head then return nil end
+    local bits
+    bits, tail = pack_version_bytes(f.ver, created)
+    if not bits then return nil end
+    head = head + bits
   end
   local kind, portal, worker = pack_intern(g, f.kind), pack_intern(g, f.portal), pack_intern(g, f.worker)
   if not (kind and portal and worker) then return nil end
   return string.char(head + 2 * ws + 4 * wu)
-         .. struct.pack('>I6' .. fs .. fu .. 'HHH', created, started - created, updated - started, kind, portal, worker)
+         .. struct.pack('>' .. fc .. fs .. fu .. 'HHH', since, started - created, updated - started, kind, portal, worker)
          .. tail
 end
 
 local function pack_decode(g, raw)  -- a packed record as HGETALL would give its hash
   local head = string.byte(raw, 1)
   local fs, fu = pack_has(head, 2) and 'i4' or 'i2', pack_has(head, 4) and 'i4' or 'i2'
-  local created, ds, du, kind, portal, worker, pos = struct.unpack('>I6' .. fs .. fu .. 'HHH', raw, 2)
+  local fc = pack_has(head, 32) and 'I6' or 'i4'
+  local created, ds, du, kind, portal, worker, pos = struct.unpack('>' .. fc .. fs .. fu .. 'HHH', raw, 2)
+  if not pack_has(head, 32) then created = created + g * PACK_WINDOW * 1000 end
   local out = {'kind', pack_name(g, kind), 'portal', pack_name(g, portal), 'state', 'applied',
                'created', pack_seconds(created), 'started', pack_seconds(created + ds),
                'updated', pack_seconds(created + ds + du), 'worker', pack_name(g, worker), 'runs', '1'}
   if pack_has(head, 1) then
-    local ft, fq = pack_has(head, 8) and 'I7' or 'i4', pack_has(head, 16) and 'I5' or 'I4'
+    local ft, fq = pack_has(head, 8) and 'I7' or 'i4', pack_has(head, 16) and 'I5' or 'I3'
+    if pack_has(head, 64) then fq = 'I4' end
     local r, t, s = struct.unpack('>B' .. ft .. fq, raw, pos)
     if not pack_has(head, 8) then t = t + created * 1000 end
     out[#out + 1], out[#out + 2] = 'ver', pack_version_text(r, t, s)
