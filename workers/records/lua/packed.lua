@@ -14,35 +14,44 @@ local UUID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%
 local function pack_field(id)
   if #id == 36 and id == string.lower(id) and string.find(id, UUID) then
     local hex = string.gsub(id, '%-', '')
-    return (string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end))
+    return struct.pack('>I4I4I4I4', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9, 16), 16),
+                       tonumber(string.sub(hex, 17, 24), 16), tonumber(string.sub(hex, 25, 32), 16))
   end
   if #id == 0 or #id == 16 or #id > 60 then return nil end
   return id
 end
 
-local function pack_bit(hex, d)  -- bit d (1: the first) of a hex digest, 0 or 1
-  local at = math.floor((d - 1) / 4) + 1
-  return math.floor(tonumber(string.sub(hex, at, at), 16) / 2 ^ (3 - (d - 1) % 4)) % 2
+local PACK_NIBBLES = {['0'] = '0000', ['1'] = '0001', ['2'] = '0010', ['3'] = '0011', ['4'] = '0100',
+                      ['5'] = '0101', ['6'] = '0110', ['7'] = '0111', ['8'] = '1000', ['9'] = '1001',
+                      a = '1010', b = '1011', c = '1100', d = '1101', e = '1110', f = '1111'}  -- a hex digit's bits
+local PACK_DEPTH = 24  -- bits of a digest a path may take: 16 million buckets, a billion records a generation
+local function pack_bits(field)  -- the first PACK_DEPTH bits of the field's SHA-1, as '0' and '1'
+  return (string.gsub(string.sub(redis.sha1hex(field), 1, PACK_DEPTH / 4), '.', PACK_NIBBLES))
 end
 
 -- Extendible hashing: a field's bucket in generation g is named by the bits of its digest, as many as the
--- buckets on its way were split (the split set names every split bucket's path; the root's is '').
+-- buckets on its way were split: the split set names every split bucket's path (the root's is ''), and one
+-- SMISMEMBER asks for all of the field's prefixes at once.
 local function pack_bucket(g, field)
-  local split, hex, path = pack_key(g, 'split'), redis.sha1hex(field), ''
-  while redis.call('SISMEMBER', split, path) == 1 do path = path .. pack_bit(hex, #path + 1) end
+  local bits, paths = pack_bits(field), {}
+  for d = 0, PACK_DEPTH do paths[d + 1] = string.sub(bits, 1, d) end
+  local split, d = redis.call('SMISMEMBER', pack_key(g, 'split'), unpack(paths)), 0
+  while split[d + 1] == 1 do d = d + 1 end
+  local path = string.sub(bits, 1, d)
   return pack_key(g, 'b:' .. path), path
 end
 
 local function pack_split(g, bucket, path, expiry)  -- a full bucket into its two children (one more bit)
-  local entries, children = redis.call('HGETALL', bucket), {[0] = {}, [1] = {}}
+  if #path == PACK_DEPTH then return end
+  local entries, children = redis.call('HGETALL', bucket), {['0'] = {}, ['1'] = {}}
   for i = 1, #entries, 2 do
-    local side = children[pack_bit(redis.sha1hex(entries[i]), #path + 1)]
+    local side = children[string.sub(pack_bits(entries[i]), #path + 1, #path + 1)]
     side[#side + 1], side[#side + 2] = entries[i], entries[i + 1]
   end
   redis.call('SADD', pack_key(g, 'split'), path)
   redis.call('EXPIREAT', pack_key(g, 'split'), expiry)
   redis.call('DEL', bucket)
-  for b = 0, 1 do
+  for _, b in ipairs({'0', '1'}) do
     if #children[b] > 0 then
       local child = pack_key(g, 'b:' .. path .. b)
       redis.call('HSET', child, unpack(children[b]))
