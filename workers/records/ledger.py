@@ -54,7 +54,7 @@ class Run:
 
 
 class Ledger:
-    """Job records in Redis hashes with a capped event list."""
+    """Job records: a Redis hash with a capped event list, or packed once applied on the first run (`packed`)."""
 
     def __init__(
         self,
