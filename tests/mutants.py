@@ -67,6 +67,14 @@ MUTANTS = [
         "tests/faults/test_worker_kill.py::test_a_message_taken_by_a_dying_worker_is_published_again",
     ),
     Mutant(
+        "packed-redelivery",
+        "a job redelivered after it was applied (its record packed) is not taken for a new job",
+        "workers/records/lua/started.lua",
+        "if redis.call('EXISTS', KEYS[1]) == 0 then pack_restore(KEYS[1], id, ARGV[10]) end",
+        "-- mutant: a packed record is not looked for",
+        "tests/test_ledger_packed.py::test_a_redelivered_applied_job_is_recognised",
+    ),
+    Mutant(
         "dead-worker-recovery",
         "a killed worker's jobs come back in seconds",
         "workers/broker/recovery.py",
