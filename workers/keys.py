@@ -50,6 +50,16 @@ class Keys:
         """A SCAN pattern matching every job record (and its event list)."""
         return f"{self.prefix}:job:*"
 
+    def ledger_packed(self) -> str:
+        """The common prefix of the packed records of jobs applied on their first run (`records/packed.py`):
+        per generation GEN, buckets `{prefix}:ledger:GEN:b:PATH` (PATH: bits of a job's digest), the set of
+        split paths `:GEN:split` and the table of names `:GEN:names`; the scripts append the rest."""
+        return f"{self.prefix}:ledger"
+
+    def ledger_bucket_pattern(self) -> str:
+        """A SCAN pattern matching every bucket of packed records."""
+        return f"{self.prefix}:ledger:*:b:*"
+
     def backlog(self, portal: str) -> str:
         return f"{self.prefix}:backlog:{{{portal}}}"
 

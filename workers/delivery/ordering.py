@@ -14,7 +14,8 @@ key, and records what it lets through:
   redeliveries and re-packed calls of older jobs are superseded);
 * a key whose *latest recorded* version is newer, and whose newer job still has its ledger record, is
   left to that newer job: while a backlog waits, only the newest job per key reaches the portal
-  (coalescing);
+  (coalescing). (A newer job that was applied has no record key of its own: the ledger packs it. It
+  sent, so the rule above decides first: tests/test_ledger_packed.py);
 * otherwise the key's sent version becomes the job's, and the call goes out.
 
 A call whose keys are all superseded ends as `Superseded` (a terminal outcome, not an error); a call

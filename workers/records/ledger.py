@@ -8,8 +8,9 @@ The ledger also keeps each portal's backlog (jobs enqueued and not yet finished)
 to send a portal with a deep backlog to the bulk lane, so that other portals' jobs pass it.
 
 Memory: a job that went straight through (one run, applied) keeps a record of a few short fields (its
-history is what they say: queued, running on a worker, applied) for `ledger_ttl_applied`; any other keeps
-its event history for `ledger_ttl`. For every job not yet finished it also keeps its message's kwargs (the
+history is what they say: queued, running on a worker, applied), packed into a shared bucket for one to two
+`ledger_ttl_applied` (`workers.records.packed`: ~50 bytes, not a key of its own); any other keeps its hash and
+event history for `ledger_ttl`. For every job not yet finished it also keeps its message's kwargs (the
 `payload`, a key of its own, dropped when the job finishes) and an index of open jobs by last progress:
 a worker killed right after kombu's BRPOP took a message and before kombu recorded it as unacked loses
 that message for good (celery#7950, kombu#305), and `workers.broker.reconcile` publishes such jobs again
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 
 from workers.keys import DEFAULT_KEYS, Keys
+from workers.records.packed import SPLIT_AT, Packing, script
 
 TERMINAL = ("applied", "dead", "parked", "superseded")
 #: A portal's last finished jobs kept by id, for the operator's console.
@@ -51,58 +53,8 @@ class Run:
     version: str = ""
 
 
-_STARTED = """
--- a worker picked the job up: running, one more run; creates the record (and counts it in the
--- portal's backlog) when no producer recorded it. Returns {first sight (0/1), created, runs, version}.
-local first = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
-if first == 1 then
-  redis.call('INCR', KEYS[4])
-end
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'portal', ARGV[4], 'state', 'running', 'updated', ARGV[1],
-           'started', ARGV[1], 'worker', ARGV[6])
-local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
-redis.call('RPUSH', KEYS[2], ARGV[5])
-redis.call('LTRIM', KEYS[2], -50, -1)
-local known = redis.call('HMGET', KEYS[1], 'created', 'ver')
-return {first, known[1], runs, known[2] or ''}
-"""
-
-_FINISH = """
--- move a job to a terminal state; decrement its portal's backlog and count the outcome for the portal
--- only on the first such move (a replayed job counts again when it ends again), and keep its id in the portal's
--- list of recent jobs (the last ARGV[7]). A job applied on its
--- first run with nothing else to tell (its history: queued, running) keeps no event list: its record
--- says it all, for the shorter ARGV[6] seconds.
-local was = redis.call('HMGET', KEYS[1], 'state', 'runs')
-local state = was[1]
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
-redis.call('DEL', KEYS[6])
-redis.call('ZREM', KEYS[4], ARGV[5])
-local ttl = ARGV[4]
-if ARGV[1] == 'applied' and was[2] == '1' and redis.call('LLEN', KEYS[2]) <= 2 then
-  redis.call('DEL', KEYS[2])
-  ttl = ARGV[6]
-else
-  redis.call('RPUSH', KEYS[2], ARGV[3])
-  redis.call('LTRIM', KEYS[2], -50, -1)
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-redis.call('EXPIRE', KEYS[1], ttl)
-if state ~= 'applied' and state ~= 'dead' and state ~= 'parked' and state ~= 'superseded' then
-  local n = redis.call('DECR', KEYS[3])
-  if n < 0 then redis.call('SET', KEYS[3], 0) end
-  redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
-  redis.call('LPUSH', KEYS[7], ARGV[5])
-  redis.call('LTRIM', KEYS[7], 0, ARGV[7] - 1)
-  return 1
-end
-return 0
-"""
-
-
 class Ledger:
-    """Job records in Redis hashes with a capped event list."""
+    """Job records: a Redis hash with a capped event list, or packed once applied on the first run (`packed`)."""
 
     def __init__(
         self,
@@ -111,6 +63,7 @@ class Ledger:
         ttl: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
         ttl_applied: float | None = None,
+        split_at: int = SPLIT_AT,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -118,8 +71,11 @@ class Ledger:
         self._ttl_applied = int(ttl if ttl_applied is None else ttl_applied)
         # timestamps to the millisecond: what any reader needs, and 4 bytes less per time field of every record
         self._clock: Callable[[], float] = lambda: round(clock(), 3)
-        self._finish = client.register_script(_FINISH)
-        self._started = client.register_script(_STARTED)
+        self._packing = Packing(client, keys, self._ttl_applied, split_at)
+        self._finish = script(client, "finish")
+        self._started = script(client, "started")
+        self._recovered = script(client, "recovered")
+        self._read = script(client, "read")
 
     def _key(self, job_id: str) -> str:
         return self._keys.job(job_id)
@@ -208,7 +164,7 @@ class Ledger:
     def _started_call(self, job_id: str, kind: str, portal: str, worker: str) -> tuple[list[str], list[Any]]:
         event = self._event("running", worker=worker) if worker else self._event("running")
         keys = [self._key(job_id), self._events(job_id), self._open(), self._backlog(portal)]
-        return keys, [self._clock(), job_id, kind, portal, event, worker]
+        return keys, [*self._packing.args, self._clock(), job_id, kind, portal, event, worker, self._ttl]
 
     def note(self, job_id: str, state: str, error: str = "", **detail: Any) -> None:
         """A non-terminal step: retrying, deferred."""
@@ -250,7 +206,7 @@ class Ledger:
                 self._payload_key(job_id),
                 self._keys.recent(portal),
             ],
-            args=[state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT],
+            args=[*self._packing.args, state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT],
         )
 
     def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
@@ -290,13 +246,11 @@ class Ledger:
         return [i.decode() for i in self._client.zrangebyscore(self._open(), "-inf", before, start=0, num=limit)]
 
     def recovered(self, job_id: str, why: str) -> None:
-        """The reconciler published a lost job's message again."""
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._key(job_id), mapping={"state": "queued", "updated": self._clock()})
-        pipe.zadd(self._open(), {job_id: self._clock()})
-        pipe.rpush(self._events(job_id), self._event("queued", why=why))
-        pipe.ltrim(self._events(job_id), -50, -1)
-        pipe.execute()
+        """A lost job's message was published again (the reconciler; a dead worker's message requeued)."""
+        self._recovered(
+            keys=[self._key(job_id), self._events(job_id), self._open()],
+            args=[*self._packing.args, self._clock(), job_id, self._event("queued", why=why), self._ttl],
+        )
 
     def forget_open(self, job_id: str) -> None:
         """Drop a job from the open index (its record expired or is gone)."""
@@ -304,7 +258,15 @@ class Ledger:
 
     def record(self, job_id: str) -> dict[str, str]:
         """The job's record without its history ({} when unknown)."""
-        return {k.decode(): v.decode() for k, v in self._client.hgetall(self._key(job_id)).items()}
+        return self._records([job_id])[0]
+
+    def _records(self, job_ids: list[str], pipe: Any = None) -> Any:
+        """The records of these jobs (hashes or packed), each a dict ({} when unknown); with a pipeline the
+        read is queued there and its raw reply is left to `_decoded`."""
+        keys = [self._key(job_id) for job_id in job_ids]
+        if pipe is not None:
+            return self._read(keys=keys, args=[*self._packing.args, *job_ids], client=pipe)
+        return _decoded(self._read(keys=keys, args=[*self._packing.args, *job_ids]) if job_ids else [])
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
         """The kwargs kept for an open job (None once it finished, or for a job without)."""
@@ -316,18 +278,15 @@ class Ledger:
         """For each job, the given fields of its record (`state` by default), in one round trip."""
         names = list(fields or ("state",))
         ids = list(job_ids)
-        pipe = self._client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self._key(job_id), names)
         return {
-            job_id: [v.decode() if v is not None else None for v in values]
-            for job_id, values in zip(ids, pipe.execute(), strict=True)
+            job_id: [record.get(name) for name in names] for job_id, record in zip(ids, self._records(ids), strict=True)
         }
 
     def count(self) -> int:
-        """Job records held now (a SCAN: for tests and tools, not for a hot path)."""
+        """Job records held now, hashes and packed (a SCAN: for tests and tools, not for a hot path)."""
         found = self._client.scan_iter(self._keys.job_pattern(), count=1000)
-        return sum(1 for key in found if not key.endswith((b":events", b":payload")))
+        hashes = sum(1 for key in found if not key.endswith((b":events", b":payload")))
+        return hashes + self._packing.count()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record with its history (`events`), or None when unknown."""
@@ -336,21 +295,27 @@ class Ledger:
     def get_many(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """`get` for many jobs in one round trip."""
         ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
         pipe = self._client.pipeline(transaction=False)
+        self._records(ids, pipe)
         for job_id in ids:
-            pipe.hgetall(self._key(job_id))
             pipe.lrange(self._events(job_id), 0, -1)
-        replies = pipe.execute()
+        raws, *histories = pipe.execute()
         found: dict[str, dict[str, Any] | None] = {}
-        for job_id, raw, events in zip(ids, replies[::2], replies[1::2], strict=True):
+        for job_id, raw, events in zip(ids, _decoded(raws), histories, strict=True):
             if not raw:
                 found[job_id] = None
                 continue
-            record: dict[str, Any] = {"id": job_id, "failures": "0", "last_error": ""}
-            record |= {k.decode(): v.decode() for k, v in raw.items()}
+            record: dict[str, Any] = {"id": job_id, "failures": "0", "last_error": ""} | raw
             record["events"] = [json.loads(e) for e in events] or _history(record)
             found[job_id] = record
         return found
+
+
+def _decoded(replies: list[list[bytes]]) -> list[dict[str, str]]:
+    """`lua/read.lua`'s replies (flat field, value lists) as dicts."""
+    return [{k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)} for flat in replies]
 
 
 def _history(record: dict[str, Any]) -> list[dict[str, Any]]:
