@@ -63,7 +63,7 @@ class EventAnswer(BaseModel):
 _REFUSALS = {
     400: "The body is not a form or a JSON object, or is empty; or an install lacks member_id, client_endpoint or "
     "a token pair, names a client_endpoint that is not an https URL, or was posted to /b24/install with another "
-    "event.",
+    "event; or a body posted to /b24/events names no event.",
     401: "The event's application_token does not match, or the portal did not accept its access token.",
     403: "An install's client_endpoint is not a host in B24Q_PORTAL_HOSTS.",
     409: "The portal's domain or member_id belongs to another registered portal, or its app is uninstalled.",
@@ -120,11 +120,12 @@ def _body(event: dict[str, Any], auth: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: Any event: whatever its fields hold, it is answered (an event it cannot prove or place is refused or
-#: ignored by `edges.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1).
+#: Any event: whatever its other fields hold, it is answered (an event it cannot prove or place is refused or
+#: ignored by `edges.lifecycle`, never by its shape: Bitrix24 does not send an event twice, §7.1); it names itself.
 _OBJECT = {
     "type": "object",
-    "minProperties": 1,
+    "required": ["event"],
+    "properties": {"event": {"type": "string", "pattern": r"\S"}},
     "description": "`event` (ONAPPUNINSTALL, ONAPPUPDATE, ...), `auth` (member_id, domain, application_token, "
     "tokens), `data`; as a PHP-bracket form (`auth[member_id]=...`) or JSON.",
 }
@@ -156,6 +157,9 @@ def router(runtime: Any) -> APIRouter:
             if str(form.get("event") or "ONAPPINSTALL").upper() != "ONAPPINSTALL":
                 return problem(400, "the install handler takes installs (ONAPPINSTALL); events go to /b24/events")
             form = {**form, "event": "ONAPPINSTALL"}
+        elif not isinstance(form.get("event"), str) or not form["event"].strip():
+            # Bitrix24 names every event it posts (§7.1); only the installer page posts none, to the install URL
+            return problem(400, "an event names itself (event); the installer page posts to /b24/install")
         if not threads:
             threads.append(anyio.CapacityLimiter(rt.settings.http_event_concurrency))
         if waiting >= threads[0].total_tokens * (QUEUE_FACTOR + 1):

@@ -188,6 +188,30 @@ def test_an_event_body_that_is_not_strict_utf8_json_is_400(server: Server, route
         assert is_problem(c.post(route, content=body, headers={"Content-Type": "application/json"}), 400)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"auth": {"member_id": "m1", "application_token": "t"}},
+        {"event": "", "auth": {"member_id": "m1"}},
+        {"event": 5, "auth": {"member_id": "m1"}},
+        {"event": {"name": "ONAPPUNINSTALL"}},
+    ],
+    ids=["no event", "empty", "a number", "an object"],
+)
+def test_an_event_that_does_not_name_itself_is_400_and_looked_up_nowhere(
+    server: Server, rt: Runtime, body: dict[str, Any]
+) -> None:
+    """Bitrix24 names every event it posts (§7.1): at /b24/events a body without its name is refused before
+    any portal is looked up (only the installer page posts none, and it posts to /b24/install)."""
+    before = rt.redis.info("commandstats")
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        answer = c.post("/b24/events", json=body)
+    assert is_problem(answer, 400) and "names itself" in answer.json()["detail"]
+    after = rt.redis.info("commandstats")
+    assert after.get("cmdstat_get") == before.get("cmdstat_get")  # no alias read
+    assert after.get("cmdstat_hgetall") == before.get("cmdstat_hgetall")  # no portal read
+
+
 # --- item 10: the schema says what the server refuses ----------------------------------------------------
 
 HANDLER = "https://sms.example.com/b24"
