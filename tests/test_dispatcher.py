@@ -440,3 +440,43 @@ def test_a_quiet_portals_job_costs_three_redis_round_trips(
         monkeypatch.undo()
     assert len(portal.requests) == 3
     assert len(sent) == 3, [s[:80] for s in sent]
+
+
+def test_a_call_can_be_withdrawn_while_a_lone_round_books_its_slot(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet portal's round books the slot and asks the gate with its calls still staged: a job whose wait
+    ends meanwhile withdraws its call (and is deferred), and the call is not sent behind its back."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    rt.ledger.enqueued("withdrawn", "mark-unread", "acme")  # the portal's backlog: this one job
+    lane = rt.dispatcher.lane("acme")
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1})
+    withdrawn: list[bool] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def execute(pipe: redis.client.Pipeline, raise_on_error: bool = True) -> list[Any]:
+        if not withdrawn:
+            withdrawn.append(lane.cancel(call))  # the job's permit_wait ends during the round trip
+        return real_execute(pipe, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    assert lane.offer(call)
+    lane.lead(5.0)
+    assert withdrawn == [True]
+    assert portal.requests == [] and not call.done.is_set() and lane.depth() == 0
+
+
+def test_raw_jobs_naming_a_portal_by_its_alias_run_under_its_key(settings: Settings, rclient: redis.Redis) -> None:
+    """Two raw messages (no producer record) naming acme by its domain, the second while the first's reading
+    is still cached: both runs, backlogs and lanes are acme's."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    rt.registry.set_aliases("acme", "acme.bitrix24.com")
+    unread = KINDS["mark-unread"]
+    for n in (1, 2):
+        kwargs = {"portal": "acme.bitrix24.com", "dialog_id": "chat1", "message_id": n}
+        assert run_job(unread, f"raw-{n}", (), kwargs, rt.job_services, no_retry) == {"outcome": "applied"}
+    assert [rt.ledger.record(f"raw-{n}")["portal"] for n in (1, 2)] == ["acme", "acme"]
+    assert rt.ledger.backlog("acme") == 0 and rt.ledger.backlog("acme.bitrix24.com") == 0
+    assert len(portal.requests) == 2

@@ -63,9 +63,9 @@ class JobStart:
     ) -> Started:
         portal, fresh = self._portals.cached(key)
         read = not fresh or portal is None or portal.state == PortalState.UNINSTALLED  # as `current` decides
-        if read and not self._portals.is_key(key):
-            # an alias or an unknown name: resolved first, so that the run is recorded under the key every
-            # other record of the portal uses
+        if (portal is not None and portal.key != key) or (read and not self._portals.is_key(key)):
+            # an alias (as cached, or a name not known here as a registry key) or an unknown name: resolved
+            # first, so that the run and its reads are the key's every other record of the portal uses
             portal = self._portals.current(key)
             key = portal.key if portal is not None else key
             read = False
@@ -81,8 +81,10 @@ class JobStart:
         if read:
             portal = self._registry.portal_from(pipelined(replies.pop(0)))
             self._portals.keep(key, portal)
-            if portal is None:  # removed since, or its name now another portal's alias: asked as `current` does
-                portal = self._portals.current(key)
+            if portal is None and self._portals.alias_now(key):
+                # removed since, and its name another portal's alias now (a move): started again under that
+                # portal's key, as a job naming the alias is (its run counted twice: a rare move costs that)
+                return self(job_id, kind, method, key, worker, payload)
         started, backlog, waiting, held = replies
         if isinstance(started, NoScriptError):  # a Redis restarted or flushed since the script was loaded
             run = self._ledger.started(job_id, kind, key, worker, payload)
@@ -95,4 +97,4 @@ class JobStart:
             frozenset([method]),
             self._holds.held_from([method], [pipelined(held)]),
         )
-        return Started(portal, portal.key if portal is not None else key, run, look)
+        return Started(portal, key, run, look)

@@ -84,8 +84,10 @@ class OperatingHolds:
             return None
         if not reset_at or operating < self._limit / 2:
             # far from the limit nothing is held, and a 429 needs the remembered reset only near it: answers
-            # report a method's operating as it climbs, so the reset is recorded from half the limit on
-            # (one round trip less per request at every portal that is nowhere near it)
+            # report a method's operating as it climbs, so the reset is recorded from half the limit on (one
+            # round trip less per request at every portal that is nowhere near it). A climb of half the limit
+            # (240 s of execution) between two answers would take a 429 to the default hold instead; b24q's
+            # methods take milliseconds each (bitrix24-facts.md §1.3)
             return None
         # how far the reset is, by the clock that named it (the portal's); without `finish`, by ours.
         # operating_reset_at is a whole second (cut, not rounded, on the portal): one more second, so the

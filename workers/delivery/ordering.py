@@ -8,7 +8,9 @@ With ranks (status-update: queued < sent < delivered/undelivered/failed), a fina
 non-final one whatever their times; within a rank the newer report wins.
 
 Right before a request goes out, one Lua call (`gate`) decides for each call of the batch, per state
-key, and records what it lets through:
+key, and records what it lets through (a quiet portal's lone round asks it in the round trip that books
+its slot: a call whose slot then turns out later, or is withdrawn, leaves its own version recorded as sent,
+which it passes again when it goes and which only an older job's call is superseded by):
 
 * a key whose *sent* version is newer than the job's is never sent again by an older job (retries,
   redeliveries and re-packed calls of older jobs are superseded);

@@ -156,6 +156,20 @@ class Packing:
                 calls.append(call)
             return calls
 
+    def _staged(self) -> list[Call]:
+        """The calls staged here now, left staged (a job may still withdraw one)."""
+        with self._cond:
+            return [c for c in self._queue if not c.cancelled]
+
+    def _claim(self, calls: list[Call]) -> list[Call]:
+        """Take those of `calls` still staged and not withdrawn, for the request being sent."""
+        with self._cond:
+            claimed = [c for c in calls if not c.cancelled and c in self._queue]
+            for call in claimed:
+                self._queue.remove(call)
+                call.sent = True
+            return claimed
+
     def _put_back(self, calls: list[Call]) -> None:
         with self._cond:
             for call in reversed(calls):

@@ -77,46 +77,54 @@ class Sending(Packing):
     def _alone(self, limits: Limits) -> bool:
         """Is what is staged here all this portal has unfinished pool-wide (a quiet portal's lone call, most
         often), and one request's worth? Then there is nothing to gather or fill."""
-        if self.pool is not None or limits.our_rate <= 0 or self._wire.redis is None:
+        wire = self._wire
+        if self.pool is not None or limits.our_rate <= 0 or wire.redis is None or wire.backlog is None:
             return False
         staged = self.depth()
         return 0 < staged <= self._config.batch_max and self._backlog() <= staged
 
     def _send_alone(self, portal: Portal, limits: Limits, longest: float, within: float | None) -> None:
-        """Take the calls first, then book the slot and ask the ordering gate in one round trip. The gate's
-        verdicts hold for a slot that is now; calls whose slot is later wait for it unsent and are gated again
-        when it comes (a newer job may go out meanwhile), as calls left without a slot are by the next round."""
-        calls = self._take()
-        try:
-            ready = self._unheld(calls)
-            orders = [(c.order, c.params) for c in ready if c.order is not None]
-            pipe = self._wire.redis.pipeline(transaction=False)
-            self._wire.limiter.queue_reserve(pipe, self.key, limits, longest)
-            if orders:
-                self._wire.ordering.queue_gate(pipe, self.key, orders)
-            replies = pipe.execute(raise_on_error=False)
-            if isinstance(replies[0], NoScriptError):  # a Redis restarted since the script was loaded
-                permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
-            else:
-                permit = self._wire.limiter.permit_from(pipelined(replies[0]))
-            if not permit.granted or permit.wait > 0:
-                # not now: the calls wait unsent (a job may still withdraw its call), and are gated when they go
-                self._put_back([c for c in ready if not c.done.is_set()])
-                calls = []  # staged again: the lane's, not this round's
-                if not permit.granted:
-                    if within is None:
-                        time.sleep(min(permit.wait, self._config.max_reserve))
-                    return
-                events.limiter_wait(self.key, permit.wait)
-                time.sleep(permit.wait)
-                calls = self._take()
-                if calls:
-                    self._send_calls(portal, limits, calls)
-                return
+        """Book the slot and ask the ordering gate for the staged calls in one round trip. The calls stay staged
+        (a job may still withdraw its call) until the slot is known to be now; those still staged then go, with
+        the gate's verdicts. A later slot is waited for, and its calls are gated again when they go (a newer job
+        may go out meanwhile). The gate may so record a call that does not go now: it records no newer version
+        than the call's own, which the call passes again and every older job's call is superseded by anyway."""
+        staged = self._staged()
+        held = self._held(staged)
+        gated = [c for c in staged if c.method not in held]
+        orders = [(c.order, c.params) for c in gated if c.order is not None]
+        pipe = self._wire.redis.pipeline(transaction=False)
+        self._wire.limiter.queue_reserve(pipe, self.key, limits, longest)
+        if orders:
+            self._wire.ordering.queue_gate(pipe, self.key, orders)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError):  # a Redis restarted since the script was loaded
+            permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
+        else:
+            permit = self._wire.limiter.permit_from(pipelined(replies[0]))
+        if not permit.granted:
+            if within is None:
+                time.sleep(min(permit.wait, self._config.max_reserve))
+            return
+        if permit.wait > 0:
+            events.limiter_wait(self.key, permit.wait)
+            time.sleep(permit.wait)
+            calls = self._take()
+            verdicts = None
+        else:
             if orders and not isinstance(replies[1], NoScriptError):
-                ready = self._gate(ready, self._wire.ordering.verdicts_from(orders, pipelined(replies[1])))
+                ordered = [c for c in gated if c.order is not None]
+                answers = self._wire.ordering.verdicts_from(orders, pipelined(replies[1]))
+                verdicts = {id(c): v for c, v in zip(ordered, answers, strict=True)}
             else:
-                ready = self._gate(ready)
+                verdicts = None
+            calls = self._claim(staged)
+        try:
+            if verdicts is None:
+                self._send_calls(portal, limits, calls)
+                return
+            ready = self._defer_held(calls, held)
+            ready = self._gate(ready, [verdicts[id(c)] for c in ready if c.order is not None])
             if ready:
                 self._send(portal, limits, ready)
         except Exception as exc:
@@ -148,12 +156,20 @@ class Sending(Packing):
 
     def _unheld(self, calls: list[Call]) -> list[Call]:
         """The calls whose method is not held; the others are deferred until the hold ends."""
+        return self._defer_held(calls, self._held(calls))
+
+    def _held(self, calls: list[Call]) -> dict[str, float]:
+        """Which of the calls' methods are held, until when (this process's clock). As read with the job's
+        start while that is fresh: a hold set since by another worker costs at most one 429, after which the
+        answer holds the method here too."""
         methods = {c.method for c in calls}
         look = self._look
         if look is not None and look.fresh() and methods <= look.methods:
-            held = {m: end for m, end in look.held.items() if m in methods}  # read with the job's start
-        else:
-            held = self._wire.holds.held_until(self.key, methods)
+            return {m: end for m, end in look.held.items() if m in methods}
+        return self._wire.holds.held_until(self.key, methods)
+
+    def _defer_held(self, calls: list[Call], held: dict[str, float]) -> list[Call]:
+        """Defer the calls of a held method; the others."""
         if held:
             now = time.time()
             for call in [c for c in calls if c.method in held]:

@@ -64,6 +64,17 @@ class CachedPortals:
             return None, False
         return hit[1], time.monotonic() - hit[0] < self._ttl
 
+    def alias_now(self, name: str) -> bool:
+        """Does `name`, no longer a registry key, name another portal now? (Read now; it is then no longer
+        taken for a key, and what it names is resolved as an alias's is.)"""
+        if self._registry.alias(name) is None:
+            return False
+        with self._lock:
+            if self._keys is not None:
+                self._keys.discard(name)
+            self._cache.pop(name, None)
+        return True
+
     def keep(self, key: str, portal: Portal | None) -> None:
         """A record read just now by another path (`workers.jobstart`: with the job's other reads)."""
         with self._lock:
