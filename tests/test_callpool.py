@@ -3,6 +3,7 @@ typed; an owner notices a sender that died and a call the list lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -12,14 +13,17 @@ import httpx
 import pytest
 import redis
 
-from tests.test_dispatcher import FakePortal
+from tests.test_dispatcher import FakePortal, make_runtime
 from workers import errors, retries
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool, decode_outcome, encode_outcome
 from workers.delivery.calls import Call
 from workers.delivery.lane import Lane
+from workers.delivery.ratelimit import Permit
+from workers.delivery.wire import LaneConfig
 from workers.errors import Deferred
 from workers.keys import Keys
+from workers.portals.limits import Limits
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -323,6 +327,96 @@ def test_calls_popped_as_redis_fails_are_still_sent(settings: Settings, rclient:
     assert _until(lambda: call.taker == "sender-7")
     sender.close()
     owner.close()
+
+
+def test_a_claim_takes_a_whole_batch_or_nothing(settings: Settings, rclient: redis.Redis) -> None:
+    """Lanes waiting together for a full batch each take their own: a claim pops only once the list holds one."""
+    keys = Keys(settings.key_prefix)
+    owner = CallPool(rclient, keys, "owner-8")
+    sender = CallPool(rclient, keys, "sender-8")
+    calls = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(1, 61)]
+    for call in calls[:30]:
+        owner.submit("acme", call)
+    assert sender.claim("acme", 50, 100) == ([], 30)
+    assert rclient.llen(keys.calls("acme")) == 30  # nothing taken, no owner told
+    for call in calls[30:]:
+        owner.submit("acme", call)
+    taken, popped = sender.claim("acme", 50, 100)
+    assert popped == 60 and [c.id for c in taken] == [c.id for c in calls]
+    assert rclient.llen(keys.calls("acme")) == 0
+    assert _until(lambda: all(c.taker == "sender-8" for c in calls))
+    sender.close()
+    owner.close()
+
+
+def _busy_bucket(rt: Runtime) -> Limits:
+    """Other requests of the pool keep the portal's bucket in use for seconds: a booked slot may wait."""
+    record = rt.registry.get("acme")
+    assert record is not None
+    limits = rt.portals.limits(record)
+    for _ in range(10):
+        assert rt.limiter.reserve("acme", limits, max_wait=0).granted
+    return limits
+
+
+def _finish(lane: Lane, calls: list[Call]) -> None:
+    """Every call answered; their owner releases them, and the lane's sender thread ends."""
+    for call in calls:
+        assert call.done.wait(15) and isinstance(call.outcome, CallResult), call.outcome
+        lane.release(call)
+    assert _until(lambda: lane._thread is None or not lane._thread.is_alive())
+
+
+def test_a_lane_holding_nothing_waits_past_fill_max_for_a_whole_batch(settings: Settings, rclient: redis.Redis) -> None:
+    """A booked slot while the bucket is in use may go later at no cost. A lane that holds no call yet keeps
+    waiting for a whole batch past `fill_max` (other lanes' slots take the pool's calls meanwhile); ending at
+    `fill_max` sent the few calls there were as a request of its own, a unit of the bucket for a part batch."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    _busy_bucket(rt)
+    wire = dataclasses.replace(rt.dispatcher.wire, backlog=lambda _: 1000)
+    lane = Lane("acme", wire, LaneConfig(fill_max=0.3, gather_max=2.0), rt.dispatcher.pool)
+    calls: list[Call] = []
+    for round_ in range(5):  # 10 calls every 0.2 s: the batch takes a second to come (the feed's pace)
+        more = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 10 * round_ + i}) for i in range(10)]
+        for call in more:
+            lane.submit(call)
+        calls += more
+        time.sleep(0.2)
+    _finish(lane, calls)
+    assert [len(r["cmd"]) for r in portal.requests] == [50]
+
+
+class DepthAtBooking:
+    """The runtime's limiter, noting how many calls waited in the pool when a lane booked its slot."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.depths: list[int] = []
+
+    def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
+        self.depths.append(int(self.rt.redis.llen(self.rt.keys.calls(portal))))
+        return self.rt.limiter.reserve(portal, limits, max_wait)
+
+    def ahead(self, portal: str, limits: Limits) -> float:
+        return self.rt.limiter.ahead(portal, limits)
+
+
+def test_a_pool_lane_books_its_slot_at_the_first_call_of_a_backlog(settings: Settings, rclient: redis.Redis) -> None:
+    """The bucket's schedule starts at a portal's first booking: with a backlog coming, a pool lane books at
+    once and fills the request after, instead of gathering while calls arrive and booking only then."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    spy = DepthAtBooking(rt)
+    wire = dataclasses.replace(rt.dispatcher.wire, limiter=spy, backlog=lambda _: 1000)  # type: ignore[arg-type]
+    lane = Lane("acme", wire, LaneConfig(gather=0.005, gather_max=0.25), rt.dispatcher.pool)
+    calls = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(1, 51)]
+    for call in calls:  # one every 2 ms: a gather would have gone on until it had them all
+        lane.submit(call)
+        time.sleep(0.002)
+    _finish(lane, calls)
+    assert spy.depths[0] < 25, spy.depths
+    assert [len(r["cmd"]) for r in portal.requests] == [50]
 
 
 def _until(condition: Any, timeout: float = 5.0) -> bool:

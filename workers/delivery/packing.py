@@ -16,6 +16,7 @@ from typing import Any
 from workers.delivery.callpool import CallPool
 from workers.delivery.calls import Call
 from workers.delivery.wire import LaneConfig, Wire
+from workers.portals.limits import Limits
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
 
@@ -40,13 +41,16 @@ class Packing:
         """Let calls that arrive together share the request: wait one window, and another while the
         batch is still growing, up to `gather_max`. A lone call under light load sees no growth and leaves
         after one window. A lane of this process alone (no pool) also keeps gathering through quiet windows
-        while the portal's backlog says a full batch more is coming; a pool lane books its slot first and
-        fills the request after (`_fill`), so that the wait does not delay the portal's schedule."""
+        while the portal's backlog says a full batch more is coming; a pool lane then books its slot at once
+        and fills the request after (`_fill`), so that the wait does not delay the portal's schedule (at the
+        start of a backlog, gathering first put the whole schedule off by the time the first batch took)."""
         if self._config.gather <= 0:
             return
         deadline = time.monotonic() + self._config.gather_max
         seen = self.depth()
-        expecting = self.pool is None and self._expecting(seen)
+        expecting = self._expecting(seen)
+        if self.pool is not None and expecting:
+            return  # the slot first: the bucket's schedule starts at the first booking, not after a gather
         while seen < self._config.batch_max:
             time.sleep(self._config.gather)
             depth = self.depth()
@@ -59,26 +63,55 @@ class Packing:
         here and jobs on the wire too) holds a full batch more than `depth`."""
         return depth < self._config.batch_max and self._wire.backlog(self.key) >= depth + self._config.batch_max
 
-    def _fill(self, longest: float) -> None:
+    def _fill(self, slack: float, limits: Limits) -> None:
         """Spend the slot on a full batch when one is coming. At the start of a backlog (a free burst, a pool
         still taking the first messages from the broker) slots are booked as soon as calls arrive, which would
-        send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a slot booked
-        while the bucket is in use may go up to its slack later at no cost (the bucket keeps draining), so
-        while the backlog says a full batch more is on its way and calls keep arriving, wait for it (a wait
-        that sees no new call for `gather_max` ends: the pool may hold no more of them)."""
-        if self._config.gather <= 0 or longest <= 0 or self._closing:
+        send the burst out in part-filled requests, each a whole unit of the portal's bucket. But a booked slot
+        may go later at no cost while the bucket still holds requests (`RateLimiter.ahead`: `slack` at booking),
+        so while the backlog says a full batch more is on its way, wait for it: up to `fill_max` once this lane
+        holds calls (their latency), up to `max_reserve` while it holds none (other lanes' slots take the
+        pool's calls meanwhile; sending the few left when this wait ended made a part-filled request). A wait
+        that sees calls but no new one for `gather_max` ends: the pool may hold no more of them (its threads
+        all busy, or the jobs behind other portals' in the broker)."""
+        if self._config.gather <= 0 or slack <= 0 or self._closing:
             return
-        now = time.monotonic()
-        deadline, step = now + longest, max(self._config.gather, 0.02)
-        seen, grew_at = self.depth(), now
-        while self._expecting(seen):
+        start = time.monotonic()
+        step = max(self._config.gather, 0.02)
+        free = start + slack  # until then the wait costs the bucket nothing; then asked again
+        depth, grew_at = self._poll(), start
+        while not self._closing and self._expecting(depth):
             time.sleep(step)
             now = time.monotonic()
-            depth = self.depth()
-            if depth > seen:
-                seen, grew_at = depth, now
-            if now + step > deadline or now - grew_at >= self._config.gather_max:
+            before, depth = depth, self._poll()
+            if depth > before:  # (other lanes' claims may shrink it meanwhile)
+                grew_at = now
+            if depth and now - grew_at >= self._config.gather_max:
                 return
+            bound = start + (self._config.fill_max if self._staged() else self._config.max_reserve)
+            if now + step > min(free, bound):
+                if now + step > bound:
+                    return
+                free = now + self._wire.limiter.ahead(self.key, limits)
+                if now + step > free:
+                    return
+
+    def _staged(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def _poll(self) -> int:
+        """The calls this lane could send now. A pool lane takes a whole batch from the pool as soon as the pool
+        holds one (`CallPool.claim`): lanes of several workers filling at once then each fill their own request,
+        where reading the depth alone let them all see the same 50 and split them (50 and 10, 13 and 39)."""
+        staged = self._staged()
+        if self.pool is None or staged >= self._config.batch_max or self._closing:
+            return staged
+        claimed, depth = self.pool.claim(self.key, self._config.batch_max - staged, 2 * self._config.batch_max - staged)
+        if not claimed:
+            return staged + depth
+        with self._cond:
+            self._queue.extend(claimed)
+        return staged + len(claimed)
 
     def _take(self, limit: int | None = None) -> list[Call]:
         """Up to `limit` (`batch_max`) commands' worth of calls; mergeable calls with the same key count as

@@ -57,7 +57,7 @@ class Sending(Packing):
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
             time.sleep(permit.wait)
-        self._fill(min(permit.slack, self._config.fill_max))
+        self._fill(permit.slack, limits)
         calls = self._take()
         if not calls:
             return
