@@ -337,26 +337,17 @@ def test_a_claim_takes_a_whole_batch_or_nothing(settings: Settings, rclient: red
     calls = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(1, 61)]
     for call in calls[:30]:
         owner.submit("acme", call)
-    assert sender.claim("acme", 50, 100) == ([], 30)
+    assert sender.claim("acme", 50, 50) == ([], 30)
     assert rclient.llen(keys.calls("acme")) == 30  # nothing taken, no owner told
     for call in calls[30:]:
         owner.submit("acme", call)
-    taken, popped = sender.claim("acme", 50, 100)
-    assert popped == 60 and [c.id for c in taken] == [c.id for c in calls]
-    assert rclient.llen(keys.calls("acme")) == 0
-    assert _until(lambda: all(c.taker == "sender-8" for c in calls))
+    taken, popped = sender.claim("acme", 50, 50)
+    assert popped == 50 and [c.id for c in taken] == [c.id for c in calls[:50]]
+    assert rclient.llen(keys.calls("acme")) == 10
+    assert _until(lambda: all(c.taker == "sender-8" for c in calls[:50]))
+    assert all(c.taker is None for c in calls[50:])
     sender.close()
     owner.close()
-
-
-def _busy_bucket(rt: Runtime) -> Limits:
-    """Other requests of the pool keep the portal's bucket in use for seconds: a booked slot may wait."""
-    record = rt.registry.get("acme")
-    assert record is not None
-    limits = rt.portals.limits(record)
-    for _ in range(10):
-        assert rt.limiter.reserve("acme", limits, max_wait=0).granted
-    return limits
 
 
 def _finish(lane: Lane, calls: list[Call]) -> None:
@@ -367,56 +358,66 @@ def _finish(lane: Lane, calls: list[Call]) -> None:
     assert _until(lambda: lane._thread is None or not lane._thread.is_alive())
 
 
-def test_a_lane_holding_nothing_waits_past_fill_max_for_a_whole_batch(settings: Settings, rclient: redis.Redis) -> None:
-    """A booked slot while the bucket is in use may go later at no cost. A lane that holds no call yet keeps
-    waiting for a whole batch past `fill_max` (other lanes' slots take the pool's calls meanwhile); ending at
-    `fill_max` sent the few calls there were as a request of its own, a unit of the bucket for a part batch."""
-    portal = FakePortal()
-    rt = make_runtime(settings, rclient, portal)
-    _busy_bucket(rt)
-    wire = dataclasses.replace(rt.dispatcher.wire, backlog=lambda _: 1000)
-    lane = Lane("acme", wire, LaneConfig(fill_max=0.3, gather_max=2.0), rt.dispatcher.pool)
-    calls: list[Call] = []
-    for round_ in range(5):  # 10 calls every 0.2 s: the batch takes a second to come (the feed's pace)
-        more = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 10 * round_ + i}) for i in range(10)]
-        for call in more:
-            lane.submit(call)
-        calls += more
-        time.sleep(0.2)
-    _finish(lane, calls)
-    assert [len(r["cmd"]) for r in portal.requests] == [50]
-
-
-class DepthAtBooking:
-    """The runtime's limiter, noting how many calls waited in the pool when a lane booked its slot."""
+class StagedAtBooking:
+    """The runtime's limiter, noting how many calls a lane held when it booked its slot."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.depths: list[int] = []
+        self.lane: Lane | None = None
+        self.staged: list[int] = []
 
     def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
-        self.depths.append(int(self.rt.redis.llen(self.rt.keys.calls(portal))))
+        assert self.lane is not None
+        self.staged.append(len(self.lane._queue))
         return self.rt.limiter.reserve(portal, limits, max_wait)
 
-    def ahead(self, portal: str, limits: Limits) -> float:
-        return self.rt.limiter.ahead(portal, limits)
+
+def _dribble(lanes: list[Lane], count: int, every: float, first_id: int = 1) -> list[list[Call]]:
+    """Calls arriving 10 at a time, `every` s apart (the feed's pace, not a wait for an outcome), each group
+    submitted through the next lane in turn; the calls of each lane."""
+    mine: list[list[Call]] = [[] for _ in lanes]
+    for n, start in enumerate(range(first_id, first_id + count, 10)):
+        group = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(start, start + 10)]
+        for call in group:
+            lanes[n % len(lanes)].submit(call)
+        mine[n % len(lanes)] += group
+        time.sleep(every)
+    return mine
 
 
-def test_a_pool_lane_books_its_slot_at_the_first_call_of_a_backlog(settings: Settings, rclient: redis.Redis) -> None:
-    """The bucket's schedule starts at a portal's first booking: with a backlog coming, a pool lane books at
-    once and fills the request after, instead of gathering while calls arrive and booking only then."""
+def test_a_pool_lane_books_its_slot_once_it_holds_a_whole_batch(settings: Settings, rclient: redis.Redis) -> None:
+    """A backlog's first calls arrive over some time: a pool lane waits for a whole batch and books then, so
+    that the bucket's burst goes in full requests (booking first sent the 10 calls there were when the slot's
+    slack ran out), and its slot is sent at its time (a slot sent late is not safe with other lanes' sent on
+    time)."""
     portal = FakePortal()
     rt = make_runtime(settings, rclient, portal)
-    spy = DepthAtBooking(rt)
+    spy = StagedAtBooking(rt)
     wire = dataclasses.replace(rt.dispatcher.wire, limiter=spy, backlog=lambda _: 1000)  # type: ignore[arg-type]
-    lane = Lane("acme", wire, LaneConfig(gather=0.005, gather_max=0.25), rt.dispatcher.pool)
-    calls = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(1, 51)]
-    for call in calls:  # one every 2 ms: a gather would have gone on until it had them all
-        lane.submit(call)
-        time.sleep(0.002)
+    lane = spy.lane = Lane("acme", wire, LaneConfig(fill_max=5.0, gather_max=1.0), rt.dispatcher.pool)
+    (calls,) = _dribble([lane], 50, 0.2)
     _finish(lane, calls)
-    assert spy.depths[0] < 25, spy.depths
     assert [len(r["cmd"]) for r in portal.requests] == [50]
+    assert spy.staged == [50]
+
+
+def test_lanes_of_two_workers_waiting_together_each_send_a_whole_batch(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """Two workers' lanes wait for a batch while a backlog's calls arrive: each takes a whole one (reading the
+    depth, both saw the same 50 and split them, as 50 and 10)."""
+    portal = FakePortal()
+    one, two = _two_processes(settings, rclient, portal)
+    config = LaneConfig(fill_max=5.0, gather_max=1.0)
+    lanes = [
+        Lane("acme", dataclasses.replace(rt.dispatcher.wire, backlog=lambda _: 1000), config, rt.dispatcher.pool)
+        for rt in (one, two)
+    ]
+    mine = _dribble(lanes, 100, 0.05)
+    for lane, calls in zip(lanes, mine, strict=True):
+        _finish(lane, calls)
+    assert [len(r["cmd"]) for r in portal.requests] == [50, 50]
+    assert sorted(i for r in portal.requests for i in _message_ids(r)) == list(range(1, 101))
 
 
 def _until(condition: Any, timeout: float = 5.0) -> bool:

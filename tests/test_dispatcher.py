@@ -300,9 +300,6 @@ class SpyLimiter:
     def set_full(self, portal: str, limits: Limits) -> float:
         return self.limiter.set_full(portal, limits)
 
-    def ahead(self, portal: str, limits: Limits) -> float:
-        return self.limiter.ahead(portal, limits)
-
 
 def test_a_slot_booked_while_a_backlog_is_coming_waits_for_a_full_batch(
     settings: Settings, rclient: redis.Redis

@@ -29,18 +29,6 @@ def test_refusal_beyond_max_wait_takes_no_slot(rclient: redis.Redis) -> None:
     assert limiter.reserve("p", limits, max_wait=1).wait == pytest.approx(0.5, abs=0.05)
 
 
-def test_ahead_is_the_time_until_the_bucket_is_empty(rclient: redis.Redis) -> None:
-    """How long a booked slot may still wait at no cost: the bucket holds requests until then."""
-    limiter = RateLimiter(rclient)
-    limits = Limits(rate=4.0, burst=10)
-    assert limiter.ahead("p", limits) == 0.0  # never used
-    for _ in range(3):
-        assert limiter.reserve("p", limits, max_wait=0).granted
-    assert limiter.ahead("p", limits) == pytest.approx(0.75, abs=0.05)
-    assert limiter.level("p", limits) == pytest.approx(3.0, abs=0.2)
-    assert limiter.ahead("p", Limits(rate=0.0, burst=10)) == 0.0  # an unlimited portal has no bucket
-
-
 def test_portals_have_separate_buckets(rclient: redis.Redis) -> None:
     limiter = RateLimiter(rclient)
     limits = Limits(rate=1.0, burst=1)

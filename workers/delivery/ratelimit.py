@@ -87,16 +87,9 @@ class RateLimiter:
 
     def level(self, portal: str, limits: Limits) -> float:
         """Requests the bucket holds now (0 = empty), from the stored TAT; for status views."""
-        return self.ahead(portal, limits) * limits.our_rate
-
-    def ahead(self, portal: str, limits: Limits) -> float:
-        """Seconds until the bucket is empty again (0: it is), from the stored TAT. Until then a slot already
-        booked may go later at no cost to the portal's schedule: the bucket keeps draining the requests
-        booked before and after it, and the next slot's time does not depend on when this one goes."""
-        if limits.our_rate <= 0:
-            return 0.0
         raw = self._client.get(self._bucket(portal))
-        if raw is None:
+        if raw is None or limits.our_rate <= 0:
             return 0.0
         seconds, micros = self._client.time()
-        return max(0.0, float(raw) - (seconds + micros / 1e6))
+        now = seconds + micros / 1e6
+        return max(0.0, (float(raw) - now) * limits.our_rate)

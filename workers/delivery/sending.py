@@ -51,13 +51,16 @@ class Sending(Packing):
         longest = self._config.max_reserve if within is None else min(within, self._config.max_reserve)
         permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         if not permit.granted:
+            if self.pool is not None:
+                self._return_staged()  # a batch claimed for this slot: others may get one sooner
             if within is None:
                 time.sleep(min(permit.wait, self._config.max_reserve))
             return
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
             time.sleep(permit.wait)
-        self._fill(permit.slack, limits)
+        if self.pool is None:  # a pool lane waited for its batch before booking: its slot goes on time
+            self._fill(min(permit.slack, self._config.fill_max))
         calls = self._take()
         if not calls:
             return
