@@ -42,22 +42,16 @@ class Packing:
         batch is still growing, up to `gather_max`. A lone call under light load sees no growth and leaves
         after one window. A lane of this process alone (no pool) also keeps gathering through quiet windows
         while the portal's backlog says a full batch more is coming, and fills the request after booking
-        (`_fill`). A pool lane takes a whole batch from the pool before it books, when there is one, and
-        waits for one while the backlog says it is coming (`_await_batch`): lanes that booked first and took
-        after raced for the same calls. False when a pool lane is left with nothing to send (other lanes
-        took the calls): it books no slot."""
+        (`_fill`); a pool lane waits for a whole batch before it books while the pool holds less than one and
+        the backlog says it is coming (`_await_batch`). False when a pool lane is left with nothing to send
+        (other lanes took the calls): it books no slot."""
         if self._config.gather <= 0:
             return True
         deadline = time.monotonic() + self._config.gather_max
-        if self.pool is not None:
-            seen = self._poll()  # a batch the pool holds is this lane's before it books, not raced for after
-            if seen >= self._config.batch_max:
-                return True
-            if self._expecting(seen):
-                return self._await_batch(seen)
-        else:
-            seen = self.depth()
-        expecting = self.pool is None and self._expecting(seen)
+        seen = self.depth()
+        expecting = self._expecting(seen)
+        if expecting and self.pool is not None:
+            return self._await_batch(seen)
         while seen < self._config.batch_max:
             time.sleep(self._config.gather)
             depth = self.depth()
@@ -71,11 +65,12 @@ class Packing:
         it from the pool in one check-and-pop (`CallPool.claim`). At the start of a backlog (a free burst, a
         pool still taking the first messages from the broker) calls arrive over a few hundred milliseconds;
         lanes that booked first and then read the pool's depth all saw the same 50 and split them (50 and 10,
-        13 and 39, each request a unit of the bucket), and a booked slot sent late is not safe: late requests
-        of several lanes could reach the portal together with those sent on time. Here no slot waits: each
-        lane books once it holds its own batch and sends at its slot's time. The wait ends when no new call
-        came for `gather_max` (the pool may hold no more of them: its threads all busy, or the jobs behind other
-        portals' in the broker) or after `fill_max`; the calls there are then sent as they are."""
+        13 and 39, each request a unit of the bucket), and one whose slack ran out sent what the others had
+        left. Here a lane books once it holds its own batch, and the slot goes at once; no slot is held past
+        its slack (held later, slots of several lanes could reach the portal together with those sent on
+        time). The wait ends when no new call came for `gather_max` (the pool may hold no more of them: its
+        threads all busy, or the jobs behind other portals' in the broker) or after `fill_max`; the calls
+        there are then sent as they are."""
         start = grew_at = time.monotonic()
         step = max(self._config.gather, 0.02)
         while not self._closing and self._expecting(depth):
@@ -87,6 +82,10 @@ class Packing:
             if now - grew_at >= self._config.gather_max or now - start >= self._config.fill_max:
                 break
         return depth > 0
+
+    def _sendable(self) -> int:
+        """The calls this lane could send now (a pool lane claims a whole batch when the pool holds one)."""
+        return self._poll() if self.pool is not None else self.depth()
 
     def _poll(self) -> int:
         """A pool lane's staged calls and the pool's, having claimed a whole batch if the pool holds one."""
@@ -109,19 +108,20 @@ class Packing:
         return depth < self._config.batch_max and self._wire.backlog(self.key) >= depth + self._config.batch_max
 
     def _fill(self, longest: float) -> None:
-        """Spend the slot on a full batch when one is coming (a lane of this process alone: a pool lane waits for
-        its batch before it books). A slot booked while the bucket is in use may go up to its slack later at no
-        cost (the bucket keeps draining), so while the backlog says a full batch more is on its way and calls
-        keep arriving, wait for it (a wait that sees no new call for `gather_max` ends)."""
+        """Spend the booked slot on a full batch when one is coming. A slot booked while the bucket is in use
+        may go up to its slack later at no cost (the bucket keeps draining), so while the backlog says a full
+        batch more is on its way and calls keep arriving, wait for it (a wait that sees no new call for
+        `gather_max` ends). A pool lane takes the batch as soon as the pool holds one (`_poll`): lanes whose
+        slots came together, each reading the depth, saw the same 50 and split them."""
         if self._config.gather <= 0 or longest <= 0 or self._closing:
             return
         now = time.monotonic()
         deadline, step = now + longest, max(self._config.gather, 0.02)
-        seen, grew_at = self.depth(), now
+        seen, grew_at = self._sendable(), now
         while self._expecting(seen):
             time.sleep(step)
             now = time.monotonic()
-            depth = self.depth()
+            depth = self._sendable()
             if depth > seen:
                 seen, grew_at = depth, now
             if now + step > deadline or now - grew_at >= self._config.gather_max:

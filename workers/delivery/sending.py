@@ -59,8 +59,7 @@ class Sending(Packing):
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
             time.sleep(permit.wait)
-        if self.pool is None:  # a pool lane waited for its batch before booking: its slot goes on time
-            self._fill(min(permit.slack, self._config.fill_max))
+        self._fill(min(permit.slack, self._config.fill_max))  # (nothing to wait for when a batch is here)
         calls = self._take()
         if not calls:
             return
