@@ -57,7 +57,8 @@ State of one portal (``Emulator.state(domain)`` / ``GET /_emulator/portals/{doma
      "counters": {"requests", "accepted", "refused_503", "by_error_code": {}, "refreshes", "invalid_grants",
                   "batches", "batch_commands", "method_calls": {}, "faults": {},
                   "client_secret_seen", "redirects"},
-     "accepted_times": [monotonic seconds], "refused_times": [monotonic seconds]}
+     "accepted_times": [monotonic seconds], "refused_times": [monotonic seconds],
+     "batch_log": [[monotonic seconds, commands], ...] (each batch request, when its commands were applied)}
 """
 
 from .bucket import LeakyBucket

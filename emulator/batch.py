@@ -126,8 +126,7 @@ def run_batch(ctx: CallContext, params: Mapping[str, Any], call: SubCall, on_err
             if halt:
                 break
     with ctx.portal.lock:
-        ctx.portal.counters.batches += 1
-        ctx.portal.counters.batch_commands += len(commands)
+        ctx.portal.log_batch(len(commands))
     return {
         "result": php_array(results),
         "result_error": php_array(errs),

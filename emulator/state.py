@@ -347,6 +347,8 @@ class Portal:
         self.counters = Counters()
         self.accepted_times: deque[float] = deque(maxlen=MAX_TIMES)
         self.refused_times: deque[float] = deque(maxlen=MAX_TIMES)
+        #: (monotonic seconds, commands) of each batch request answered: how full the requests went, and when
+        self.batch_log: deque[tuple[float, int]] = deque(maxlen=MAX_TIMES)
 
     # --- limits ---------------------------------------------------------------------------------------------
 
@@ -401,10 +403,17 @@ class Portal:
         self.counters = Counters()
         self.accepted_times = deque(maxlen=MAX_TIMES)
         self.refused_times = deque(maxlen=MAX_TIMES)
+        self.batch_log = deque(maxlen=MAX_TIMES)
         self.buckets.clear()
         self.operating.clear()
         self.faults = Faults()
         self.rng = random.Random(f"{self.seed}:{self.domain}")
+
+    def log_batch(self, commands: int) -> None:
+        """(Under the lock.) A batch request of `commands` commands was answered now."""
+        self.counters.batches += 1
+        self.counters.batch_commands += commands
+        self.batch_log.append((self._clock(), commands))
 
     def count_error(self, code: str) -> None:
         self.counters.by_error_code[code] += 1
@@ -479,6 +488,7 @@ class Portal:
                 "counters": self.counters.to_dict(),
                 "accepted_times": list(self.accepted_times),
                 "refused_times": list(self.refused_times),
+                "batch_log": [[t, n] for t, n in self.batch_log],
             }
 
     def _op_totals(self) -> list[tuple[tuple[str, str], float]]:

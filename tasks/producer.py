@@ -90,6 +90,14 @@ def enqueue(
     return publish(rt, [(k, kwargs, job_id or str(uuid.uuid4()))])[0]
 
 
+#: `enqueue_many` publishes in chunks of up to CHUNK jobs (one Redis pipeline each), the first ones smaller:
+#: a chunk's messages reach the workers only once the whole chunk is recorded and published (~0.25 ms a job),
+#: so a first chunk of 1,000 kept a bulk enqueue's first jobs from the workers for a quarter of a second.
+#: Doubling from FIRST_CHUNK (100, 200, 400, 800, 1,000, ...) starts them at once and still publishes far
+#: faster than workers take jobs, so they never wait for the next chunk.
+FIRST_CHUNK, CHUNK = 100, 1000
+
+
 def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | None = None) -> list[str]:
     """Validate every job first, then enqueue them all; if any is bad, nothing is enqueued and `JobsRefused`
     names every bad job (its index) and field."""
@@ -105,8 +113,10 @@ def enqueue_many(jobs: Iterable[tuple[str, Mapping[str, Any]]], rt: Runtime | No
     if refusals:
         raise JobsRefused(refusals)
     ids: list[str] = []
-    for start in range(0, len(checked), 1000):
-        ids.extend(publish(rt, checked[start : start + 1000]))
+    start, size = 0, FIRST_CHUNK
+    while start < len(checked):
+        ids.extend(publish(rt, checked[start : start + size]))
+        start, size = start + size, min(2 * size, CHUNK)
     return ids
 
 

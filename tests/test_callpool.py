@@ -3,6 +3,7 @@ typed; an owner notices a sender that died and a call the list lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -12,14 +13,17 @@ import httpx
 import pytest
 import redis
 
-from tests.test_dispatcher import FakePortal
+from tests.test_dispatcher import FakePortal, make_runtime
 from workers import errors, retries
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool, decode_outcome, encode_outcome
 from workers.delivery.calls import Call
 from workers.delivery.lane import Lane
+from workers.delivery.ratelimit import Permit
+from workers.delivery.wire import LaneConfig
 from workers.errors import Deferred
 from workers.keys import Keys
+from workers.portals.limits import Limits
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -323,6 +327,97 @@ def test_calls_popped_as_redis_fails_are_still_sent(settings: Settings, rclient:
     assert _until(lambda: call.taker == "sender-7")
     sender.close()
     owner.close()
+
+
+def test_a_claim_takes_a_whole_batch_or_nothing(settings: Settings, rclient: redis.Redis) -> None:
+    """Lanes waiting together for a full batch each take their own: a claim pops only once the list holds one."""
+    keys = Keys(settings.key_prefix)
+    owner = CallPool(rclient, keys, "owner-8")
+    sender = CallPool(rclient, keys, "sender-8")
+    calls = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(1, 61)]
+    for call in calls[:30]:
+        owner.submit("acme", call)
+    assert sender.claim("acme", 50, 50) == ([], 30)
+    assert rclient.llen(keys.calls("acme")) == 30  # nothing taken, no owner told
+    for call in calls[30:]:
+        owner.submit("acme", call)
+    taken, popped = sender.claim("acme", 50, 50)
+    assert popped == 50 and [c.id for c in taken] == [c.id for c in calls[:50]]
+    assert rclient.llen(keys.calls("acme")) == 10
+    assert _until(lambda: all(c.taker == "sender-8" for c in calls[:50]))
+    assert all(c.taker is None for c in calls[50:])
+    sender.close()
+    owner.close()
+
+
+def _finish(lane: Lane, calls: list[Call]) -> None:
+    """Every call answered; their owner releases them, and the lane's sender thread ends."""
+    for call in calls:
+        assert call.done.wait(15) and isinstance(call.outcome, CallResult), call.outcome
+        lane.release(call)
+    assert _until(lambda: lane._thread is None or not lane._thread.is_alive())
+
+
+class StagedAtBooking:
+    """The runtime's limiter, noting how many calls a lane held when it booked its slot."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.lane: Lane | None = None
+        self.staged: list[int] = []
+
+    def reserve(self, portal: str, limits: Limits, max_wait: float) -> Permit:
+        assert self.lane is not None
+        self.staged.append(len(self.lane._queue))
+        return self.rt.limiter.reserve(portal, limits, max_wait)
+
+
+def _dribble(lanes: list[Lane], count: int, every: float, first_id: int = 1) -> list[list[Call]]:
+    """Calls arriving 10 at a time, `every` s apart (the feed's pace, not a wait for an outcome), each group
+    submitted through the next lane in turn; the calls of each lane."""
+    mine: list[list[Call]] = [[] for _ in lanes]
+    for n, start in enumerate(range(first_id, first_id + count, 10)):
+        group = [Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": i}) for i in range(start, start + 10)]
+        for call in group:
+            lanes[n % len(lanes)].submit(call)
+        mine[n % len(lanes)] += group
+        time.sleep(every)
+    return mine
+
+
+def test_a_pool_lane_books_its_slot_once_it_holds_a_whole_batch(settings: Settings, rclient: redis.Redis) -> None:
+    """A backlog's first calls arrive over some time: a pool lane waits for a whole batch and books then, so
+    that the bucket's burst goes in full requests (booking first sent the 10 calls there were when the slot's
+    slack ran out), and its slot is sent at its time (a slot sent late is not safe with other lanes' sent on
+    time)."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    spy = StagedAtBooking(rt)
+    wire = dataclasses.replace(rt.dispatcher.wire, limiter=spy, backlog=lambda _: 1000)  # type: ignore[arg-type]
+    lane = spy.lane = Lane("acme", wire, LaneConfig(fill_max=5.0, gather_max=1.0), rt.dispatcher.pool)
+    (calls,) = _dribble([lane], 50, 0.2)
+    _finish(lane, calls)
+    assert [len(r["cmd"]) for r in portal.requests] == [50]
+    assert spy.staged == [50]
+
+
+def test_lanes_of_two_workers_waiting_together_each_send_a_whole_batch(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    """Two workers' lanes wait for a batch while a backlog's calls arrive: each takes a whole one (reading the
+    depth, both saw the same 50 and split them, as 50 and 10)."""
+    portal = FakePortal()
+    one, two = _two_processes(settings, rclient, portal)
+    config = LaneConfig(fill_max=5.0, gather_max=1.0)
+    lanes = [
+        Lane("acme", dataclasses.replace(rt.dispatcher.wire, backlog=lambda _: 1000), config, rt.dispatcher.pool)
+        for rt in (one, two)
+    ]
+    mine = _dribble(lanes, 100, 0.05)
+    for lane, calls in zip(lanes, mine, strict=True):
+        _finish(lane, calls)
+    assert [len(r["cmd"]) for r in portal.requests] == [50, 50]
+    assert sorted(i for r in portal.requests for i in _message_ids(r)) == list(range(1, 101))
 
 
 def _until(condition: Any, timeout: float = 5.0) -> bool:

@@ -51,9 +51,20 @@ def test_set_full_waits_until_the_server_bucket_drained_below_ours(rclient: redi
     limiter = RateLimiter(rclient)
     limits = Limits(rate=10.0, burst=40, margin=3)  # we use 37 of the server's 40
     wait = limiter.set_full("p", limits)
-    # full at 40: the server must drain 4 requests (0.4 s) before we are back at 37 with one free
-    assert wait == pytest.approx(0.4, abs=0.03)
-    assert limiter.reserve("p", limits, max_wait=5).wait == pytest.approx(0.4, abs=0.03)
+    # full at 40 and the refused request counted too: the server must drain 5 requests (0.5 s) before we
+    # are back at 37 with one free
+    assert wait == pytest.approx(0.5, abs=0.03)
+    assert limiter.reserve("p", limits, max_wait=5).wait == pytest.approx(0.5, abs=0.03)
+
+
+def test_each_refusal_adds_its_own_request_to_the_wait(rclient: redis.Redis) -> None:
+    """Lanes refused together: each refused request counted at the server, so each adds one interval; with
+    the threshold alone they came back while the server was still over it, and were refused again."""
+    limiter = RateLimiter(rclient)
+    limits = Limits(rate=10.0, burst=40, margin=3)
+    waits = [limiter.set_full("p", limits) for _ in range(3)]
+    assert waits == pytest.approx([0.5, 0.6, 0.7], abs=0.03)
+    assert limiter.refusals() == {"p": 3}
 
 
 def _hammer(url: str, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]

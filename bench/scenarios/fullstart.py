@@ -10,11 +10,12 @@ burst b24q leaves unused (`B24Q_BURST_MARGIN`, at most a tenth of the burst).
 
 from __future__ import annotations
 
+import json
 import time
 
 from bench.report import Table, bucket_time, fmt, ratio
 from bench.scenarios import Options
-from bench.stack import add_portal, bench_stack, log, records, wait_backlog
+from bench.stack import add_portal, bench_stack, log, mono_offset, records, wait_backlog
 from bench.workload import SENDER
 from tasks.producer import enqueue_many
 from workers.runtime import get_runtime
@@ -45,8 +46,15 @@ def run(opts: Options) -> list[Table]:
         recs = records(ids)
         last = max(r.updated for r in recs)
         applied = sum(1 for r in recs if r.state == "applied")
-        counters = stack.emulator.state(PORTAL)["counters"]
+        state = stack.emulator.state(PORTAL)
+        counters = state["counters"]
+    offset = mono_offset()
+    batches = sorted((t + offset - t0, n) for t, n in state["batch_log"])
     whole = last - t0
+    if (where := opts.dir_for("fullstart")) is not None:  # the whole timeline, for a closer look
+        (where / "batches.json").write_text(
+            json.dumps({"t0": t0, "batches": batches, "finished": sorted(r.updated - t0 for r in recs)})
+        )
     t = Table(
         f"Full from the first request: {n} status jobs, portal {RATE:g}/s burst {BURST}, {LATENCY * 1000:.0f} ms "
         "latency, 4 workers at default settings, enqueued while they run",
@@ -58,5 +66,11 @@ def run(opts: Options) -> list[Table]:
     t.add("applied", fmt(n), fmt(applied), ratio(applied, n))
     t.add("requests / 503s", fmt(-(-n // 50)), f"{counters['accepted']} / {counters['refused_503']}", "")
     t.add("usable burst (of the portal's)", fmt(BURST), fmt(limits.our_burst), ratio(limits.our_burst, BURST))
+    if batches:
+        t.add("first request applied, after the first enqueue (s)", "", fmt(batches[0][0], 2), "")
+        t.add("last request applied, after the first enqueue (s)", "", fmt(batches[-1][0], 2), "")
+        t.add("requests under 50 commands", "0", fmt(sum(1 for _, c in batches if c < 50)), "")
     t.note(f"commands per request: {counters['batch_commands'] / max(1, counters['batches']):.1f} in batches")
+    first = [f"+{at:.2f} s {c}" for at, c in batches if at < 3.0]
+    t.note("the first 3 s (when the portal applied each request, its commands): " + ", ".join(first))
     return [t]

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -44,6 +44,13 @@ from workers.delivery.ordering import Order
 from workers.keys import Keys
 
 log = logging.getLogger(__name__)
+
+#: Pop ARGV[2] calls from the list KEYS[1] if it holds at least ARGV[1]; else answer its length.
+_CLAIM = """
+local n = redis.call('LLEN', KEYS[1])
+if n < tonumber(ARGV[1]) then return n end
+return redis.call('LPOP', KEYS[1], ARGV[2])
+"""
 
 #: The typed errors an outcome can carry between processes (anything else travels as a TransportError).
 _ERRORS: dict[str, type[errors.RestError]] = {
@@ -129,6 +136,7 @@ class CallPool:
         self._alive_cache: dict[str, float] = {}  # worker -> when it was last seen alive (monotonic)
         self._beat_at = float("-inf")
         self._closed = threading.Event()
+        self._claim = client.register_script(_CLAIM)
 
     # -- owner side --------------------------------------------------------------------------
 
@@ -193,8 +201,21 @@ class CallPool:
         """Pop up to `count` calls; tell their owners who has them. Calls of a worker that died are
         dropped: the broker redelivers its jobs, so sending them would only apply them twice."""
         raw = self._redis.lpop(self._keys.calls(portal), count) if count > 0 else None
+        return self._taken(raw or ())
+
+    def claim(self, portal: str, need: int, count: int) -> tuple[list[Call], int]:
+        """Pop up to `count` calls, but only once the list holds at least `need` (one check-and-pop in Redis):
+        of lanes waiting together for a full batch, one takes each batch, instead of all of them splitting the
+        first one. Returns the calls taken (none while the list is short) and how many the list held then (when
+        short) or how many were popped."""
+        answer = self._claim(keys=[self._keys.calls(portal)], args=[max(1, need), max(1, count)])
+        if isinstance(answer, int):
+            return [], answer
+        return self._taken(answer), len(answer)
+
+    def _taken(self, raw: Iterable[bytes]) -> list[Call]:
         calls: list[Call] = []
-        for item in raw or ():
+        for item in raw:
             data = json.loads(item)
             if not self._owner_alive(data["owner"]):
                 continue

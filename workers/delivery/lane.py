@@ -86,8 +86,8 @@ class Lane(Sending):
         with self._cond:
             self._busy = True
         try:
-            self._gather()
-            self._send_round(within)
+            if self._gather():
+                self._send_round(within)
         except Exception as exc:  # never leave calls without an outcome
             log.exception("lane %s: unexpected error", self.key)
             self._fail_all(exc)
@@ -150,8 +150,8 @@ class Lane(Sending):
                     return
                 self._busy = True
             try:
-                self._gather()  # (reads the pool's depth: Redis may fail here too)
-                self._send_round()
+                if self._gather():  # (reads the pool's depth: Redis may fail here too)
+                    self._send_round()
             except Exception as exc:  # never let the lane die with calls in it
                 log.exception("lane %s: unexpected error", self.key)
                 self._fail_all(exc)

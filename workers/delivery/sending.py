@@ -57,13 +57,15 @@ class Sending(Packing):
             return
         permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         if not permit.granted:
+            if self.pool is not None:
+                self._return_staged()  # a batch claimed for this slot: others may get one sooner
             if within is None:
                 time.sleep(min(permit.wait, self._config.max_reserve))
             return
         if permit.wait > 0:
             events.limiter_wait(self.key, permit.wait)
             time.sleep(permit.wait)
-        self._fill(min(permit.slack, self._config.fill_max))
+        self._fill(min(permit.slack, self._config.fill_max))  # (nothing to wait for when a batch is here)
         calls = self._take()
         if not calls:
             return

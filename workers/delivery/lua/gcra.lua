@@ -19,9 +19,14 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 
 if ARGV[1] == 'full' then
-  -- the server's bucket is at its threshold: nothing may go until it has drained below our burst
+  -- the server's bucket is at its threshold, and the refused request counted too ("each request increases
+  -- the counter", bitrix24-facts.md 1.1): nothing may go until it has drained below our burst. Each refusal
+  -- adds its own unit, so that several lanes refused together wait for all of theirs to drain: assuming
+  -- the threshold alone, they came back while the server was still over it, were refused again, and each
+  -- refusal filled the bucket further (a fullstart run on a loaded machine: 483 refusals)
   local full_tat = now + tonumber(ARGV[4]) * interval
   if full_tat > tat then tat = full_tat end
+  tat = tat + interval
   redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
   return {0, string.format('%.6f', tat - (burst - 1) * interval - now)}
 end
