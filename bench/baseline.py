@@ -28,11 +28,15 @@ from workers.localdev.localstack import LocalStack
 class NaiveWorkers:
     """`count` processes of `celery -A bench.naive worker --pool threads -c threads -Q naive`."""
 
-    def __init__(self, stack: LocalStack, count: int = 4, threads: int = 8, rate_limit: str = "2/s") -> None:
+    def __init__(
+        self, stack: LocalStack, count: int = 4, threads: int = 8, rate_limit: str = "2/s", acks_late: bool = False
+    ) -> None:
         self.logs: list[Path] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.broker_url, self.queue = naive.broker_of(stack.settings)
         env = {**stack.env, "NAIVE_RATE_LIMIT": rate_limit, "NAIVE_BROKER_URL": self.broker_url}
+        if acks_late:
+            env["NAIVE_ACKS_LATE"] = "1"
         env["NAIVE_QUEUE"] = self.queue
         for i in range(count):
             path = stack.dir / f"naive{i + 1}.log"

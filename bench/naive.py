@@ -4,7 +4,8 @@ One plain task per job that POSTs the job's single REST call with httpx (the tok
 Celery's per-worker `rate_limit` set to the portal's rate, default (early) acks, no retries, no
 batching. Run it as `celery -A bench.naive worker --pool threads -c 8 -Q naive` on the same broker as
 the stack: its Redis (`B24Q_REDIS_URL`), or `NAIVE_BROKER_URL` (RabbitMQ: a quorum queue `NAIVE_QUEUE`, as
-b24q declares its own); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none).
+b24q declares its own); `NAIVE_RATE_LIMIT` sets the rate limit ("2/s"; empty for none); `NAIVE_ACKS_LATE=1`
+acknowledges each message after its call (prefetch 1), as b24q does.
 
 It deliberately imports nothing from b24q. The only additions are the signal handlers at the
 bottom, which count outcomes in Redis so the benchmark knows when the run is over; the task itself
@@ -41,6 +42,8 @@ app.conf.update(
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
 )
+if os.environ.get("NAIVE_ACKS_LATE"):  # acknowledged after the call, as b24q's jobs are: a dead worker loses none
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1)
 
 
 def _declare(broker_url: str, queue: str) -> None:

@@ -5,7 +5,10 @@ a portal drawn at random from N (N = 10, 100, 1,000, 10,000; --quick: 10, 1,000 
 50 ms, standard plan. b24q: 2 workers at the default concurrency (B24Q_WORKER_CONCURRENCY, 128 threads);
 then, on the same stack and portals, the naive task (`bench.naive`: one httpx POST per job, no limiter) on
 2 workers of 16 threads, fed the same reports. Per N and per design: worker CPU per job, requests per job,
-peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s. Last, Celery's own
+peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s. The naive task runs
+twice: with Celery's default early acks (the issue's baseline) and acknowledged after its call, as b24q's jobs
+are (what losing no job to a dead worker costs Celery itself: two more broker round trips a message on Redis).
+Last, Celery's own
 floor at the same load: its no-op task on 2 workers at b24q's concurrency (`brokers.floor`, paced).
 
 With 10 portals each gets 20 reports/s, past what one request a slot could carry unbatched (the naive task
@@ -32,6 +35,7 @@ from bench.scenarios.many import PeakSampler
 from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, records
 from tasks.jobs import STATUS_UPDATE
 from tasks.producer import enqueue
+from workers.localdev.localstack import LocalStack
 
 RATE_PER_S = 200
 LATENCY = 0.05
@@ -125,56 +129,72 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         for worker in stack.workers:
             worker.stop()
 
-        # the naive task, same portals, same reports
-        workers = NaiveWorkers(stack, count=2, threads=16, rate_limit="")
-        try:
-            workers.wait_ready()
-            naive.configure(*naive.broker_of(stack.settings))
-            client = redis.Redis.from_url(stack.settings.redis_url)
-            client.delete(naive.OUTCOMES, naive.LATENCIES)
-            meter = CpuMeter(workers.pids)
-            cpu0 = meter.sample()
-            with PeakSampler(list(workers.pids.values())) as naive_peak, naive.app.producer_or_acquire() as producer:
-                method = STATUS_UPDATE.method
+        # the naive task, same portals, same reports: as the issue has it (early acks), and acknowledged after its
+        # call as b24q's jobs are (what losing no job to a dead worker costs Celery itself)
+        naive_rows = [naive_measure(stack, n, seconds, domains, infos, acks_late) for acks_late in (False, True)]
+    return [b24q_row, *naive_rows]
 
-                def naive_report(i: int) -> None:
-                    domain = domains[rng.randrange(n)]
-                    info = infos[domain]
-                    params = STATUS_UPDATE.validate(
-                        {"portal": domain, "code": SENDER, "message_id": f"n{i}", "status": "delivered"}
-                    ).params()
-                    naive.call.apply_async(
-                        args=(info["client_endpoint"] + method, params, info["access_token"]),
-                        headers={"sent_at": time.time()},
-                        queue=naive.QUEUE,
-                        producer=producer,
-                    )
 
-                naive_sent = paced(seconds, 1.0 / RATE_PER_S, naive_report)
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    raw = client.hgetall(naive.OUTCOMES)
-                    if int(raw.get(b"ok", 0)) + int(raw.get(b"failed", 0)) >= naive_sent:
-                        break
-                    time.sleep(0.2)
-            naive_cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
-            raw = client.hgetall(naive.OUTCOMES)
-            latencies = [float(x) for x in client.lrange(naive.LATENCIES, 0, -1)]
-            after = {d: stack.emulator.state(d)["counters"] for d in domains}
-            naive_row = row(
-                f"{n} / naive",
-                naive_cpu,
-                naive_sent,
-                requests(middle, after),
-                naive_peak,
-                latencies,
-                naive_sent - int(raw.get(b"ok", 0)),
-                refused(middle, after),
-            )
-            client.close()
-        finally:
-            workers.stop()
-    return [b24q_row, naive_row]
+def naive_measure(
+    stack: LocalStack,
+    n: int,
+    seconds: float,
+    domains: list[str],
+    infos: dict[str, dict[str, Any]],
+    acks_late: bool,
+) -> list[str]:
+    """The naive task fed the same reports at the same portals; its row."""
+    rng = random.Random(n)
+    before = {d: stack.emulator.state(d)["counters"] for d in domains}
+    workers = NaiveWorkers(stack, count=2, threads=16, rate_limit="", acks_late=acks_late)
+    try:
+        workers.wait_ready()
+        naive.configure(*naive.broker_of(stack.settings))
+        client = redis.Redis.from_url(stack.settings.redis_url)
+        client.delete(naive.OUTCOMES, naive.LATENCIES)
+        meter = CpuMeter(workers.pids)
+        cpu0 = meter.sample()
+        with PeakSampler(list(workers.pids.values())) as peak, naive.app.producer_or_acquire() as producer:
+            method = STATUS_UPDATE.method
+
+            def naive_report(i: int) -> None:
+                domain = domains[rng.randrange(n)]
+                info = infos[domain]
+                params = STATUS_UPDATE.validate(
+                    {"portal": domain, "code": SENDER, "message_id": f"n{i}", "status": "delivered"}
+                ).params()
+                naive.call.apply_async(
+                    args=(info["client_endpoint"] + method, params, info["access_token"]),
+                    headers={"sent_at": time.time()},
+                    queue=naive.QUEUE,
+                    producer=producer,
+                )
+
+            sent = paced(seconds, 1.0 / RATE_PER_S, naive_report)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                raw = client.hgetall(naive.OUTCOMES)
+                if int(raw.get(b"ok", 0)) + int(raw.get(b"failed", 0)) >= sent:
+                    break
+                time.sleep(0.2)
+        cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
+        raw = client.hgetall(naive.OUTCOMES)
+        latencies = [float(x) for x in client.lrange(naive.LATENCIES, 0, -1)]
+        after = {d: stack.emulator.state(d)["counters"] for d in domains}
+        name = f"{n} / naive" + (", late acks" if acks_late else "")
+        client.close()
+        return row(
+            name,
+            cpu,
+            sent,
+            requests(before, after),
+            peak,
+            latencies,
+            sent - int(raw.get(b"ok", 0)),
+            refused(before, after),
+        )
+    finally:
+        workers.stop()
 
 
 def noop_floor(opts: Options, seconds: float) -> float:
