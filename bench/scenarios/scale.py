@@ -131,6 +131,7 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
 
         # the naive task, same portals, same reports: as the issue has it (early acks), and acknowledged after its
         # call as b24q's jobs are (what losing no job to a dead worker costs Celery itself)
+        naive.configure(*naive.broker_of(stack.settings))
         naive_rows = [naive_measure(stack, n, seconds, domains, infos, acks_late) for acks_late in (False, True)]
     return [b24q_row, *naive_rows]
 
@@ -149,7 +150,6 @@ def naive_measure(
     workers = NaiveWorkers(stack, count=2, threads=16, rate_limit="", acks_late=acks_late)
     try:
         workers.wait_ready()
-        naive.configure(*naive.broker_of(stack.settings))
         client = redis.Redis.from_url(stack.settings.redis_url)
         client.delete(naive.OUTCOMES, naive.LATENCIES)
         meter = CpuMeter(workers.pids)
