@@ -7,9 +7,9 @@ number of portals.
 Every worker thread running a job hands its call to the portal's lane and waits for the outcome. The
 lane's sender thread reserves a slot from the pool-wide limiter, and while it waits for that slot more
 calls arrive, so each slot carries up to 50 of them in one `batch` (one unit of the portal's bucket).
-Under light load the slot is free at once and a call goes out after a few milliseconds of gathering;
-under saturation every request is a full batch. That is how a pool reaches rate x 50 jobs per second
-per portal.
+Under light load the slot is free at once, and a call that is all its portal has unfinished pool-wide goes
+out without gathering (`Sending._send_alone`); under saturation every request is a full batch. That is how
+a pool reaches rate x 50 jobs per second per portal.
 
 The lane's parts: the staged calls and how a request is filled (`packing`), how a slot is spent and what a
 failed request means (`sending`), and, here, the lane's life: taking calls, its sender thread, a caller
