@@ -24,6 +24,7 @@ from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call, build_commands
 from workers.delivery.ordering import Verdict
 from workers.delivery.packing import Packing
+from workers.delivery.ratelimit import Permit
 from workers.delivery.wire import LaneStats, pipelined
 from workers.errors import (
     Deferred,
@@ -56,15 +57,10 @@ class Sending(Packing):
             self._send_alone(portal, limits, longest, within)
             return
         permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
-        if not permit.granted:
-            if self.pool is not None:
-                self._return_staged()  # a batch claimed for this slot: others may get one sooner
-            if within is None:
-                time.sleep(min(permit.wait, self._config.max_reserve))
+        if not permit.granted and self.pool is not None:
+            self._return_staged()  # a batch claimed for this slot: others may get one sooner
+        if not self._await_slot(permit, within):
             return
-        if permit.wait > 0:
-            events.limiter_wait(self.key, permit.wait)
-            time.sleep(permit.wait)
         self._fill(min(permit.slack, self._config.fill_max))  # (nothing to wait for when a batch is here)
         calls = self._take()
         if not calls:
@@ -75,6 +71,18 @@ class Sending(Packing):
             # whatever went wrong, no call taken from the queue is left without an outcome
             self._resolve([c for c in calls if not c.done.is_set()], exc)
             raise
+
+    def _await_slot(self, permit: Permit, within: float | None) -> bool:
+        """Sleep until a granted slot's time; False when none was granted (a sender thread, not a caller leading
+        the round, then waits until one may be)."""
+        if not permit.granted:
+            if within is None:
+                time.sleep(min(permit.wait, self._config.max_reserve))
+            return False
+        if permit.wait > 0:
+            events.limiter_wait(self.key, permit.wait)
+            time.sleep(permit.wait)
+        return True
 
     def _alone(self, limits: Limits) -> bool:
         """Is what is staged here all this portal has unfinished pool-wide (a quiet portal's lone call, most
@@ -104,13 +112,9 @@ class Sending(Packing):
             permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         else:
             permit = self._wire.limiter.permit_from(pipelined(replies[0]))
-        if not permit.granted:
-            if within is None:
-                time.sleep(min(permit.wait, self._config.max_reserve))
+        if not self._await_slot(permit, within):
             return
         if permit.wait > 0:
-            events.limiter_wait(self.key, permit.wait)
-            time.sleep(permit.wait)
             calls = self._take()
             verdicts = None
         else:
