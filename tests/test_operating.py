@@ -40,12 +40,16 @@ def test_a_budget_with_room_holds_nothing_but_remembers_the_reset(rclient: redis
 
 
 def test_far_from_the_limit_an_answer_writes_nothing(rclient: redis.Redis, settings: Settings) -> None:
-    """Below half the limit no hold is near: the answer costs no round trip (a 429 would hold the default)."""
+    """Below half the limit no hold is near: the answer costs no round trip. A 429 there (a portal whose limit
+    is lower than B24Q_OPERATING_LIMIT) holds until the reset the caller's last answer named, else the default."""
     holds = _holds(rclient, settings, clock=0.0)
+    answer = {"operating": 239.0, "operating_reset_at": 1045.0, "finish": 1000.0}
     before = rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-    assert holds.record("op2-acme", M, {"operating": 239.0, "operating_reset_at": 1045.0, "finish": 1000.0}) is None
+    assert holds.record("op2-acme", M, answer) is None
     assert rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) == before
-    assert abs(holds.blocked("op2-acme", M) - DEFAULT_HOLD) < 0.5
+    assert holds.reading(answer) == (239.0, 46.0)  # the reset 45 s on, and one second for its whole seconds
+    assert 45.9 < holds.blocked("op2-acme", M, reset_in=46.0) <= 46.01
+    assert abs(holds.blocked("op3-acme", M) - DEFAULT_HOLD) < 0.5
 
 
 def test_a_429_with_no_known_reset_holds_for_the_default(rclient: redis.Redis, settings: Settings) -> None:

@@ -52,6 +52,7 @@ class Lane(Sending):
         self._leading = False  # a caller sends a round in its own thread (`offer`, `lead`)
         self._closing = False
         self.stats = LaneStats()
+        self._resets: dict[str, float] = {}
 
     def submit(self, call: Call) -> None:
         """Queue a call for the lane's sender thread (started if there is none)."""

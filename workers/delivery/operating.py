@@ -74,34 +74,41 @@ class OperatingHolds:
     def record(self, portal: str, method: str, time_block: Mapping[str, Any] | None) -> float | None:
         """Note an answer's `time` block; hold the method if its budget is nearly spent. Returns the hold's
         end on this process's clock, or None."""
-        if not isinstance(time_block, Mapping):
-            return None
-        try:
-            operating = float(time_block.get("operating") or 0.0)
-            reset_at = float(time_block.get("operating_reset_at") or 0.0)
-            finish = float(time_block.get("finish") or 0.0)
-        except (TypeError, ValueError):
-            return None
-        if not reset_at or operating < self._limit / 2:
-            # far from the limit nothing is held, and a 429 needs the remembered reset only near it: answers
-            # report a method's operating as it climbs, so the reset is recorded from half the limit on (one
-            # round trip less per request at every portal that is nowhere near it). A climb of half the limit
-            # (240 s of execution) between two answers would take a 429 to the default hold instead; b24q's
-            # methods take milliseconds each (bitrix24-facts.md §1.3)
-            return None
-        # how far the reset is, by the clock that named it (the portal's); without `finish`, by ours.
-        # operating_reset_at is a whole second (cut, not rounded, on the portal): one more second, so the
-        # first call after the hold finds the bucket gone instead of a second 429 and a default hold
-        until_reset = reset_at + 1.0 - (finish or self._clock())
-        if until_reset <= 0:
+        operating, until_reset = self.reading(time_block)
+        if until_reset is None or operating < min(self._limit / 2, self._limit - self._margin):
+            # far from the limit nothing is held, and the pool needs the reset only near it: answers report a
+            # method's operating as it climbs, so it is written from half the limit on (a round trip less per
+            # request at every portal nowhere near it). Below that, the lane that sent keeps it (`blocked`'s
+            # `reset_in`): a portal whose limit is lower than B24Q_OPERATING_LIMIT still holds until its reset
             return None
         hold = operating >= self._limit - self._margin
         self._run(portal, method, "record+hold" if hold else "record", until_reset)
         return self._clock() + until_reset if hold else None
 
-    def blocked(self, portal: str, method: str) -> float:
-        """The portal answered 429 for `method`: hold it until the last known reset. Returns the hold end."""
-        return self._clock() + self._run(portal, method, "blocked", DEFAULT_HOLD)
+    def reading(self, time_block: Mapping[str, Any] | None) -> tuple[float, float | None]:
+        """An answer's `time` block: the method's operating seconds, and the seconds until its oldest minute
+        drops out (None: no reset named, or one already past)."""
+        if not isinstance(time_block, Mapping):
+            return 0.0, None
+        try:
+            operating = float(time_block.get("operating") or 0.0)
+            reset_at = float(time_block.get("operating_reset_at") or 0.0)
+            finish = float(time_block.get("finish") or 0.0)
+        except (TypeError, ValueError):
+            return 0.0, None
+        if not reset_at:
+            return operating, None
+        # how far the reset is, by the clock that named it (the portal's); without `finish`, by ours.
+        # operating_reset_at is a whole second (cut, not rounded, on the portal): one more second, so the
+        # first call after the hold finds the bucket gone instead of a second 429 and a default hold
+        until_reset = reset_at + 1.0 - (finish or self._clock())
+        return operating, until_reset if until_reset > 0 else None
+
+    def blocked(self, portal: str, method: str, reset_in: float | None = None) -> float:
+        """The portal answered 429 for `method`: hold it until the last reset the pool knows, else the one the
+        caller's last answer named (`reset_in` seconds from now), else `DEFAULT_HOLD`. Returns the hold end."""
+        fallback = reset_in if reset_in is not None and reset_in > 0 else DEFAULT_HOLD
+        return self._clock() + self._run(portal, method, "blocked", fallback)
 
     def hold(self, portal: str, method: str, until: float) -> None:
         """Hold `method` until `until` on this process's clock."""

@@ -47,6 +47,7 @@ class Sending(Packing):
     """A lane's rounds: one slot, one request, an outcome for each call in it."""
 
     stats: LaneStats
+    _resets: dict[str, float]  # method -> when the reset its last answer here named comes (monotonic)
 
     def _send_round(self, within: float | None = None) -> None:
         """Book a slot, gather, send; a caller leading the round books one only `within` its own wait."""
@@ -233,7 +234,7 @@ class Sending(Packing):
             if isinstance(outcome, CallResult) and outcome.time:
                 latest_time[command.method] = outcome.time  # the last answer per method says it all
             elif isinstance(outcome, OperationTimeLimit):
-                outcome.reset_at = self._wire.holds.blocked(self.key, command.method)
+                outcome.reset_at = self._wire.holds.blocked(self.key, command.method, self._reset_in(command.method))
                 events.operating_hold(self.key, command.method, outcome.reset_at)
             if len(command.members) > 1 and not command.succeeded(outcome):
                 # a merged call failed: each member goes alone, so that it gets its own outcome
@@ -246,6 +247,9 @@ class Sending(Packing):
         if split:
             self._put_back(split)
         for method, time_block in latest_time.items():
+            _, reset_in = self._wire.holds.reading(time_block)
+            if reset_in is not None:
+                self._resets[method] = time.monotonic() + reset_in
             until = self._wire.holds.record(self.key, method, time_block)
             if until:
                 events.operating_hold(self.key, method, until)
@@ -289,7 +293,8 @@ class Sending(Packing):
             self._repeat(fresh, limits, calls, refreshed + 1)
             return
         if decision.step is RequestStep.HOLD and isinstance(decision.error, OperationTimeLimit):
-            decision.error.reset_at = self._wire.holds.blocked(self.key, calls[0].method)
+            method = calls[0].method
+            decision.error.reset_at = self._wire.holds.blocked(self.key, method, self._reset_in(method))
             events.operating_hold(self.key, calls[0].method, decision.error.reset_at)
         self._resolve(calls, decision.error)
 
@@ -299,6 +304,11 @@ class Sending(Packing):
         if permit.wait:
             time.sleep(permit.wait)
         self._send(portal, limits, calls, refreshed, moved=moved)
+
+    def _reset_in(self, method: str) -> float | None:
+        """Seconds until the reset the lane's last answer for `method` named, if it is still ahead."""
+        left = self._resets.get(method, 0.0) - time.monotonic()
+        return left if left > 0 else None
 
     def _resolve(self, calls: list[Call], outcome: BaseException) -> None:
         for call in calls:
