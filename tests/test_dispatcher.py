@@ -6,6 +6,7 @@ import dataclasses
 import json
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -218,22 +219,30 @@ def run_deliveries(rt: Runtime, params: list[dict[str, Any]]) -> list[Any]:
 
 
 def test_deliveries_for_one_connector_and_line_share_a_call(settings: Settings, rclient: redis.Redis) -> None:
+    """60 jobs on line 7 and 10 on line 8, all at once: in every request the calls of one connector and line
+    are one merged command (up to 50 messages each), however the jobs' threads arrived between requests."""
     portal = DeliveryPortal()
     rt = make_runtime(settings, rclient, portal)
     out = run_deliveries(rt, [delivery(i, line=7 if i < 60 else 8) for i in range(70)])
     assert all(r == {"SUCCESS": True, "DATA": []} for r in out)
-    commands = [cmd for r in portal.requests for cmd in r.get("cmd", {"x": r}).values()]
-    # 60 jobs on line 7 (≤ 50 per merged call) and 10 on line 8: three merged commands, not 70
-    assert len(commands) <= 4, commands
-    assert (
-        sum(
-            str(c).count("%5Bim%5D%5Bmessage_id%5D") + len(c.get("MESSAGES", []))
-            if isinstance(c, dict)
-            else c.count("%5Bim%5D%5Bmessage_id%5D")
-            for c in commands
-        )
-        == 70
-    )
+
+    def line_and_messages(command: dict[str, Any] | str) -> tuple[str, int]:
+        if isinstance(command, dict):
+            return str(command["LINE"]), len(command["MESSAGES"])
+        query = urllib.parse.parse_qs(command.split("?", 1)[1])
+        return query["LINE"][0], command.count("%5Bim%5D%5Bmessage_id%5D")
+
+    total = 0
+    for request in portal.requests:
+        by_line: dict[str, list[int]] = {}
+        for command in request.get("cmd", {"one": request}).values():
+            line, messages = line_and_messages(command)
+            by_line.setdefault(line, []).append(messages)
+        for sizes in by_line.values():  # as few commands as 50 messages a command allow
+            assert len(sizes) == -(-sum(sizes) // 50), (request, by_line)
+            total += sum(sizes)
+    assert total == 70
+    assert sum(len(r.get("cmd", {"one": r})) for r in portal.requests) <= 12  # not one command a job
 
 
 def test_a_failed_merged_call_gives_each_job_its_own_outcome(settings: Settings, rclient: redis.Redis) -> None:

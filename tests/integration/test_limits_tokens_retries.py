@@ -32,9 +32,11 @@ def unread_jobs(domain: str, n: int, start: int = 1) -> list[str]:
 
 
 def test_four_workers_saturating_a_portal_stay_under_its_limit(stack: LocalStack, rt: Runtime, domain: str) -> None:
-    rate, burst = 4.0, 20
+    # rate x 50 jobs/s (100) well under what four workers take off the broker even with a core busy elsewhere:
+    # the portal, not the pool's CPU, sets the pace, so that every request can be full
+    rate, burst = 2.0, 20
     stack.add_portal(domain, rate=rate, burst=burst)
-    ids = unread_jobs(domain, 3000)
+    ids = unread_jobs(domain, 2000)
     enqueued = stack.emulator.state(domain)["counters"]
     assert set(wait_for(ids, timeout=120).values()) == {"applied"}
     state = stack.emulator.state(domain)
@@ -45,7 +47,7 @@ def test_four_workers_saturating_a_portal_stay_under_its_limit(stack: LocalStack
     for window in (1.0, 3.0):
         assert max_in_window(times, window) <= burst + rate * window + 1
     # every job applied exactly once (no job lost, none doubled by the packing)
-    assert sum(len(u["message_ids"]) for u in state["unread"]) == 3000
+    assert sum(len(u["message_ids"]) for u in state["unread"]) == 2000
     # once the backlog is in the queue, each request carries (nearly) a full batch of 50
     requests = c["accepted"] - enqueued["accepted"]
     jobs = c["batch_commands"] - enqueued["batch_commands"] + (requests - (c["batches"] - enqueued["batches"]))

@@ -93,22 +93,24 @@ class Command:
         return rule is not None and isinstance(outcome, CallResult) and rule.succeeded(outcome.result)
 
 
-def build_commands(calls: list[Call], merge: bool = True) -> list[Command]:
-    """Group mergeable calls (same method and key, in arrival order); others stay one command each."""
-    if not merge:
+def build_commands(calls: list[Call], merge_max: int = 50) -> list[Command]:
+    """Group mergeable calls (same method and key, in arrival order) into commands of at most `merge_max` items
+    (a group that is full starts another); others stay one command each. `merge_max` 1: no merging."""
+    if merge_max <= 1:
         return [Command(c.method, c.params, [c]) for c in calls]
     commands: list[Command] = []
-    open_groups: dict[tuple[Any, ...], Command] = {}
+    open_groups: dict[tuple[Any, ...], tuple[Command, int]] = {}
     for call in calls:
         key = call.merge_key()
         group = open_groups.get(key) if key is not None else None
-        if group is not None:
-            group.members.append(call)
+        if group is not None and group[1] + call.size() <= merge_max:
+            group[0].members.append(call)
+            open_groups[key] = (group[0], group[1] + call.size())  # type: ignore[index]
             continue
         command = Command(call.method, call.params, [call])
         commands.append(command)
         if key is not None:
-            open_groups[key] = command
+            open_groups[key] = (command, call.size())
     for command in commands:
         rule = command.members[0].merge
         if len(command.members) > 1 and rule is not None:

@@ -143,9 +143,9 @@ class Sending(Packing):
         request, which more waiting calls fill (a few rounds at most), so that the slot carries a full batch.
         `taken` grows with every call taken, so that the caller can settle any left over after an error."""
         calls = self._ready(taken)
-        merge = self._config.merge_max > 1
+        merge_max = self._config.merge_max
         for _ in range(3):
-            room = self._config.batch_max - len(build_commands(calls, merge=merge)) if calls else self._config.batch_max
+            room = self._config.batch_max - len(build_commands(calls, merge_max)) if calls else self._config.batch_max
             if room <= 0 or len(calls) == len(taken):  # full, or nothing was taken out
                 break
             more = self._take(room)
@@ -208,7 +208,7 @@ class Sending(Packing):
         if refusal is not None and refusal.code == "APP_UNINSTALLED":
             self._resolve(calls, RestError(refusal.code, portal.reason))
             return
-        commands = build_commands(calls, merge=self._config.merge_max > 1)
+        commands = build_commands(calls, self._config.merge_max)
         method = commands[0].method if len(commands) == 1 else "batch"
         started = time.monotonic()
         try:
