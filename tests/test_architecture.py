@@ -39,6 +39,7 @@ LAYERS: list[grimp.Layer | str] = [
         "workers.events",
         "workers.redaction",
         "workers.redisurl",
+        "workers.roundtrip",
         "workers.rabbitmq",
         independent=False,
     ),

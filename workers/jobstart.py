@@ -25,6 +25,7 @@ from workers.portals.record import Portal
 from workers.portals.registry import PortalRegistry
 from workers.portals.state import PortalState
 from workers.records.ledger import Ledger, Run
+from workers.roundtrip import round_trip
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class JobStart:
             portal = self._portals.current(key)
             key = portal.key if portal is not None else key
             read = False
-        pipe = self._client.pipeline(transaction=False)
+        pipe = round_trip(self._client)
         if read:  # a registry key: its record is read beside the rest
             self._registry.queue_get(pipe, key)
         self._ledger.queue_started(pipe, job_id, kind, key, worker)

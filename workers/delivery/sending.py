@@ -39,6 +39,7 @@ from workers.portals.admission import admission
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
 from workers.retries import RequestStep
+from workers.roundtrip import round_trip
 
 log = logging.getLogger("workers.delivery.lane")  # the lane's parts log as the lane
 
@@ -104,7 +105,7 @@ class Sending(Packing):
         held = self._held(staged)
         gated = [c for c in staged if c.method not in held]
         orders = [(c.order, c.params) for c in gated if c.order is not None]
-        pipe = self._wire.redis.pipeline(transaction=False)
+        pipe = round_trip(self._wire.redis)
         self._wire.limiter.queue_reserve(pipe, self.key, limits, longest)
         if orders:
             self._wire.ordering.queue_gate(pipe, self.key, orders)

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from workers.keys import DEFAULT_KEYS, Keys
 from workers.records.packed import SPLIT_AT, Packing, script
+from workers.roundtrip import round_trip
 
 TERMINAL = ("applied", "dead", "parked", "superseded")
 #: A portal's last finished jobs kept by id, for the operator's console.
@@ -196,18 +198,22 @@ class Ledger:
         if error:
             self._client.hset(self._key(job_id), "last_error", error)
         event = self._event(state, error=error, **detail) if error else self._event(state, **detail)
-        self._finish(
-            keys=[
-                self._key(job_id),
-                self._events(job_id),
-                self._backlog(portal),
-                self._open(),
-                self._keys.outcomes(portal),
-                self._payload_key(job_id),
-                self._keys.recent(portal),
-            ],
-            args=[*self._packing.args, state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT],
-        )
+        keys = [
+            self._key(job_id),
+            self._events(job_id),
+            self._backlog(portal),
+            self._open(),
+            self._keys.outcomes(portal),
+            self._payload_key(job_id),
+            self._keys.recent(portal),
+        ]
+        args = [*self._packing.args, state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT]
+        # every job's last round trip: the lean one (`workers.roundtrip`), the script loaded if Redis lost it
+        (reply,) = round_trip(self._client).evalsha(self._finish.sha, len(keys), *keys, *args).execute(False)
+        if isinstance(reply, NoScriptError):
+            self._finish(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
 
     def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
         """A parked or dead job goes back to the queue (replay, re-authorisation)."""

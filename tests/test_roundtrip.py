@@ -1,0 +1,139 @@
+"""`workers.roundtrip`: a batch answers as redis-py's pipeline does, on connections of its own (made with the
+client's credentials) that are reused, never crossed between threads, and outlive a Redis restart."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from workers.localdev.redisserver import RedisSentinel, RedisServer
+from workers.redisurl import connect
+from workers.roundtrip import Batch, round_trip
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer(appendonly=False, password="round-trip-pw") as s:  # its connections must authenticate
+        yield s
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    c = server.client()
+    yield c
+    c.close()
+
+
+def _comparable(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        return type(reply), str(reply)
+    return reply
+
+
+def test_a_batch_answers_as_a_pipeline_does(client: redis.Redis) -> None:
+    client.set("present", "v")
+    client.rpush("list", "a", "b")
+    client.set("forever", "x")
+    client.hset("hash", mapping={"f": "1", "g": "2"})
+    sha = client.script_load("return {KEYS[1], ARGV[1], 3}")
+
+    def queue(p: Any) -> None:
+        p.evalsha(sha, 1, "k", "arg")
+        p.get("present")
+        p.get("absent")
+        p.llen("list")
+        p.pttl("forever")
+        p.pttl("absent")
+        p.hgetall("hash")
+        p.hgetall("absent")
+        p.evalsha("0" * 40, 0)  # no such script
+        p.llen("present")  # the wrong type
+
+    pipe = client.pipeline(transaction=False)
+    queue(pipe)
+    expected = pipe.execute(raise_on_error=False)
+    batch = round_trip(client)
+    queue(batch)
+    got = batch.execute(raise_on_error=False)
+    assert [_comparable(r) for r in got] == [_comparable(r) for r in expected]
+    assert got[1] == b"v" and got[6] == {b"f": b"1", b"g": b"2"} and got[7] == {}
+    assert isinstance(got[8], NoScriptError) and isinstance(got[9], ResponseError)
+
+
+def test_the_first_error_is_raised_when_asked_and_the_connection_stays_in_step(client: redis.Redis) -> None:
+    client.set("a", "1")
+    with pytest.raises(NoScriptError):
+        round_trip(client).evalsha("0" * 40, 0).get("a").execute()
+    assert round_trip(client).get("a").llen("none").execute() == [b"1", 0]
+
+
+def test_batches_in_flight_together_go_on_connections_of_their_own(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.mset({"a": "1", "b": "2"})
+    together = threading.Barrier(2)
+    used: list[int] = []
+    real_send = Batch._send
+
+    def send(batch: Batch, conn: Any) -> list[Any]:
+        used.append(id(conn))
+        together.wait(10)  # both batches hold their connection now
+        return real_send(batch, conn)
+
+    monkeypatch.setattr(Batch, "_send", send)
+    replies: dict[str, Any] = {}
+
+    def run(key: str) -> None:
+        replies[key] = round_trip(client).get(key).llen("none").execute()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert replies == {"a": [b"1", 0], "b": [b"2", 0]}
+    assert len(set(used)) == 2
+
+
+def test_connections_are_kept_between_batches(client: redis.Redis) -> None:
+    round_trip(client).get("x").execute()
+    before = client.info("stats")["total_connections_received"]
+    for _ in range(50):
+        round_trip(client).get("x").execute()
+    assert client.info("stats")["total_connections_received"] == before
+
+
+def test_a_batch_after_a_redis_restart_reconnects(server: RedisServer, client: redis.Redis) -> None:
+    """A kept connection is dead after a restart; the client's retry policy reconnects and sends again."""
+    round_trip(client).get("x").execute()  # a connection is kept
+    server.kill()
+    server.start()
+    client.set("x", "after")
+    assert round_trip(client).get("x").execute() == [b"after"]
+
+
+def test_behind_a_sentinel_a_batch_reaches_the_master_also_after_a_reconnect() -> None:
+    """A Sentinel's connection finds the master only through its own `connect`; a batch goes there, also on a
+    kept connection that was closed since."""
+    with RedisServer(appendonly=False, password="round-trip-pw") as master:
+        sentinel = RedisSentinel(master.port, password="round-trip-pw").start()
+        try:
+            client = connect(f"sentinel://:round-trip-pw@127.0.0.1:{sentinel.port}/0", "mymaster")
+            client.set("where", "the master")
+            assert round_trip(client).get("where").execute() == [b"the master"]
+            client.connection_pool.disconnect()
+            for kept in list(_kept(client)):
+                kept.disconnect()
+            assert round_trip(client).get("where").execute() == [b"the master"]
+            client.close()
+        finally:
+            sentinel.close()
+
+
+def _kept(client: redis.Redis) -> Any:
+    return round_trip(client)._trips._idle
