@@ -14,6 +14,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from workers.localdev.redisserver import RedisSentinel, RedisServer
 from workers.redisurl import connect
 from workers.roundtrip import Batch, round_trip
+from workers.runtime import Runtime
+from workers.settings import Settings
 
 
 @pytest.fixture
@@ -137,3 +139,70 @@ def test_behind_a_sentinel_a_batch_reaches_the_master_also_after_a_reconnect() -
 
 def _kept(client: redis.Redis) -> Any:
     return round_trip(client)._trips._idle
+
+
+def test_many_batches_in_flight_again_and_again_stay_within_the_pools_limit(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More batches at once than connections are kept: the extra ones go back to the client's pool, which
+    counts them as returned, so rounds of them never run into its `max_connections`."""
+    client = redis.Redis(host="127.0.0.1", port=server.port, password=server.password, max_connections=40)
+    client.set("a", "1")
+    at_once = 38
+    together = threading.Barrier(at_once)
+    real_send = Batch._send
+
+    def send(batch: Batch, conn: Any) -> list[Any]:
+        together.wait(10)
+        return real_send(batch, conn)
+
+    monkeypatch.setattr(Batch, "_send", send)
+
+    def run(replies: list[Any]) -> None:
+        try:
+            replies.append(round_trip(client).get("a").execute())
+        except Exception as exc:
+            replies.append(exc)
+
+    for _ in range(3):
+        replies: list[Any] = []
+        threads = [threading.Thread(target=run, args=(replies,)) for _ in range(at_once)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert replies == [[b"1"]] * at_once
+    assert client.get("a") == b"1"
+    client.close()
+
+
+def test_a_workers_client_takes_every_job_thread_in_a_round_trip_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker runs `worker_concurrency` job threads (128 by default) beside its lanes' senders; redis-py's pool
+    allows 100 connections unless told otherwise, and the 101st round trip at once would fail."""
+    rt = Runtime(settings)
+    at_once = settings.worker_concurrency + 22
+    together = threading.Barrier(at_once)
+    real_send = Batch._send
+
+    def send(batch: Batch, conn: Any) -> list[Any]:
+        together.wait(20)
+        return real_send(batch, conn)
+
+    monkeypatch.setattr(Batch, "_send", send)
+    replies: list[Any] = []
+
+    def run() -> None:
+        try:
+            replies.append(round_trip(rt.redis).llen("none").execute())
+        except Exception as exc:
+            replies.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(at_once)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert replies == [[0]] * at_once
+    rt.redis.close()

@@ -80,6 +80,9 @@ class Runtime:
             socket_timeout=10,
             socket_connect_timeout=5,
             retry_on_timeout=True,
+            # every job thread and every lane's sender may be in a round trip at once (redis-py's default is 100,
+            # fewer than a worker's default 128 threads; `workers.roundtrip` keeps a few checked out too)
+            max_connections=2 * s.worker_concurrency + 64,
         )
         keys = self.keys = Keys(s.key_prefix)
         self.registry = PortalRegistry(self.redis, s)
