@@ -74,32 +74,43 @@ def test_the_first_error_is_raised_when_asked_and_the_connection_stays_in_step(c
     assert round_trip(client).get("a").llen("none").execute() == [b"1", 0]
 
 
+def _at_once(monkeypatch: pytest.MonkeyPatch, batches: list[Batch]) -> tuple[list[Any], set[int]]:
+    """Run the batches in threads of their own, all of them in flight at once (each holding its connection
+    until every one does); what each returned or raised, and the connections they went on."""
+    together = threading.Barrier(len(batches))
+    used: set[int] = set()
+    real_send = Batch._send
+
+    def send(batch: Batch, conn: Any) -> list[Any]:
+        used.add(id(conn))
+        together.wait(30)
+        return real_send(batch, conn)
+
+    monkeypatch.setattr(Batch, "_send", send)
+    replies: list[Any] = [None] * len(batches)
+
+    def run(i: int) -> None:
+        try:
+            replies[i] = batches[i].execute()
+        except Exception as exc:
+            replies[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    monkeypatch.undo()
+    return replies, used
+
+
 def test_batches_in_flight_together_go_on_connections_of_their_own(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client.mset({"a": "1", "b": "2"})
-    together = threading.Barrier(2)
-    used: list[int] = []
-    real_send = Batch._send
-
-    def send(batch: Batch, conn: Any) -> list[Any]:
-        used.append(id(conn))
-        together.wait(10)  # both batches hold their connection now
-        return real_send(batch, conn)
-
-    monkeypatch.setattr(Batch, "_send", send)
-    replies: dict[str, Any] = {}
-
-    def run(key: str) -> None:
-        replies[key] = round_trip(client).get(key).llen("none").execute()
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(15)
-    assert replies == {"a": [b"1", 0], "b": [b"2", 0]}
-    assert len(set(used)) == 2
+    replies, used = _at_once(monkeypatch, [round_trip(client).get(k).llen("none") for k in ("a", "b")])
+    assert replies == [[b"1", 0], [b"2", 0]]
+    assert len(used) == 2
 
 
 def test_connections_are_kept_between_batches(client: redis.Redis) -> None:
@@ -148,30 +159,9 @@ def test_many_batches_in_flight_again_and_again_stay_within_the_pools_limit(
     counts them as returned, so rounds of them never run into its `max_connections`."""
     client = redis.Redis(host="127.0.0.1", port=server.port, password=server.password, max_connections=40)
     client.set("a", "1")
-    at_once = 38
-    together = threading.Barrier(at_once)
-    real_send = Batch._send
-
-    def send(batch: Batch, conn: Any) -> list[Any]:
-        together.wait(10)
-        return real_send(batch, conn)
-
-    monkeypatch.setattr(Batch, "_send", send)
-
-    def run(replies: list[Any]) -> None:
-        try:
-            replies.append(round_trip(client).get("a").execute())
-        except Exception as exc:
-            replies.append(exc)
-
     for _ in range(3):
-        replies: list[Any] = []
-        threads = [threading.Thread(target=run, args=(replies,)) for _ in range(at_once)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(15)
-        assert replies == [[b"1"]] * at_once
+        replies, _ = _at_once(monkeypatch, [round_trip(client).get("a") for _ in range(38)])
+        assert replies == [[b"1"]] * 38
     assert client.get("a") == b"1"
     client.close()
 
@@ -183,26 +173,6 @@ def test_a_workers_client_takes_every_job_thread_in_a_round_trip_at_once(
     allows 100 connections unless told otherwise, and the 101st round trip at once would fail."""
     rt = Runtime(settings)
     at_once = settings.worker_concurrency + 22
-    together = threading.Barrier(at_once)
-    real_send = Batch._send
-
-    def send(batch: Batch, conn: Any) -> list[Any]:
-        together.wait(20)
-        return real_send(batch, conn)
-
-    monkeypatch.setattr(Batch, "_send", send)
-    replies: list[Any] = []
-
-    def run() -> None:
-        try:
-            replies.append(round_trip(rt.redis).llen("none").execute())
-        except Exception as exc:
-            replies.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(at_once)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    replies, _ = _at_once(monkeypatch, [round_trip(rt.redis).llen("none") for _ in range(at_once)])
     assert replies == [[0]] * at_once
     rt.redis.close()
