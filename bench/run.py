@@ -34,6 +34,7 @@ from bench.scenarios import (
     memory,
     producer,
     raw,
+    roundtrip,
     saturation,
     scale,
 )
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "installs": installs.run,
     "scale": scale.run,
     "console": console.run,
+    "roundtrip": roundtrip.run,
 }
 
 
