@@ -87,26 +87,43 @@ def _against_limits(stack: LocalStack, rt: Runtime, domains: list[str]) -> None:
         state = stack.emulator.state(domain)
         key = rt.registry.resolve(domain) or domain
         lim = rt.portals(key).limits(stack.settings)
-        times = sorted(state["accepted_times"])
-        full = _bucket_full_at(times, lim.rate, lim.our_burst)
-        if full is not None and times[-1] - times[full] >= 2.0:
-            window = times[-1] - times[full]
-            steady = (len(times) - 1 - full) / window
-            print(
-                f"  {domain:<22} steady state {steady:.2f} requests/s of {lim.rate:g} allowed "
-                f"({steady / lim.rate:.2f}) over the last {window:.1f}s, once its bucket was full"
-            )
-        else:
-            allowed = lim.our_burst + lim.rate * (times[-1] - times[0]) if times else 0
-            print(
-                f"  {domain:<22} never full: {len(times)} requests of the {allowed:.0f} its bucket allowed "
-                f"({len(times) / max(allowed, 1):.2f}); here the pool, not the portal, set the pace"
-            )
+        print(f"  {domain:<22} {limit_line(sorted(state['accepted_times']), lim.rate, lim.our_burst, lim.burst)}")
     print(
-        "  (Steady state: requests per second from the moment a portal's bucket was full, against its rate.\n"
+        "  (Steady state: requests per second from the moment a portal's bucket was full, against its rate, given\n"
+        "  over 10 s or more; else the requests of the whole run against what the portal's bucket allowed.\n"
         "  The whole-run figure below also counts the start, while the pool takes the first jobs from the queue\n"
         "  and spends the burst on requests as they fill, and the tail, where the last requests carry the last\n"
         "  jobs; its ideal counts superseded jobs too, which are never sent, so a run can beat it.)"
+    )
+
+
+#: the shortest window a steady rate is given for: over a shorter one, the request or two the bucket still had
+#: room for when it first looked full weigh more than a tenth of what the rate allows
+STEADY_MIN = 10.0
+
+
+def limit_line(times: list[float], rate: float, burst: int, portal_burst: int) -> str:
+    """What the portal's accepted requests (their times, sorted) say against its limit: the steady rate once
+    its bucket was full as b24q fills it (`burst`), over a window long enough to say it; else the whole run
+    against what the portal's own bucket (`portal_burst`) allowed. (b24q keeps a few requests of the portal's
+    burst for a send that arrives late: the portal's bucket, not b24q's, is the limit.)"""
+    full = _bucket_full_at(times, rate, burst)
+    if full is not None and times[-1] - times[full] >= STEADY_MIN:
+        window = times[-1] - times[full]
+        steady = (len(times) - 1 - full) / window
+        return (
+            f"steady state {steady:.2f} requests/s of {rate:g} allowed ({steady / rate:.2f}) over the last "
+            f"{window:.1f}s, once its bucket was full"
+        )
+    allowed = portal_burst + rate * (times[-1] - times[0]) if times else 0
+    pace = (
+        "here the pool, not the portal, set the pace"
+        if full is None
+        else f"full only for the last {times[-1] - times[full]:.1f}s, too short to give a steady rate"
+    )
+    return (
+        f"{'never full' if full is None else 'whole run'}: {len(times)} requests of the {allowed:.0f} its bucket "
+        f"allowed ({len(times) / max(allowed, 1):.2f}); {pace}"
     )
 
 
