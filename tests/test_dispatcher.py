@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tasks.jobs import DELIVERY_CONFIRMATION, KINDS
+from tests.threads import in_threads
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call
 from workers.delivery.lane import Lane
@@ -67,22 +68,9 @@ def make_runtime(settings: Settings, rclient: redis.Redis, portal: FakePortal) -
 def at_once(rt: Runtime, calls: list[Callable[[], Any]]) -> list[Any]:
     """Each call in a thread of its own, all at once, each counted in the portal's backlog as a producer's job
     is (a lane packs by it); what each returned or raised."""
-    out: list[Any] = [None] * len(calls)
     for i in range(len(calls)):
         rt.ledger.enqueued(f"at-once-{uuid.uuid4().hex}-{i}", "test", "acme")
-
-    def one(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except Exception as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+    return in_threads(calls)
 
 
 def run_concurrently(rt: Runtime, n: int, message_id: int = 1) -> list[Any]:

@@ -11,6 +11,7 @@ import pytest
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from tests.threads import in_threads
 from workers.localdev.redisserver import RedisSentinel, RedisServer
 from workers.redisurl import connect
 from workers.roundtrip import Batch, round_trip
@@ -87,19 +88,7 @@ def _at_once(monkeypatch: pytest.MonkeyPatch, batches: list[Batch]) -> tuple[lis
         return real_send(batch, conn)
 
     monkeypatch.setattr(Batch, "_send", send)
-    replies: list[Any] = [None] * len(batches)
-
-    def run(i: int) -> None:
-        try:
-            replies[i] = batches[i].execute()
-        except Exception as exc:
-            replies[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
+    replies = in_threads([b.execute for b in batches])
     monkeypatch.undo()
     return replies, used
 

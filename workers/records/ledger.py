@@ -209,7 +209,8 @@ class Ledger:
         ]
         args = [*self._packing.args, state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT]
         # every job's last round trip: the lean one (`workers.roundtrip`), the script loaded if Redis lost it
-        (reply,) = round_trip(self._client).evalsha(self._finish.sha, len(keys), *keys, *args).execute(False)
+        trip = round_trip(self._client).evalsha(self._finish.sha, len(keys), *keys, *args)
+        (reply,) = trip.execute(raise_on_error=False)
         if isinstance(reply, NoScriptError):
             self._finish(keys=keys, args=args)
         elif isinstance(reply, Exception):
