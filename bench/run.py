@@ -27,6 +27,7 @@ from bench.scenarios import (
     dlr,
     fairness,
     fullstart,
+    http,
     installs,
     intake,
     light,
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "installs": installs.run,
     "scale": scale.run,
     "console": console.run,
+    "http": http.run,
     "roundtrip": roundtrip.run,
 }
 

@@ -8,6 +8,7 @@ Secrets (access tokens, webhook codes) never appear in the text of the errors it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,6 +22,7 @@ from workers.bitrix.transport import public_only_transport
 from workers.errors import PortalMoved, RestError, ServerError, TransportError, rest_error
 
 BATCH_LIMIT = 50
+_HEADERS = {"User-Agent": "b24q/0.1", "Accept": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,20 @@ class RestClient:
         proxies = getproxies()
         if transport is None and public_only and not (proxies.get("https") or proxies.get("all")):
             transport = public_only_transport(limits)  # through a proxy, the proxy picks the address
+        elif transport is None and not set(proxies) - {"no"}:
+            transport = httpx.HTTPTransport(limits=limits)  # (a proxy in the environment: httpx's client picks it)
         self._http = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=limits,
-            headers={"User-Agent": "b24q/0.1", "Accept": "application/json"},
+            headers=_HEADERS,
             follow_redirects=False,
         )
+        #: requests go straight to the transport (httpx's public transport API) unless a proxy is in the way:
+        #: the client's own send (auth, cookies, redirects, hooks: none of them used here) cost more CPU than
+        #: the rest of a request (docs/benchmarks.md, `bench.run http`)
+        self._transport = transport
+        self._timeout = self._http.timeout.as_dict()
 
     def close(self) -> None:
         self._http.close()
@@ -152,7 +161,7 @@ class RestClient:
             payload["auth"] = creds.access_token
         url = creds.endpoint.rstrip("/") + "/" + method
         try:
-            response = self._http.post(url, json=payload)
+            response = self._exchange(url, payload)
         except httpx.TimeoutException as exc:
             raise TransportError("TIMEOUT", f"{method}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
@@ -162,12 +171,24 @@ class RestClient:
             raise PortalMoved(urljoin(url, response.headers["location"]), response.status_code, method)
         return parse_answer(method, response.status_code, response.content)
 
+    def _exchange(self, url: str, payload: Mapping[str, Any]) -> httpx.Response:
+        """POST `payload` as JSON (as httpx encodes it) and read the whole answer."""
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        headers = {**_HEADERS, "Content-Type": "application/json"}
+        request = httpx.Request("POST", url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        if self._transport is None:
+            return self._http.send(request)
+        response = self._transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
+
 
 def parse_answer(method: str, status: int, content: bytes) -> dict[str, Any]:
     """Turn an answer into its JSON body, or raise the typed error it carries."""
     try:
-        import json
-
         body = json.loads(content)
     except ValueError:
         raise TransportError(
