@@ -165,3 +165,14 @@ def test_a_workers_client_takes_every_job_thread_in_a_round_trip_at_once(
     replies, _ = _at_once(monkeypatch, [round_trip(rt.redis).llen("none") for _ in range(at_once)])
     assert replies == [[0]] * at_once
     rt.redis.close()
+
+
+def test_a_batch_sends_the_bytes_redis_py_would(client: redis.Redis) -> None:
+    """Packed by hiredis: every kind of argument the stores pass arrives as redis-py's packer would send it
+    (a float as its repr, text as UTF-8); one hiredis does not take (a memoryview) goes through redis-py's."""
+    sha = client.script_load("return ARGV")
+    args = ("text", "ünïcødé ✓", b"\x00\xffbytes", 7, -1, 12345678901234567890, 0.1, 1733591234.123456, 1e-07, 1e20)
+    (echoed,) = round_trip(client).evalsha(sha, 0, *args).execute()
+    assert echoed == [client.get_encoder().encode(a) for a in args]
+    (viewed,) = round_trip(client).evalsha(sha, 0, memoryview(b"view")).execute()
+    assert viewed == [b"view"]
