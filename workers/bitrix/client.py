@@ -9,20 +9,34 @@ Secrets (access tokens, webhook codes) never appear in the text of the errors it
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from urllib.request import getproxies
 
+import httpcore
 import httpx
 
 from workers.bitrix import querystring
-from workers.bitrix.transport import public_only_transport
+from workers.bitrix.transport import pooled_transport
 from workers.errors import PortalMoved, RestError, ServerError, TransportError, rest_error
 
 BATCH_LIMIT = 50
-_HEADERS = {"User-Agent": "b24q/0.1", "Accept": "application/json"}
+_HEADERS = {"User-Agent": "b24q/0.1", "Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
+_POST_HEADERS = [(k.encode(), v.encode()) for k, v in {**_HEADERS, "Content-Type": "application/json"}.items()]
+_httpx_log = logging.getLogger("httpx")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: what httpcore raises for a request that got no answer (httpx raises its own `HTTPError`s)
+_UNANSWERED = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    location: str | None
+    content: bytes
 
 
 @dataclass(frozen=True)
@@ -102,20 +116,21 @@ class RestClient:
     ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         proxies = getproxies()
+        #: the connection pool requests go out on directly, unless a proxy is in the way or a transport is given:
+        #: httpx's own layers (its client's send, its request and URL models) cost more CPU than the rest of
+        #: a request (docs/benchmarks.md, `bench.run http`)
+        self._pool: httpcore.ConnectionPool | None = None
         if transport is None and public_only and not (proxies.get("https") or proxies.get("all")):
-            transport = public_only_transport(limits)  # through a proxy, the proxy picks the address
+            transport, self._pool = pooled_transport(limits, public_only=True)  # (through a proxy, it picks)
         elif transport is None and not set(proxies) - {"no"}:
-            transport = httpx.HTTPTransport(limits=limits)  # (a proxy in the environment: httpx's client picks it)
+            transport, self._pool = pooled_transport(limits, public_only=False)
         self._http = httpx.Client(
-            transport=transport,
+            transport=transport,  # None: a proxy in the environment, httpx's client picks it
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=limits,
             headers=_HEADERS,
             follow_redirects=False,
         )
-        #: requests go straight to the transport (httpx's public transport API) unless a proxy is in the way:
-        #: the client's own send (auth, cookies, redirects, hooks: none of them used here) cost more CPU than
-        #: the rest of a request (docs/benchmarks.md, `bench.run http`)
         self._transport = transport
         self._timeout = self._http.timeout.as_dict()
 
@@ -160,30 +175,56 @@ class RestClient:
         if creds.access_token is not None:
             payload["auth"] = creds.access_token
         url = creds.endpoint.rstrip("/") + "/" + method
-        try:
-            response = self._exchange(url, payload)
-        except httpx.TimeoutException as exc:
-            raise TransportError("TIMEOUT", f"{method}: {type(exc).__name__}") from None
-        except httpx.HTTPError as exc:
-            raise TransportError("NETWORK", f"{method}: {type(exc).__name__}") from None
-        if response.is_redirect and "location" in response.headers:
-            # never followed here: following turns the POST into a GET and drops the parameters (§7.5)
-            raise PortalMoved(urljoin(url, response.headers["location"]), response.status_code, method)
-        return parse_answer(method, response.status_code, response.content)
-
-    def _exchange(self, url: str, payload: Mapping[str, Any]) -> httpx.Response:
-        """POST `payload` as JSON (as httpx encodes it) and read the whole answer."""
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        headers = {**_HEADERS, "Content-Type": "application/json"}
-        request = httpx.Request("POST", url, headers=headers, content=body, extensions={"timeout": self._timeout})
-        if self._transport is None:
-            return self._http.send(request)
-        response = self._transport.handle_request(request)
         try:
-            response.read()
-        finally:
-            response.close()
-        return response
+            answer = self._exchange(url, body)
+        except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+            raise TransportError("TIMEOUT", f"{method}: {type(exc).__name__}") from None
+        except (httpx.HTTPError, *_UNANSWERED) as exc:
+            raise TransportError("NETWORK", f"{method}: {type(exc).__name__}") from None
+        if answer.status in _REDIRECTS and answer.location is not None:
+            # never followed here: following turns the POST into a GET and drops the parameters (§7.5)
+            raise PortalMoved(urljoin(url, answer.location), answer.status, method)
+        return parse_answer(method, answer.status, answer.content)
+
+    def _exchange(self, url: str, body: bytes) -> _Answer:
+        """POST a JSON `body` and read the whole answer (decoded, if the server compressed it)."""
+        if self._pool is not None and url.isascii():  # (a name httpcore takes as it is, no IDNA to apply)
+            sent = self._pool.request(
+                "POST", url, headers=_POST_HEADERS, content=body, extensions={"timeout": self._timeout}
+            )
+            location = coding = None
+            for name, value in sent.headers:
+                if name.lower() == b"location":
+                    location = _header_text(value)
+                elif name.lower() == b"content-encoding":
+                    coding = value.strip().lower()
+            content = sent.content
+            if coding not in (None, b"identity"):  # httpx's decoders, as its client would have applied them
+                content = httpx.Response(sent.status, headers=sent.headers, stream=httpx.ByteStream(content)).read()
+            if _httpx_log.isEnabledFor(logging.INFO):  # the line httpx's client writes, for who turned them on
+                version, reason = (sent.extensions.get(k, b"") for k in ("http_version", "reason_phrase"))
+                _httpx_log.info('HTTP Request: POST %s "%s %d %s"', url, version.decode(), sent.status, reason.decode())
+            return _Answer(sent.status, location, content)
+        request = httpx.Request("POST", url, headers=_HEADERS, content=body, extensions={"timeout": self._timeout})
+        request.headers["Content-Type"] = "application/json"
+        if self._transport is None:
+            response = self._http.send(request)
+        else:
+            response = self._transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+        return _Answer(response.status_code, response.headers.get("location"), response.content)
+
+
+def _header_text(value: bytes) -> str:
+    """A header's value as httpx reads one: UTF-8 (ASCII included), else Latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def parse_answer(method: str, status: int, content: bytes) -> dict[str, Any]:

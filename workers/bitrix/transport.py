@@ -51,15 +51,17 @@ class PublicOnlyBackend(httpcore.SyncBackend):
         raise error
 
 
-def public_only_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's transport (TLS verified, environment's CA settings) over `PublicOnlyBackend`."""
+def pooled_transport(limits: httpx.Limits, public_only: bool) -> tuple[httpx.HTTPTransport, httpcore.ConnectionPool]:
+    """httpx's transport (TLS verified, environment's CA settings) and the connection pool under it, which the
+    REST client also sends on directly; over `PublicOnlyBackend` when `public_only`."""
     transport = httpx.HTTPTransport(limits=limits)
-    # httpx takes no network backend: its pool is rebuilt with the same settings and ours
-    transport._pool = httpcore.ConnectionPool(
+    # httpx takes no network backend: its pool is rebuilt with the same settings (and ours)
+    pool = httpcore.ConnectionPool(
         ssl_context=httpx.create_ssl_context(),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
-        network_backend=PublicOnlyBackend(),
+        network_backend=PublicOnlyBackend() if public_only else None,
     )
-    return transport
+    transport._pool = pool
+    return transport, pool
