@@ -477,3 +477,54 @@ def test_raw_jobs_naming_a_portal_by_its_alias_run_under_its_key(settings: Setti
     assert [rt.ledger.record(f"raw-{n}")["portal"] for n in (1, 2)] == ["acme", "acme"]
     assert rt.ledger.backlog("acme") == 0 and rt.ledger.backlog("acme.bitrix24.com") == 0
     assert len(portal.requests) == 2
+
+
+def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_request(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane that sent a request marks its jobs applied in one round trip, before they learn their outcome;
+    their own threads then make none (one each was a busy portal's job's largest cost after its start)."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    unread = KINDS["mark-unread"]
+    jobs = [(f"busy-{i}", {"portal": "acme", "dialog_id": f"chat{i}", "message_id": i + 1}) for i in range(30)]
+    for job_id, kwargs in [("first", {"portal": "acme", "dialog_id": "chat999", "message_id": 1}), *jobs]:
+        record(rt, job_id, kwargs)
+    rclient.script_flush()  # as after a Redis restart: the lane loads the finish script again
+    # the first job alone: the registry's keys, the scripts (as any worker's first job)
+    assert run_job(
+        unread, "first", (), {"portal": "acme", "dialog_id": "chat999", "message_id": 1}, rt.job_services, no_retry
+    )
+    requests_before = len(portal.requests)
+    finishes: list[int] = []  # per round trip that finished jobs: how many
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = b"".join(command) if isinstance(command, list) else command
+        if packed.count(b'"state": "applied"'):
+            finishes.append(packed.count(b'"state": "applied"'))
+        real_send(conn, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    out = in_threads([lambda j=j, k=k: run_job(unread, j, (), dict(k), rt.job_services, no_retry) for j, k in jobs])
+    monkeypatch.undo()
+    assert out == [{"outcome": "applied"}] * len(jobs)
+    assert {rt.ledger.get(j)["state"] for j, _ in jobs} == {"applied"}  # type: ignore[index]
+    assert sum(finishes) == len(jobs)
+    requests = len(portal.requests) - requests_before
+    assert len(finishes) == requests < len(jobs), (finishes, requests)
+
+
+def test_a_job_the_lane_could_not_record_records_itself(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refused the lane's round trip (`finish_applied` says so, job by job): the job's own finish writes
+    the record."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    unread = KINDS["mark-unread"]
+    kwargs = {"portal": "acme", "dialog_id": "chat1", "message_id": 1}
+    record(rt, "unrecorded", kwargs)
+    monkeypatch.setattr(rt.ledger, "finish_applied", lambda portal_key, job_ids: [False] * len(job_ids))
+    assert run_job(unread, "unrecorded", (), dict(kwargs), rt.job_services, no_retry) == {"outcome": "applied"}
+    assert rt.ledger.get("unrecorded")["state"] == "applied"  # type: ignore[index]

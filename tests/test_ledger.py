@@ -70,3 +70,17 @@ def test_a_job_no_producer_recorded_gets_its_record_and_payload_at_first_sight(r
     assert run.runs == 1
     assert book.backlog("acme") == 1
     assert book.payload("raw") == {"dialog_id": "chat1"}
+
+
+def test_jobs_finished_together_are_recorded_applied_and_an_unreachable_redis_says_which_were_not(
+    rclient: redis.Redis,
+) -> None:
+    led = ledger(rclient)
+    for job_id in ("a", "b"):
+        led.enqueued(job_id, "mark-unread", "acme")
+    rclient.script_flush()  # a Redis restarted since: the script is loaded again
+    assert led.finish_applied("acme", ["a", "b"]) == [True, True]
+    assert [led.get(j)["state"] for j in ("a", "b")] == ["applied", "applied"]  # type: ignore[index]
+    assert led.backlog("acme") == 0
+    gone = Ledger(redis.Redis(port=1, socket_connect_timeout=0.2), DEFAULT_KEYS)
+    assert gone.finish_applied("acme", ["c", "d"]) == [False, False]

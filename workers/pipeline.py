@@ -25,7 +25,7 @@ from celery.exceptions import Reject, TaskPredicate
 from kombu.exceptions import OperationalError
 
 from workers import retries
-from workers.delivery.calls import MergeRule
+from workers.delivery.calls import Finish, MergeRule
 from workers.delivery.ordering import Order, OrderRule, parse_version
 from workers.delivery.wire import Look
 from workers.errors import Deferred, JobDeadLettered, JobRefused, Superseded
@@ -62,6 +62,8 @@ class KindLike(Protocol):
     def waits_for_providers(self) -> bool: ...
     @property
     def applied_codes(self) -> frozenset[str]: ...
+    @property
+    def on_applied(self) -> Callable[[PortalRegistry, str, Any], None] | None: ...
 
     def applied(self, registry: PortalRegistry, portal: str, job: Any) -> None: ...
     def validate(self, payload: Mapping[str, Any]) -> Any: ...
@@ -177,14 +179,17 @@ def _run_job(
     if not isinstance(admitted, Portal):
         return _apply(run, admitted, job, None)
     order = _order(run, job)
+    # the lane may record the job applied with the others of its request (a kind that also updates the
+    # portal's record on success records its own outcome after that update)
+    finish = Finish(run.ref.id, job.check_result) if kind.on_applied is None else None
     try:
-        _call(run, job, order, look)
+        _call(run, job, order, look, finish)
     except Superseded as exc:  # a newer job has this portal state: nothing to send
         services.outcomes.superseded(run.ref, exc.by, run.latency())
         return {"outcome": "superseded", "by": exc.by}
     except Exception as exc:
         return _apply(run, _decide(run, exc), job, exc)
-    return _applied(run, job)
+    return _applied(run, job, recorded=finish is not None and finish.done)
 
 
 def _validated(run: _Run, args: tuple[Any, ...]) -> Any:
@@ -235,7 +240,7 @@ def _order(run: _Run, job: Any) -> Order | None:
     return Order(run.ref.id, version, keys)
 
 
-def _call(run: _Run, job: Any, order: Order | None, look: Look | None) -> None:
+def _call(run: _Run, job: Any, order: Order | None, look: Look | None, finish: Finish | None = None) -> None:
     """The job's call, through its portal's lane (limit, pack, token, send); raises what went wrong."""
     services = run.services
     result = services.dispatcher.run(
@@ -246,6 +251,7 @@ def _call(run: _Run, job: Any, order: Order | None, look: Look | None) -> None:
         merge=run.kind.merge,
         order=order,
         look=look,
+        finish=finish,
     )
     job.check_result(result.result)
 
@@ -286,10 +292,11 @@ def _apply(run: _Run, decision: Decision, job: Any, error: BaseException | None)
             run.dead(decision)
 
 
-def _applied(run: _Run, job: Any) -> dict[str, Any]:
+def _applied(run: _Run, job: Any, recorded: bool = False) -> dict[str, Any]:
+    """`recorded`: the lane has marked the job's record applied already (`Finish`)."""
     latency = run.latency()
     run.kind.applied(run.services.registry, run.ref.portal, job)
-    run.services.outcomes.applied(run.ref, latency)
+    run.services.outcomes.applied(run.ref, latency, recorded)
     return {"outcome": "applied"}
 
 

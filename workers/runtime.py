@@ -138,6 +138,7 @@ class Runtime:
                 self.ordering,
                 self.ledger.backlog,
                 self.redis,
+                self.ledger,
             ),
             LaneConfig(
                 batch_max=s.batch_max,

@@ -12,7 +12,7 @@ each member learns its own outcome.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,19 @@ class MergeRule:
         return cls(tuple(keys), str(items), str(success))
 
 
+@dataclass(eq=False)
+class Finish:
+    """A job whose record the lane that sends its call marks applied, with the other jobs of the request in one
+    round trip, when the answer says it is (a busy portal's job then makes no round trip of its own after its
+    call; a quiet one's is the same one)."""
+
+    job_id: str
+    #: raises if a successful answer still means failure (the job kind's `check_result`)
+    check: Callable[[Any], None]
+    #: set by the lane, before the call's outcome: the record says applied
+    done: bool = False
+
+
 @dataclass(eq=False)  # identity: a queue removes this call, not one with equal fields
 class Call:
     """One job's call waiting in a lane."""
@@ -63,6 +76,8 @@ class Call:
     owner: str = ""
     taker: str | None = None
     remote: bool = False
+    #: this process's job, whose record the lane may finish (`Finish`); None: the job records its own outcome
+    finish: Finish | None = None
 
     def resolve(self, outcome: CallResult | BaseException) -> None:
         self.outcome = outcome

@@ -19,7 +19,7 @@ from typing import Any
 
 from workers.bitrix.client import CallResult
 from workers.delivery.callpool import CallPool
-from workers.delivery.calls import Call, MergeRule
+from workers.delivery.calls import Call, Finish, MergeRule
 from workers.delivery.lane import Lane
 from workers.delivery.oneoff import OneOffCalls
 from workers.delivery.ordering import Order
@@ -104,12 +104,14 @@ class Dispatcher:
         merge: MergeRule | None = None,
         order: Order | None = None,
         look: Look | None = None,
+        finish: Finish | None = None,
     ) -> CallResult:
         """Send one call through its portal's lane; raise what it got, or `Deferred` after `wait` s.
         Calls with the same `merge` key may share one command; an `order` makes it pass the ordering
-        gate (it may end `Superseded`); a `look` read just now saves the lane reading it again."""
+        gate (it may end `Superseded`); a `look` read just now saves the lane reading it again; a `finish`
+        lets the lane mark the job applied with the others of its request (`finish.done` says it did)."""
         lane = self.lane(portal_key, look=look)
-        call = Call(method, params, merge, order)
+        call = Call(method, params, merge, order, finish=finish)
         deadline = time.monotonic() + wait
         if lane.offer(call):
             lane.lead(wait)  # a quiet portal: this thread sends, no hand-off

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from workers import retries
 from workers.bitrix.client import CallResult
-from workers.delivery.calls import Call, build_commands
+from workers.delivery.calls import Call, Finish, build_commands
 from workers.delivery.ordering import Verdict
 from workers.delivery.packing import Packing
 from workers.delivery.ratelimit import Permit
@@ -230,6 +230,7 @@ class Sending(Packing):
         events.rest_request(self.key, method, len(calls), "ok", time.monotonic() - started)
         self.stats.calls += len(calls)
         split: list[Call] = []
+        settled: list[tuple[Call, CallResult | RestError]] = []
         latest_time: dict[str, Mapping[str, Any]] = {}
         for command, outcome in zip(commands, outcomes, strict=True):
             if isinstance(outcome, CallResult) and outcome.time:
@@ -243,8 +244,10 @@ class Sending(Packing):
                     member.solo = True
                 split.extend(command.members)
                 continue
-            for member in command.members:
-                self._settle(member, outcome)
+            settled.extend((member, outcome) for member in command.members)
+        self._finish_applied(settled)
+        for member, outcome in settled:
+            self._settle(member, outcome)
         if split:
             self._put_back(split)
         for method, time_block in latest_time.items():
@@ -254,6 +257,24 @@ class Sending(Packing):
             until = self._wire.holds.record(self.key, method, time_block)
             if until:
                 events.operating_hold(self.key, method, until)
+
+    def _finish_applied(self, settled: list[tuple[Call, CallResult | RestError]]) -> None:
+        """Mark applied, in one round trip, the records of this process's jobs whose calls succeeded (`Finish`),
+        before their jobs learn it: each job's own thread then has no round trip left to make."""
+        ledger = self._wire.ledger
+        ready: list[Finish] = []
+        for call, outcome in settled:
+            if ledger is None or call.finish is None or call.remote or not isinstance(outcome, CallResult):
+                continue
+            try:
+                call.finish.check(outcome.result)
+            except Exception:  # not applied after all: the job's own pipeline decides what it is
+                continue
+            ready.append(call.finish)
+        if ready:
+            assert ledger is not None
+            for finish, done in zip(ready, ledger.finish_applied(self.key, [f.job_id for f in ready]), strict=True):
+                finish.done = done
 
     def _whole_request_failed(
         self,

@@ -19,6 +19,7 @@ from workers.events import events
 from workers.portals.limits import Limits
 from workers.portals.record import Portal
 from workers.portals.tokens import TokenKeeper
+from workers.records.ledger import Ledger
 
 log = logging.getLogger("workers.delivery.lane")  # a move is logged as the lane's, whoever met the redirect
 
@@ -47,6 +48,8 @@ class Wire:
     backlog: Callable[[str], int] | None = None
     #: the stores' Redis, to ask several of them in one round trip (None: each is asked on its own)
     redis: Any = None
+    #: where the lane marks applied the jobs of a request it sent (`Call.finish`); None: each job does
+    ledger: Ledger | None = None
 
     def follow(self, portal: Portal, creds: Credentials, redirect: PortalMoved) -> Portal | None:
         """The portal's domain changed (bitrix24-facts.md §7.5): store the address `redirect` points to and

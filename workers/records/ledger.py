@@ -20,8 +20,9 @@ from here.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from redis.exceptions import NoScriptError
 from workers.keys import DEFAULT_KEYS, Keys
 from workers.records.packed import SPLIT_AT, Packing, script
 from workers.roundtrip import round_trip
+
+log = logging.getLogger(__name__)
 
 TERMINAL = ("applied", "dead", "parked", "superseded")
 #: A portal's last finished jobs kept by id, for the operator's console.
@@ -198,6 +201,38 @@ class Ledger:
         if error:
             self._client.hset(self._key(job_id), "last_error", error)
         event = self._event(state, error=error, **detail) if error else self._event(state, **detail)
+        keys, args = self._finish_call(job_id, portal, state, event)
+        # every job's last round trip: the lean one (`workers.roundtrip`), the script loaded if Redis lost it
+        trip = round_trip(self._client).evalsha(self._finish.sha, len(keys), *keys, *args)
+        (reply,) = trip.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError):
+            self._finish(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+
+    def finish_applied(self, portal: str, job_ids: Sequence[str]) -> list[bool]:
+        """Jobs of one portal applied, in one round trip (the lane that sent them, with their answer); for
+        each, whether its record is finished (not when Redis lost the script or could not be reached: the
+        job's own `finish` then records it)."""
+        calls = [self._finish_call(job_id, portal, "applied", self._event("applied")) for job_id in job_ids]
+        try:
+            replies = self._finish_all(calls)
+            if any(isinstance(reply, NoScriptError) for reply in replies):  # a Redis restarted: loaded, once more
+                self._client.script_load(self._finish.script)
+                replies = self._finish_all(calls)
+        except redis.RedisError as exc:
+            log.warning("portal %s: %d applied jobs not recorded by their lane (%s)", portal, len(job_ids), exc)
+            return [False] * len(job_ids)
+        return [not isinstance(reply, Exception) for reply in replies]
+
+    def _finish_all(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        trip = round_trip(self._client)
+        for keys, args in calls:
+            trip.evalsha(self._finish.sha, len(keys), *keys, *args)
+        return trip.execute(raise_on_error=False)
+
+    def _finish_call(self, job_id: str, portal: str, state: str, event: str) -> tuple[list[str], list[Any]]:
+        """The finish script's keys and arguments."""
         keys = [
             self._key(job_id),
             self._events(job_id),
@@ -208,13 +243,7 @@ class Ledger:
             self._keys.recent(portal),
         ]
         args = [*self._packing.args, state, self._clock(), event, self._ttl, job_id, self._ttl_applied, RECENT]
-        # every job's last round trip: the lean one (`workers.roundtrip`), the script loaded if Redis lost it
-        trip = round_trip(self._client).evalsha(self._finish.sha, len(keys), *keys, *args)
-        (reply,) = trip.execute(raise_on_error=False)
-        if isinstance(reply, NoScriptError):
-            self._finish(keys=keys, args=args)
-        elif isinstance(reply, Exception):
-            raise reply
+        return keys, args
 
     def requeued(self, job_id: str, portal: str, why: str, pipe: Any = None, payload: Any = None) -> None:
         """A parked or dead job goes back to the queue (replay, re-authorisation)."""

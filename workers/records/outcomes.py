@@ -37,8 +37,10 @@ class Outcomes:
         self._dead = dead
         self._parking = parking
 
-    def applied(self, job: JobRef, latency: float) -> None:
-        self._ledger.finish(job.id, job.portal, "applied")
+    def applied(self, job: JobRef, latency: float, recorded: bool = False) -> None:
+        """`recorded`: the ledger says so already (the lane that sent the job's call wrote it)."""
+        if not recorded:
+            self._ledger.finish(job.id, job.portal, "applied")
         events.job_finished(job.kind, job.portal, "applied", latency)
 
     def superseded(self, job: JobRef, by: str, latency: float) -> None:
