@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -506,7 +507,7 @@ def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_req
         real_send(conn, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    out = in_threads([lambda j=j, k=k: run_job(unread, j, (), dict(k), rt.job_services, no_retry) for j, k in jobs])
+    out = in_threads([functools.partial(run_job, unread, j, (), dict(k), rt.job_services, no_retry) for j, k in jobs])
     monkeypatch.undo()
     assert out == [{"outcome": "applied"}] * len(jobs)
     assert {rt.ledger.get(j)["state"] for j, _ in jobs} == {"applied"}  # type: ignore[index]
