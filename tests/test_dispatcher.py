@@ -26,6 +26,7 @@ from workers.delivery.wire import LaneConfig
 from workers.errors import Deferred, RestError
 from workers.pipeline import run_job
 from workers.portals.limits import Limits
+from workers.roundtrip import Batch
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -451,14 +452,14 @@ def test_a_call_can_be_withdrawn_while_a_lone_round_books_its_slot(
     lane = rt.dispatcher.lane("acme")
     call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1})
     withdrawn: list[bool] = []
-    real_execute = redis.client.Pipeline.execute
+    real_execute = Batch.execute
 
-    def execute(pipe: redis.client.Pipeline, raise_on_error: bool = True) -> list[Any]:
+    def execute(batch: Batch, raise_on_error: bool = True) -> list[Any]:
         if not withdrawn:
             withdrawn.append(lane.cancel(call))  # the job's permit_wait ends during the round trip
-        return real_execute(pipe, raise_on_error)
+        return real_execute(batch, raise_on_error)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(Batch, "execute", execute)
     assert lane.offer(call)
     lane.lead(5.0)
     assert withdrawn == [True]
@@ -498,10 +499,13 @@ def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_req
     )
     requests_before = len(portal.requests)
     finishes: list[int] = []  # per round trip that finished jobs: how many
+    bookings: list[bytes] = []  # the round trips that booked a slot
     real_send = redis.connection.AbstractConnection.send_packed_command
 
     def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
         packed = b"".join(command) if isinstance(command, list) else command
+        if b"b24q:rl:{acme}" in packed:
+            bookings.append(packed)
         if packed.count(b'"state": "applied"'):
             finishes.append(packed.count(b'"state": "applied"'))
         real_send(conn, command, check_health)
@@ -514,6 +518,9 @@ def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_req
     assert sum(finishes) == len(jobs)
     requests = len(portal.requests) - requests_before
     assert len(finishes) == requests < len(jobs), (finishes, requests)
+    # each request's slot, the holds on its method and its ordering gate: one round trip
+    assert len(bookings) == requests
+    assert all(b"b24q:hold:{acme}:im.dialog.unread" in b and b"b24q:ord:{acme}" in b for b in bookings)
 
 
 def test_a_job_the_lane_could_not_record_records_itself(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -87,26 +87,30 @@ class Sending(Packing):
         return True
 
     def _alone(self, limits: Limits) -> bool:
-        """Is what is staged here all this portal has unfinished pool-wide (a quiet portal's lone call, most
-        often), and one request's worth? Then there is nothing to gather or fill."""
+        """Is what is staged here one request's worth, with no full batch more on its way (a quiet portal's lone
+        call, or a busy one's gathered calls)? Then there is nothing to fill once the slot is booked."""
         wire = self._wire
         if self.pool is not None or limits.our_rate <= 0 or wire.redis is None or wire.backlog is None:
             return False
         staged = self.depth()
-        return 0 < staged <= self._config.batch_max and self._backlog() <= staged
+        return 0 < staged <= self._config.batch_max and not self._expecting(staged)
 
     def _send_alone(self, portal: Portal, limits: Limits, longest: float, within: float | None) -> None:
-        """Book the slot and ask the ordering gate for the staged calls in one round trip. The calls stay staged
-        (a job may still withdraw its call) until the slot is known to be now; those still staged then go, with
-        the gate's verdicts. A later slot is waited for, and its calls are gated again when they go (a newer job
-        may go out meanwhile). The gate may so record a call that does not go now: it records no newer version
-        than the call's own, which the call passes again and every older job's call is superseded by anyway."""
+        """Book the slot, read the holds on the staged calls' methods and ask the ordering gate for them, in one
+        round trip. The calls stay staged (a job may still withdraw its call) until the slot is known to be now;
+        those still staged then go, with the gate's verdicts. A later slot is waited for, and its calls are gated
+        again when they go (a newer job may go out meanwhile). The gate may so record a call that does not go now
+        (a later slot, a held method): it records no newer version than the call's own, which the call passes
+        again and every older job's call is superseded by anyway."""
         staged = self._staged()
-        held = self._held(staged)
-        gated = [c for c in staged if c.method not in held]
+        methods = sorted({c.method for c in staged})
+        held = self._looked_held(methods)
+        gated = staged if held is None else [c for c in staged if c.method not in held]
         orders = [(c.order, c.params) for c in gated if c.order is not None]
         pipe = round_trip(self._wire.redis)
         self._wire.limiter.queue_reserve(pipe, self.key, limits, longest)
+        if held is None:
+            self._wire.holds.queue_held(pipe, self.key, methods)
         if orders:
             self._wire.ordering.queue_gate(pipe, self.key, orders)
         replies = pipe.execute(raise_on_error=False)
@@ -114,15 +118,17 @@ class Sending(Packing):
             permit = self._wire.limiter.reserve(self.key, limits, max_wait=longest)
         else:
             permit = self._wire.limiter.permit_from(pipelined(replies[0]))
+        if held is None:
+            held = self._wire.holds.held_from(methods, [pipelined(r) for r in replies[1 : 1 + len(methods)]])
         if not self._await_slot(permit, within):
             return
         if permit.wait > 0:
             calls = self._take()
             verdicts = None
         else:
-            if orders and not isinstance(replies[1], NoScriptError):
+            if orders and not isinstance(replies[-1], NoScriptError):
                 ordered = [c for c in gated if c.order is not None]
-                answers = self._wire.ordering.verdicts_from(orders, pipelined(replies[1]))
+                answers = self._wire.ordering.verdicts_from(orders, pipelined(replies[-1]))
                 verdicts = {id(c): v for c, v in zip(ordered, answers, strict=True)}
             else:
                 verdicts = None
@@ -171,10 +177,15 @@ class Sending(Packing):
         start while that is fresh: a hold set since by another worker costs at most one 429, after which the
         answer holds the method here too."""
         methods = {c.method for c in calls}
+        held = self._looked_held(methods)
+        return held if held is not None else self._wire.holds.held_until(self.key, methods)
+
+    def _looked_held(self, methods: Collection[str]) -> dict[str, float] | None:
+        """`_held` as the last job's start read it, if that reading is fresh and covers `methods`; else None."""
         look = self._look
-        if look is not None and look.fresh() and methods <= look.methods:
+        if look is not None and look.fresh() and set(methods) <= look.methods:
             return {m: end for m, end in look.held.items() if m in methods}
-        return self._wire.holds.held_until(self.key, methods)
+        return None
 
     def _defer_held(self, calls: list[Call], held: dict[str, float]) -> list[Call]:
         """Defer the calls of a held method; the others."""
