@@ -4,6 +4,7 @@ compressed it; a redirect, not followed; no answer in time, or none at all, as a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -32,7 +33,7 @@ class PortalServer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         method = self.path.rsplit("/", 1)[-1]
-        self.seen.append({"method": method, "headers": dict(self.headers), "body": json.loads(body)})
+        self.seen.append({"method": method, "path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
         payload = json.dumps(ANSWER).encode()
         extra: dict[str, str] = {}
         status = 200
@@ -44,7 +45,8 @@ class PortalServer(BaseHTTPRequestHandler):
             status, extra = 301, {"Location": "https://new.bitrix24.com/rest/moved.method"}
         elif method == "slow.method":
             self.release.wait(10)
-        self.send_response(status)
+        reason = "\xc9t\xe9" if method == "latin1.method" else None  # a reason phrase in Latin-1
+        self.send_response(status, reason)
         for name, value in {"Content-Type": "application/json", **extra}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
@@ -55,23 +57,38 @@ class PortalServer(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def portal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Credentials]:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)  # no proxy: the client sends on its own pool
+class ServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@contextlib.contextmanager
+def serving(v6: bool = False) -> Iterator[str]:
+    """A portal's server on loopback; its address as an endpoint's authority."""
     PortalServer.seen = []
     PortalServer.release = threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PortalServer)
+    server = ServerV6(("::1", 0), PortalServer) if v6 else ThreadingHTTPServer(("127.0.0.1", 0), PortalServer)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield Credentials(f"http://127.0.0.1:{server.server_address[1]}/rest/", "ACCESS-SECRET-123")
+        yield f"[::1]:{server.server_address[1]}" if v6 else f"127.0.0.1:{server.server_address[1]}"
     finally:
         PortalServer.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # no proxy: the client sends on its own pool
+
+
+@pytest.fixture
+def portal() -> Iterator[Credentials]:
+    with serving() as authority:
+        yield Credentials(f"http://{authority}/rest/", "ACCESS-SECRET-123")
 
 
 @pytest.fixture
@@ -128,4 +145,28 @@ def test_with_httpx_lines_turned_on_each_request_is_logged_as_httpx_logs_it(
         client.call(portal, "im.dialog.unread", {})
     assert [r.getMessage() for r in caplog.records if r.name == "httpx"] == [
         f'HTTP Request: POST {portal.endpoint}im.dialog.unread "HTTP/1.1 200 OK"'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("v6", "path"), [(True, "/rest/"), (False, "/rest/1/a b/")], ids=["IPv6 literal", "a space in the path"]
+)
+def test_an_endpoint_httpcore_cannot_take_as_it_is_goes_as_httpx_sends_it(
+    client: RestClient, v6: bool, path: str
+) -> None:
+    """An IPv6 literal keeps its brackets in the Host header; a path character is percent-encoded."""
+    with serving(v6) as authority:
+        assert client.call(Credentials(f"http://{authority}{path}", "T"), "im.dialog.unread", {}).result
+        (sent,) = PortalServer.seen
+    assert sent["headers"]["Host"] == authority
+    assert sent["path"] == path.replace(" ", "%20") + "im.dialog.unread"
+
+
+def test_a_reason_phrase_in_latin1_is_logged_without_failing_the_call(
+    portal: Credentials, client: RestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        assert client.call(portal, "latin1.method", {}).result == ANSWER["result"]
+    assert [r.getMessage() for r in caplog.records if r.name == "httpx"] == [
+        f'HTTP Request: POST {portal.endpoint}latin1.method "HTTP/1.1 200 t"'
     ]

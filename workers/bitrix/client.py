@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,12 @@ BATCH_LIMIT = 50
 _HEADERS = {"User-Agent": "b24q/0.1", "Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
 _POST_HEADERS = [(k.encode(), v.encode()) for k, v in {**_HEADERS, "Content-Type": "application/json"}.items()]
 _httpx_log = logging.getLogger("httpx")
+#: URLs httpcore sends as they are, as httpx would have sent them: a host name or IPv4 address (no IDNA, no
+#: IPv6 brackets), a port, path segments of unreserved characters (nothing to percent-encode, no dot segment);
+#: any other URL goes through httpx's own request model
+_PLAIN_URL = re.compile(
+    r"https?://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?\Z"
+)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: what httpcore raises for a request that got no answer (httpx raises its own `HTTPError`s)
 _UNANSWERED = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError)
@@ -189,7 +196,7 @@ class RestClient:
 
     def _exchange(self, url: str, body: bytes) -> _Answer:
         """POST a JSON `body` and read the whole answer (decoded, if the server compressed it)."""
-        if self._pool is not None and url.isascii():  # (a name httpcore takes as it is, no IDNA to apply)
+        if self._pool is not None and _PLAIN_URL.match(url):
             sent = self._pool.request(
                 "POST", url, headers=_POST_HEADERS, content=body, extensions={"timeout": self._timeout}
             )
@@ -203,8 +210,10 @@ class RestClient:
             if coding not in (None, b"identity"):  # httpx's decoders, as its client would have applied them
                 content = httpx.Response(sent.status, headers=sent.headers, stream=httpx.ByteStream(content)).read()
             if _httpx_log.isEnabledFor(logging.INFO):  # the line httpx's client writes, for who turned them on
-                version, reason = (sent.extensions.get(k, b"") for k in ("http_version", "reason_phrase"))
-                _httpx_log.info('HTTP Request: POST %s "%s %d %s"', url, version.decode(), sent.status, reason.decode())
+                version, reason = (
+                    sent.extensions.get(k, b"").decode("ascii", "ignore") for k in ("http_version", "reason_phrase")
+                )
+                _httpx_log.info('HTTP Request: POST %s "%s %d %s"', url, version, sent.status, reason)
             return _Answer(sent.status, location, content)
         request = httpx.Request("POST", url, headers=_HEADERS, content=body, extensions={"timeout": self._timeout})
         request.headers["Content-Type"] = "application/json"
