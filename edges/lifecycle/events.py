@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from edges.lifecycle.providers import bind_events, providers_for, register_providers
+from edges.lifecycle.providers import bind_events, bind_events_soon, providers_for, register_providers
 from edges.lifecycle.verification import EventVerification, Later, Unverified
 from tasks.jobs import KINDS_BY_TASK
 from tasks.producer import resume_parked
@@ -241,7 +241,9 @@ class Lifecycle:
         self.rt.registry.offer_auth(portal.key, auth)
         self.rt.portals.forget(portal.key)
         fresh = self.rt.registry.get(portal.key) or portal
-        bind_events(self.rt, fresh)  # an update may remove the app's handlers too (§7.2, event-bind.md)
+        # an update may remove the app's handlers too (§7.2, event-bind.md); bound again without keeping the
+        # portal waiting for the answer (`Binder`)
+        bind_events_soon(self.rt, fresh)
         providers = self.register_providers(fresh)
         return Outcome("applied", portal.key, f"version {version}; {providers} provider(s) to register again")
 

@@ -5,6 +5,9 @@ the way every call to a portal goes: through the dispatcher's lanes, or as jobs.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import weakref
 from typing import Any
 
 from tasks.jobs import SENDER_ADD
@@ -34,6 +37,59 @@ def bind_events(rt: Runtime, portal: Portal) -> None:
                 log.warning("portal %s: event.bind %s failed: %s", portal.key, event, exc.code)
         except TransportError as exc:
             log.warning("portal %s: event.bind %s failed: %s", portal.key, event, exc.code)
+
+
+class Binder:
+    """Binds the app's events on portals in the background (`bind_events`), a few portals at a time.
+
+    An update reaches a portal that is busy, often: its bucket booked ahead by the lanes sending its backlog, so
+    each `event.bind` waits for a slot of its own, seconds in all. Bitrix24 does not wait that long for the app's
+    answer to the event (the emulator gives up after 5 s), so the update is answered at once and its handlers
+    are bound here. The threads end when there is nothing left to bind."""
+
+    THREADS = 4
+    IDLE_EXIT = 5.0
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._queue: queue.SimpleQueue[Portal] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def submit(self, portal: Portal) -> None:
+        self._queue.put(portal)
+        with self._lock:
+            if self._running < self.THREADS:
+                self._running += 1
+                threading.Thread(target=self._run, name="b24q-bind", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                portal = self._queue.get(timeout=self.IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():  # (a portal submitted meanwhile found this thread still counted)
+                        self._running -= 1
+                        return
+                continue
+            try:
+                bind_events(self._rt, portal)
+            except Exception:  # Redis trouble: the portal's next update binds them again
+                log.exception("portal %s: events not bound", portal.key)
+
+
+_binders: weakref.WeakKeyDictionary[Runtime, Binder] = weakref.WeakKeyDictionary()
+_binders_lock = threading.Lock()
+
+
+def bind_events_soon(rt: Runtime, portal: Portal) -> None:
+    """`bind_events`, in the background (`Binder`)."""
+    with _binders_lock:
+        binder = _binders.get(rt)
+        if binder is None:
+            binder = _binders[rt] = Binder(rt)
+    binder.submit(portal)
 
 
 def providers_for(rt: Runtime, portal: Portal) -> list[dict[str, Any]]:

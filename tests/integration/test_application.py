@@ -168,10 +168,18 @@ def test_an_update_brings_the_providers_back_before_status_jobs_go(stack: LocalS
     portal = installed(stack, domain, rate=2, burst=5)  # a slow portal: a backlog is waiting at the update
     ids = enqueue_many(statuses(domain, 120))
     until(lambda: applied_statuses(stack, domain) >= 20, why="some applied before the update")
-    answer = stack.emulator.admin("POST", f"portals/{domain}/update", {})
-    assert answer["senders_removed"] == [PROVIDER["code"]]
-    # ONAPPUPDATE handled: its new token verified at once, or (202) at its slot in the portal's busy bucket
+    # the update also removes the app's event handlers (§7.2, event-bind.md)
+    answer = stack.emulator.admin("POST", f"portals/{domain}/update", {"unbind_events": True})
+    assert answer["senders_removed"] == [PROVIDER["code"]] and answer["handlers_removed"] >= 2
+    # ONAPPUPDATE handled: its new token verified at once, or (202) at its slot in the portal's busy bucket; the
+    # answer does not wait for the handlers to be bound again through that bucket
     assert [e["status"] for e in answer["events"]] in ([200], [202]), answer
+    until(
+        lambda: (
+            {e["event"] for e in stack.emulator.state(domain)["event_handlers"]} >= {"ONAPPUNINSTALL", "ONAPPUPDATE"}
+        ),
+        why="the app's handlers bound again",
+    )
     rt = get_runtime()
     until(lambda: rt.registry.get(portal.key).application_token == answer["application_token"], why="verified")  # type: ignore[union-attr]
     assert set(wait_for(ids, timeout=120).values()) == {"applied"}  # none dead ERROR_MESSAGE_NOT_FOUND
