@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,23 +18,13 @@ import httpx
 
 from bench.report import Table, fmt, ratio
 from bench.scenarios import Options
-from bench.stack import log
+from bench.stack import log, thread_cpu_ms
 from workers.bitrix import querystring
 from workers.bitrix.client import Credentials, RestClient
 from workers.localdev.processes import Emulator
 
 METHOD = "messageservice.message.status.update"
 PARAMS = {"CODE": "sms", "MESSAGE_ID": "m1", "STATUS": "delivered"}
-
-
-def _cpu_per_request(send: Callable[[], object], n: int) -> float:
-    """Thread CPU per request, in ms."""
-    for _ in range(50):  # connections, caches
-        send()
-    start = time.thread_time()
-    for _ in range(n):
-        send()
-    return (time.thread_time() - start) / n * 1000
 
 
 def run(opts: Options) -> list[Table]:
@@ -71,8 +60,8 @@ def run(opts: Options) -> list[Table]:
                 base: list[float] = []
                 mine: list[float] = []
                 for _ in range(3):
-                    base.append(_cpu_per_request(baseline, n))
-                    mine.append(_cpu_per_request(ours, n))
+                    base.append(thread_cpu_ms(baseline, n, warmup=50))
+                    mine.append(thread_cpu_ms(ours, n, warmup=50))
                 b, m = statistics.median(base), statistics.median(mine)
                 table.add(name, fmt(b, 3), fmt(m, 3), ratio(m, b))
             plain.close()

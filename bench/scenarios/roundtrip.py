@@ -10,7 +10,6 @@ three times, alternating; the table gives the median.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ import redis
 
 from bench.report import Table, fmt, ratio
 from bench.scenarios import Options
-from bench.stack import log
+from bench.stack import log, thread_cpu_ms
 from workers.localdev.redisserver import RedisServer
 from workers.roundtrip import round_trip
 
@@ -41,18 +40,15 @@ def _start(client: redis.Redis, sha: str) -> Callable[[Any], None]:
     return queue
 
 
-def _cpu_per_trip(make: Callable[[], Any], queue: Callable[[Any], None], n: int) -> float:
-    """Thread CPU per round trip, in ms."""
-    for _ in range(200):  # connections, caches
+def _trip(make: Callable[[], Any], queue: Callable[[Any], None]) -> Callable[[], object]:
+    """One round trip of these commands."""
+
+    def trip() -> object:
         p = make()
         queue(p)
-        p.execute(raise_on_error=False)
-    start = time.thread_time()
-    for _ in range(n):
-        p = make()
-        queue(p)
-        p.execute(raise_on_error=False)
-    return (time.thread_time() - start) / n * 1000
+        return p.execute(raise_on_error=False)
+
+    return trip
 
 
 def run(opts: Options) -> list[Table]:
@@ -71,8 +67,8 @@ def run(opts: Options) -> list[Table]:
             pipeline: list[float] = []
             batch: list[float] = []
             for _ in range(3):
-                pipeline.append(_cpu_per_trip(lambda: client.pipeline(transaction=False), queue, n))
-                batch.append(_cpu_per_trip(lambda: round_trip(client), queue, n))
+                pipeline.append(thread_cpu_ms(_trip(lambda: client.pipeline(transaction=False), queue), n, warmup=200))
+                batch.append(thread_cpu_ms(_trip(lambda: round_trip(client), queue), n, warmup=200))
             p, b = statistics.median(pipeline), statistics.median(batch)
             table.add(name, fmt(p, 4), fmt(b, 4), ratio(b, p))
         client.close()
