@@ -9,7 +9,8 @@ peak threads and RSS per worker process, enqueue -> applied latency p50/p99, los
 twice: with Celery's default early acks (the issue's baseline) and acknowledged after its call, as b24q's jobs
 are (what losing no job to a dead worker costs Celery itself: two more broker round trips a message on Redis).
 Last, Celery's own
-floor at the same load: its no-op task on 2 workers at b24q's concurrency (`brokers.floor`, paced).
+floor at the same load: its no-op task on 2 workers at b24q's concurrency, logging at INFO as b24q's workers do
+(`brokers.floor`, paced).
 
 With 10 portals each gets 20 reports/s, past what one request a slot could carry unbatched (the naive task
 loses jobs to 503s there); with 1,000 each gets one every 5 s: quiet portals, each job its own request.
