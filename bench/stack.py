@@ -7,8 +7,11 @@ those of the real processes; this module only adds what measuring needs on top o
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -195,6 +198,57 @@ class CpuMeter:
     @staticmethod
     def delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
         return {name: after[name] - before[name] for name in before}
+
+
+class Switches:
+    """Context switches of some processes while a block runs, every thread counted (those that start and end
+    meanwhile too): `perf stat -e context-switches -p <pids>`, when this machine has perf and may use it
+    (`count` is None otherwise). On a machine where a wake-up costs a thread more than the work it wakes for,
+    switches a job are the steadier figure beside CPU a job (docs/benchmarks.md, sessions 29 and 30).
+
+        with Switches(pids) as switches:
+            ...
+        switches.per(jobs)  # "20.4", or "" without perf
+    """
+
+    #: how long perf is given to attach to every thread before the block runs (it says nothing when it has)
+    ATTACH = 0.3
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self._pids = [str(pid) for pid in pids]
+        self._perf: subprocess.Popen[bytes] | None = None
+        self._out = ""
+        self.count: int | None = None
+
+    def __enter__(self) -> Switches:
+        perf = shutil.which("perf")
+        if perf is not None and self._pids:
+            fd, self._out = tempfile.mkstemp(prefix="b24q-perf-")
+            os.close(fd)
+            cmd = [perf, "stat", "-x", ",", "-e", "context-switches", "-p", ",".join(self._pids), "-o", self._out]
+            self._perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(self.ATTACH)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        perf, self._perf = self._perf, None
+        if perf is None:
+            return
+        try:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(10)
+            for line in Path(self._out).read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] == "context-switches" and fields[0].isdigit():
+                    self.count = int(fields[0])
+        except (OSError, subprocess.TimeoutExpired):
+            perf.kill()
+            perf.wait()
+        finally:
+            Path(self._out).unlink(missing_ok=True)
+
+    def per(self, jobs: int) -> str:
+        return f"{self.count / max(jobs, 1):.1f}" if self.count is not None else ""
 
 
 def stack_pids(stack: LocalStack) -> dict[str, int]:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import redis
@@ -35,7 +35,7 @@ from bench import noop
 from bench.profiler import start_workers
 from bench.report import Table, fmt
 from bench.scenarios import RABBITMQ_URL, Options
-from bench.stack import CpuMeter, add_portal, backlog, bench_stack, log, stack_pids, wait_backlog
+from bench.stack import CpuMeter, Switches, add_portal, backlog, bench_stack, log, stack_pids, wait_backlog
 from bench.workload import mixed
 from tasks.producer import enqueue_many
 
@@ -51,6 +51,13 @@ def _rabbitmq_pid() -> int | None:
     return None
 
 
+class Floor(NamedTuple):
+    """Celery's own cost a message (`floor`): worker CPU ms, and context switches when perf counts them."""
+
+    ms: float
+    switches: str = ""
+
+
 def floor(
     broker_url: str,
     redis_url: str,
@@ -60,7 +67,7 @@ def floor(
     workers: int = 1,
     threads: int = 64,
     loglevel: str = "INFO",
-) -> float:
+) -> Floor:
     """Worker CPU per message (ms) of Celery's no-op task on this broker, as b24q's worker is measured.
 
     The workers log at `loglevel`, as b24q's workers do (INFO: the bench stacks' and the deploy files' level).
@@ -107,11 +114,12 @@ def floor(
                 procs.append(subprocess.Popen([*cmd, f"--hostname=noop{i}@%h"], env=env, stdout=out, stderr=out))
             meter = CpuMeter({f"noop{i}": p.pid for i, p in enumerate(procs)})
             wait(noop.STEP)
-            cpu0 = meter.sample()
-            if pace:
-                send(pub, n, 1.0 / pace)
-            wait(n + noop.STEP if pace else n)
-            cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
+            with Switches(p.pid for p in procs) as switches:
+                cpu0 = meter.sample()
+                if pace:
+                    send(pub, n, 1.0 / pace)
+                wait(n + noop.STEP if pace else n)
+                cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -127,7 +135,8 @@ def floor(
             else:
                 counter.delete(queue)
             counter.delete(noop.COUNTER)
-    return 1000 * cpu / (n if pace else n - noop.STEP)
+    measured = n if pace else n - noop.STEP
+    return Floor(1000 * cpu / measured, switches.per(measured))
 
 
 def measure(broker: str, n: int, opts: Options) -> dict[str, float]:
@@ -170,7 +179,7 @@ def measure(broker: str, n: int, opts: Options) -> dict[str, float]:
             redis_url,
             n,
             str(stack.dir / f"noop-{broker}.log"),
-        )
+        ).ms
     worker = sum(v for k, v in cpu.items() if k not in ("redis", "rabbitmq"))
     return {
         "enqueue_rate": n / enqueue_s,

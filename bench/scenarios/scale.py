@@ -4,13 +4,12 @@ A gateway reports 200 message statuses a second for 30 s, one enqueue per report
 a portal drawn at random from N (N = 10, 100, 1,000, 10,000; --quick: 10, 1,000 and 15 s), portal latency
 50 ms, standard plan. b24q: 2 workers at the default concurrency (B24Q_WORKER_CONCURRENCY, 128 threads);
 then, on the same stack and portals, the naive task (`bench.naive`: one httpx POST per job, no limiter) on
-2 workers of 16 threads, fed the same reports. Per N and per design: worker CPU per job, requests per job,
-peak threads and RSS per worker process, enqueue -> applied latency p50/p99, lost, 503s. The naive task runs
-twice: with Celery's default early acks (the issue's baseline) and acknowledged after its call, as b24q's jobs
-are (what losing no job to a dead worker costs Celery itself: two more broker round trips a message on Redis).
-Last, Celery's own
-floor at the same load: its no-op task on 2 workers at b24q's concurrency, logging at INFO as b24q's workers do
-(`brokers.floor`, paced).
+2 workers of 16 threads, fed the same reports. Per N and per design: worker CPU and context switches per job
+(perf, where the machine has it), requests per job, peak threads and RSS per worker process, enqueue -> applied
+latency p50/p99, lost, 503s. The naive task runs twice: with Celery's default early acks (the issue's baseline)
+and acknowledged after its call, as b24q's jobs are (what losing no job to a dead worker costs Celery itself: two
+more broker round trips a message on Redis). Last, Celery's own floor at the same load: its no-op task on 2
+workers at b24q's concurrency, logging at INFO as b24q's workers do (`brokers.floor`, paced).
 
 With 10 portals each gets 20 reports/s, past what one request a slot could carry unbatched (the naive task
 loses jobs to 503s there); with 1,000 each gets one every 5 s: quiet portals, each job its own request.
@@ -31,9 +30,9 @@ from bench.baseline import NaiveWorkers
 from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile
 from bench.scenarios import RABBITMQ_URL, Options
-from bench.scenarios.brokers import floor
+from bench.scenarios.brokers import Floor, floor
 from bench.scenarios.many import PeakSampler
-from bench.stack import DONE, CpuMeter, add_portal, bench_stack, log, records
+from bench.stack import DONE, CpuMeter, Switches, add_portal, bench_stack, log, records
 from tasks.jobs import STATUS_UPDATE
 from tasks.producer import enqueue
 from workers.localdev.localstack import LocalStack
@@ -67,6 +66,7 @@ def run(opts: Options) -> list[Table]:
         (
             "N portals / design",
             "CPU ms/job",
+            "switches/job",
             "requests/job",
             "peak threads",
             "peak RSS MB",
@@ -78,8 +78,10 @@ def run(opts: Options) -> list[Table]:
     for n in sizes:
         for row in measure(opts, n, seconds):
             table.add(*row)
-    table.add("Celery's no-op task", fmt(noop_floor(opts, seconds), 2), "0.00", "", "", "", "", "")
+    noop_ms, noop_switches = noop_floor(opts, seconds)
+    table.add("Celery's no-op task", fmt(noop_ms, 2), noop_switches, "0.00", "", "", "", "", "")
     table.note("CPU: the worker processes' user+system time over the jobs they ran (not the emulator's or Redis's)")
+    table.note("switches: the worker processes' context switches a job (perf stat; blank where perf is not available)")
     table.note("naive latency: enqueue -> the task's end; b24q's: the ledger's enqueue -> applied")
     return [table]
 
@@ -101,7 +103,8 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         ids: list[str] = []
         meter = CpuMeter({w.name: w.process.pid for w in stack.workers})
         cpu0 = meter.sample()
-        with PeakSampler([w.process.pid for w in stack.workers]) as peak:
+        pids = [w.process.pid for w in stack.workers]
+        with PeakSampler(pids) as peak, Switches(pids) as switches:
 
             def report(i: int) -> None:
                 domain = domains[rng.randrange(n)]
@@ -120,6 +123,7 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         b24q_row = row(
             f"{n} / b24q",
             cpu,
+            switches.per(sent),
             sent,
             requests(before, middle),
             peak,
@@ -155,7 +159,8 @@ def naive_measure(
         client.delete(naive.OUTCOMES, naive.LATENCIES)
         meter = CpuMeter(workers.pids)
         cpu0 = meter.sample()
-        with PeakSampler(list(workers.pids.values())) as peak, naive.app.producer_or_acquire() as producer:
+        pids = list(workers.pids.values())
+        with PeakSampler(pids) as peak, Switches(pids) as switches, naive.app.producer_or_acquire() as producer:
             method = STATUS_UPDATE.method
 
             def naive_report(i: int) -> None:
@@ -187,6 +192,7 @@ def naive_measure(
         return row(
             name,
             cpu,
+            switches.per(sent),
             sent,
             requests(before, after),
             peak,
@@ -198,7 +204,7 @@ def naive_measure(
         workers.stop()
 
 
-def noop_floor(opts: Options, seconds: float) -> float:
+def noop_floor(opts: Options, seconds: float) -> Floor:
     """Celery's own worker CPU per message on the same broker at the same load (`brokers.floor`, paced): a
     no-op task run as b24q runs its jobs, 2 workers at b24q's default concurrency."""
     with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for("scale-noop")) as stack:
@@ -220,11 +226,20 @@ def refused(before: dict[str, Any], after: dict[str, Any]) -> int:
 
 
 def row(
-    name: str, cpu: float, jobs: int, reqs: int, peak: PeakSampler, latencies: list[float], lost: int, r503: int
+    name: str,
+    cpu: float,
+    switches: str,
+    jobs: int,
+    reqs: int,
+    peak: PeakSampler,
+    latencies: list[float],
+    lost: int,
+    r503: int,
 ) -> list[str]:
     return [
         name,
         fmt(1000 * cpu / max(jobs, 1), 2),
+        switches,
         fmt(reqs / max(jobs, 1), 2),
         str(peak.threads),
         fmt(peak.rss / 2**20, 0),
