@@ -3,7 +3,9 @@ client's credentials) that are reused, never crossed between threads, and outliv
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from tests.threads import in_threads
 from workers.localdev.redisserver import RedisSentinel, RedisServer
 from workers.redisurl import connect
-from workers.roundtrip import Batch, round_trip
+from workers.roundtrip import Batch, pool_round_trip, round_trip
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -176,3 +178,13 @@ def test_a_batch_sends_the_bytes_redis_py_would(client: redis.Redis) -> None:
     assert echoed == [client.get_encoder().encode(a) for a in args]
     (viewed,) = round_trip(client).evalsha(sha, 0, memoryview(b"view")).execute()
     assert viewed == [b"view"]
+
+
+def test_a_pools_batches_keep_its_connections_only_as_long_as_the_pool_lives(server: RedisServer) -> None:
+    """A pool someone else replaces (kombu's, at every reconnect) takes the connections its batches kept with it."""
+    pool = redis.ConnectionPool.from_url(server.url)
+    assert pool_round_trip(pool, 2).command("PING").execute() == [b"PONG"]
+    kept = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert kept() is None

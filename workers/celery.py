@@ -25,7 +25,7 @@ from celery.signals import (
 )
 
 from workers import redaction
-from workers.broker import configuration, consumer, recovery
+from workers.broker import configuration, consumer, recovery, unacked
 from workers.observe import exposition, logs
 from workers.runtime import get_runtime
 from workers.settings import Settings, get_settings
@@ -51,6 +51,8 @@ def configure(settings: Settings) -> None:
 
 # messages that never become a job are kept as dead letters, and none stops a worker
 consumer.harden_redis_transport()
+# kombu's bookkeeping of the messages a worker holds, on Redis: the same transactions, in lean round trips
+unacked.lean_unacked_writes()
 task_unknown.connect(consumer.record_unknown_task, weak=False)
 task_rejected.connect(consumer.record_rejected, weak=False)
 task_internal_error.connect(consumer.record_internal_error, weak=False)

@@ -54,10 +54,12 @@ def _packed(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[b
 
 
 class RoundTrips:
-    """The connections one Redis client's batches go out on (`round_trip(client)` finds it)."""
+    """The connections one connection pool's batches go out on (`round_trip(client)` finds its client's): up to
+    `max_idle` kept between batches, checked out of the pool."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+    def __init__(self, pool: redis.ConnectionPool, max_idle: int = MAX_IDLE) -> None:
+        self._pool = pool
+        self._max_idle = max_idle
         self._idle: deque[AbstractConnection] = deque()
         self._pid = os.getpid()
 
@@ -74,7 +76,7 @@ class RoundTrips:
             return self._pool.get_connection()
 
     def _release(self, conn: AbstractConnection) -> None:
-        if len(self._idle) < MAX_IDLE and not conn.should_reconnect():
+        if len(self._idle) < self._max_idle and not conn.should_reconnect():
             self._idle.append(conn)
         else:  # the pool closes or keeps it, and counts it as returned
             self._pool.release(conn)
@@ -112,6 +114,10 @@ class Batch:
 
     def hgetall(self, key: str) -> Batch:
         return self._queue(("HGETALL", key), _pairs)
+
+    def command(self, *args: Any) -> Batch:
+        """Any other command, its reply as Redis gives it (bytes, ints, lists; EXEC's list of replies)."""
+        return self._queue(args)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """A reply per command, in order; a command's error in its place (raised, the first one, unless
@@ -160,5 +166,22 @@ def round_trip(client: redis.Redis) -> Batch:
         with _lock:
             trips = _trips.get(client)
             if trips is None:
-                trips = _trips[client] = RoundTrips(client)
+                trips = _trips[client] = RoundTrips(client.connection_pool)
     return trips.batch()
+
+
+def pool_round_trip(pool: redis.ConnectionPool, max_idle: int) -> Batch:
+    """An empty batch on `pool`'s connections, keeping at most `max_idle` of them between batches (a pool
+    someone else sizes and replaces: kombu's). Its connections are kept on the pool itself, so that they go
+    when it goes."""
+    trips: RoundTrips | None = getattr(pool, _ON_POOL, None)
+    if trips is None:
+        with _lock:
+            trips = getattr(pool, _ON_POOL, None)
+            if trips is None:
+                trips = RoundTrips(pool, max_idle)
+                setattr(pool, _ON_POOL, trips)
+    return trips.batch()
+
+
+_ON_POOL = "_b24q_round_trips"
