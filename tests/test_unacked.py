@@ -12,8 +12,10 @@ import redis
 from kombu import Connection
 from kombu.simple import SimpleQueue
 
+from workers.broker import configuration
 from workers.broker.unacked import lean_unacked_writes
 from workers.localdev.redisserver import RedisServer
+from workers.settings import Settings
 
 
 @pytest.fixture
@@ -97,3 +99,11 @@ def test_with_a_key_prefix_kombu_writes_its_own_entries(redis_server: RedisServe
         message.ack()
         assert not rclient.exists("p:unacked", "p:unacked_index")
         simple.close()
+
+
+def test_every_job_thread_of_a_worker_can_acknowledge_at_once(settings: Settings) -> None:
+    """The consumer channel's pool takes a connection per job thread acknowledging its message (kombu's own
+    cap, 10, is less than a worker's threads)."""
+    options = configuration.build(settings)["broker_transport_options"]
+    with Connection(settings.redis_url, transport_options=options) as conn:
+        assert conn.default_channel.pool.max_connections >= settings.worker_concurrency + 1

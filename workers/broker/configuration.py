@@ -92,6 +92,9 @@ def _broker(_s: Settings) -> dict[str, Any]:
             # sweep that long. Sweeps take milliseconds and restores are transactional, so a shorter expiry
             # is safe (tests/faults/test_worker_kill.py kills workers while they sweep every 2 s)
             "unacked_mutex_expire": max(10, min(300, _s.visibility_timeout)),
+            # each job thread acknowledges its own message through the consumer channel's connection pool, which
+            # kombu caps at 10 (redis-py refuses an 11th at once: "Too many connections")
+            "max_connections": _s.worker_concurrency + 16,
             **broker_options(_s.redis_url, _s.redis_sentinel_master, _s.redis_sentinel_password.get_secret_value()),
         },
         broker_use_ssl=_tls_options(_s.redis_url) or False,
