@@ -36,11 +36,13 @@ chromium: $(CHROMIUM)
 demo: $(STAMP)
 	$(BIN)/b24q demo
 
+# the suite in two processes (pytest-xdist); the fault tests, each a whole stack it kills parts of, all in one
+# of them, one after another (tests/conftest.py). `.venv/bin/pytest` alone runs everything in one process
 test: $(STAMP) $(PROMTOOL) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -68,3 +68,23 @@ def runtime(settings: Settings, rclient: redis.Redis) -> Iterator[Runtime]:
     set_runtime(rt)
     yield rt
     set_runtime(None)
+
+
+#: The tests `make test` runs together in one process of its two (pytest-xdist): each builds a whole stack and
+#: kills parts of it, and their bounds allow for the machine running one lighter test beside them, not a second
+#: stack of their own weight.
+ONE_AT_A_TIME = "tests/faults/"
+
+
+@pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist: absent without it)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scope scheduling with the fault tests one scope (so one process, one after another, sent
+    first: the largest scope goes first) and every other test a scope of its own, balanced over both processes.
+    (`--dist loadgroup` does not group on pytest 9.2, whose node ids pytest-xdist 3.8 can no longer suffix.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FaultsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ONE_AT_A_TIME if nodeid.startswith(ONE_AT_A_TIME) else nodeid
+
+    return FaultsTogether(config, log)
