@@ -23,6 +23,7 @@ from bench.report import Table
 from bench.scenarios import (
     Options,
     brokers,
+    busy,
     console,
     dlr,
     fairness,
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Table]]] = {
     "thousand": many.thousand,
     "installs": installs.run,
     "scale": scale.run,
+    "busy": busy.run,
     "console": console.run,
     "http": http.run,
     "roundtrip": roundtrip.run,

@@ -86,7 +86,8 @@ def run(opts: Options) -> list[Table]:
     return [table]
 
 
-def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
+def measure(opts: Options, n: int, seconds: float, naive_too: bool = True) -> list[list[str]]:
+    """The rows of N portals: b24q's, then (`naive_too`) the naive task's, early and late acks, on the same stack."""
     rng = random.Random(n)
     domains = [f"s{i:05d}.scale.test" for i in range(n)]
     with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for(f"scale-{n}")) as stack:
@@ -133,6 +134,8 @@ def measure(opts: Options, n: int, seconds: float) -> list[list[str]]:
         )
         for worker in stack.workers:
             worker.stop()
+        if not naive_too:
+            return [b24q_row]
 
         # the naive task, same portals, same reports: as the issue has it (early acks), and acknowledged after its
         # call as b24q's jobs are (what losing no job to a dead worker costs Celery itself)
