@@ -71,20 +71,22 @@ def runtime(settings: Settings, rclient: redis.Redis) -> Iterator[Runtime]:
 
 
 #: The tests `make test` runs together in one process of its two (pytest-xdist): each builds a whole stack and
-#: kills parts of it, and their bounds allow for the machine running one lighter test beside them, not a second
-#: stack of their own weight.
+#: kills parts of it, and their bounds were written for one such stack at a time.
 ONE_AT_A_TIME = "tests/faults/"
 
 
 @pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist: absent without it)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's scope scheduling with the fault tests one scope (so one process, one after another, sent
-    first: the largest scope goes first) and every other test a scope of its own, balanced over both processes.
-    (`--dist loadgroup` does not group on pytest 9.2, whose node ids pytest-xdist 3.8 can no longer suffix.)"""
+    """For `-n 2` (`--dist load`, `make test`): pytest-xdist's scope scheduling with the fault tests one scope (one
+    process runs them one after another; the largest scopes go first) and every other module a scope of its own
+    (its module-scoped stacks are built once). (`--dist loadgroup` does not group on pytest 9.2, whose node ids
+    pytest-xdist 3.8 can no longer suffix.) Any other `--dist` is pytest-xdist's own."""
+    if config.getvalue("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class FaultsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return ONE_AT_A_TIME if nodeid.startswith(ONE_AT_A_TIME) else nodeid
+            return ONE_AT_A_TIME if nodeid.startswith(ONE_AT_A_TIME) else nodeid.split("::", 1)[0]
 
     return FaultsTogether(config, log)

@@ -267,8 +267,9 @@ def settle_bound(normal: float, *, retries: int = 0, reconciler: bool = False, r
 
 
 def record_figures(test: str, figures: dict[str, Any]) -> None:
-    """Merge one test's figures into the figures file (and print them: `pytest -s` shows them). At defaults
-    they go under "<test> [defaults]", with the settings the stack ran with."""
+    """Merge one test's figures into the figures file (and print them: `pytest tests/faults -s` shows them; `make
+    test`'s two processes do not). At defaults they go under "<test> [defaults]", with the settings the stack ran
+    with."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = json.loads(FIGURES.read_text())
