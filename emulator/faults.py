@@ -16,6 +16,10 @@ Where a fault strikes matters for idempotency tests, so each one is placed delib
 * ``script``: a list of fault names (``drop``, ``error_500``, ``garbage_html``, ``garbage_truncated``, ``slow``)
   struck, one each, by the next REST requests before the rates are drawn, so a test can be sure every kind
   happened however its jobs were packed into requests.
+* ``faults_left``: how many more requests the script and the rates may strike (``None``, the default: no
+  bound).  A seeded sequence can hold a dense run of faults that, reached late by one job retried alone,
+  outlasts its retry budget; a bound below that budget lets a test say "every job is retried until applied"
+  whatever the packing.
 * ``latency``: seconds added to every REST answer (benchmarks).
 * ``overload``: every call gets 503 ``OVERLOAD_LIMIT`` (a manual block; not counted by the rate limit).
 * ``portal_deleted``: every call gets ``PORTAL_DELETED``.
@@ -28,7 +32,7 @@ Where a fault strikes matters for idempotency tests, so each one is placed delib
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 GARBAGE_HTML = (
@@ -59,28 +63,37 @@ class Faults:
     oauth_delay: float = 0.0
     delivery_success_false: bool = False
     script: list[str] = field(default_factory=list)
+    faults_left: int | None = None
 
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
     def update(self, **changes: Any) -> None:
-        """Apply changes, rejecting unknown names and bad values early (a typo must not silently do nothing)."""
+        """Apply changes, rejecting unknown names and bad values early (a typo must not silently do nothing);
+        a rejected change leaves every setting as it was."""
         unknown = set(changes) - self.names() - {"seed"}
         if unknown:
             raise ValueError(f"unknown fault(s): {sorted(unknown)}")
-        for name, value in changes.items():
-            if name == "seed":
-                continue
-            setattr(self, name, value)
+        changes.pop("seed", None)
+        candidate = replace(self, **changes)
+        candidate.script = list(candidate.script)
+        candidate.check()
+        for f in fields(self):
+            setattr(self, f.name, getattr(candidate, f.name))
+
+    def check(self) -> None:
         if self.drop_phase not in ("before", "after"):
             raise ValueError("drop_phase must be 'before' or 'after'")
         if self.garbage_kind not in ("mixed", "html", "truncated"):
             raise ValueError("garbage_kind must be 'mixed', 'html' or 'truncated'")
-        self.script = list(self.script)
         unknown_script = set(self.script) - SCRIPTABLE
         if unknown_script:
             raise ValueError(f"script: unknown fault(s) {sorted(unknown_script)}; known: {sorted(SCRIPTABLE)}")
+        if self.faults_left is not None and (
+            isinstance(self.faults_left, bool) or not isinstance(self.faults_left, int) or self.faults_left < 0
+        ):
+            raise ValueError("faults_left must be a whole number >= 0, or null for no bound")
         if self.oauth_down not in (False, True, "503", "drop"):
             raise ValueError("oauth_down must be false, true, '503' or 'drop'")
 
@@ -110,7 +123,18 @@ SCRIPTABLE = {"drop", "error_500", "garbage_html", "garbage_truncated", "slow"}
 
 def draw(faults: Faults, rng: random.Random) -> Decision:
     """One decision per request: the next scripted fault if any, else each rate drawn independently
-    (precedence is applied by the caller).  The caller holds the portal's lock."""
+    (precedence is applied by the caller), within ``faults_left``.  The caller holds the portal's lock."""
+    if faults.faults_left is None:
+        return _draw(faults, rng)
+    if faults.faults_left == 0:
+        return Decision(latency=faults.latency)
+    decision = _draw(faults, rng)
+    if decision.any():
+        faults.faults_left -= 1
+    return decision
+
+
+def _draw(faults: Faults, rng: random.Random) -> Decision:
     if faults.script:
         name = faults.script.pop(0)
         return Decision(

@@ -124,3 +124,16 @@ def test_script_strikes_each_named_fault_once_in_order(emu: Emulator, seeded: Po
     }
     with pytest.raises(ValueError, match="script"):
         emu.set_faults(DOMAIN, script=["meteor"])
+
+
+def test_faults_left_bounds_how_many_requests_are_struck(
+    emu: Emulator, seeded: PortalInfo, client: httpx.Client
+) -> None:
+    emu.set_faults(DOMAIN, error_500_rate=1.0, script=["garbage_html"], faults_left=3)
+    assert [_su(client, seeded).status_code for _ in range(5)] == [502, 500, 500, 200, 200]
+    assert emu.state(DOMAIN)["counters"]["faults"] == {"garbage_html": 1, "error_500": 2}
+    assert _applied(emu, "m1") == ["delivered", "delivered"]
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="faults_left"):
+            emu.set_faults(DOMAIN, error_500_rate=0.0, faults_left=bad)
+    assert emu.state(DOMAIN)["faults"]["error_500_rate"] == 1.0  # a refused change changes nothing

@@ -109,10 +109,16 @@ def test_permanent_errors_dead_letter_and_replay_applies_them(stack: LocalStack,
 
 def test_transient_faults_are_retried_until_applied(stack: LocalStack, rt: Runtime, domain: str) -> None:
     stack.add_portal(domain)
-    # a job dies only after 8 failures in a row (p ≈ 1e-4 at these rates);
-    # the script strikes first (60 jobs may go out in a couple of requests), then about one in three fails
+    # the script strikes first (60 jobs may go out in a couple of requests), then about one in three fails, for
+    # max_failures - 2 strikes in all: a job dies only after max_failures, so none can, however jobs are packed
     stack.emulator.set_faults(
-        domain, error_500_rate=0.15, garbage_rate=0.1, drop_rate=0.05, seed=3, script=["error_500", "garbage_html"]
+        domain,
+        error_500_rate=0.15,
+        garbage_rate=0.1,
+        drop_rate=0.05,
+        seed=3,
+        script=["error_500", "garbage_html"],
+        faults_left=rt.settings.max_failures - 2,
     )
     ids = unread_jobs(domain, 60)
     states = wait_for(ids, timeout=90)
