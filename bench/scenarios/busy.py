@@ -6,13 +6,15 @@ plan), one enqueue each, 2 workers at the default concurrency; for 30 s as issue
 the portals' bursts carry a larger share of the requests). The floor is `brokers.floor` at the same pace (2
 workers, the same concurrency, late acks, logging at INFO as b24q's workers do). A single ratio swings by about
 ±15 % between runs on a shared 2-core machine (docs/benchmarks.md, session 30), so b24q and the floor run in
-turns, `PAIRS` times (--quick: 2), and the table gives every pair's ratio and the mean of them.
+turns, `PAIRS` times (--quick: 2), and the table gives every pair's ratio and the mean of them. Both are
+measured warm: the floor runs `noop.STEP` messages before its clock starts, and b24q as many jobs.
 """
 
 from __future__ import annotations
 
 from statistics import mean
 
+from bench import noop
 from bench.report import Table, fmt
 from bench.scenarios import Options
 from bench.scenarios.scale import measure, noop_floor
@@ -33,13 +35,13 @@ def run(opts: Options) -> list[Table]:
     ratios: list[float] = []
     for i in range(1, pairs + 1):
         log(f"busy: pair {i} of {pairs}")
-        b24q = measure(opts, 10, seconds, naive_too=False)[0]
+        b24q = measure(opts, 10, seconds, naive_too=False, warm=noop.STEP)[0]
         floor = noop_floor(opts, seconds)
         ratio = float(b24q[1]) / floor.ms
         ratios.append(ratio)
         table.add(str(i), b24q[1], b24q[2], fmt(floor.ms, 2), floor.switches, f"{ratio:.2f}x")
     table.add("mean", "", "", "", "", f"{mean(ratios):.2f}x")
     table.note(f"issue 21's bound: b24q <= {BOUND}x Celery's no-op task on the same broker")
-    table.note("CPU: the worker processes' user+system time over the jobs they ran")
+    table.note(f"CPU: the worker processes' user+system time over the jobs they ran, both warm ({noop.STEP} first)")
     table.note("switches: the worker processes' context switches a job (perf stat; blank where perf is not available)")
     return [table]

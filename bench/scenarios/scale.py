@@ -86,8 +86,9 @@ def run(opts: Options) -> list[Table]:
     return [table]
 
 
-def measure(opts: Options, n: int, seconds: float, naive_too: bool = True) -> list[list[str]]:
-    """The rows of N portals: b24q's, then (`naive_too`) the naive task's, early and late acks, on the same stack."""
+def measure(opts: Options, n: int, seconds: float, naive_too: bool = True, warm: int = 0) -> list[list[str]]:
+    """The rows of N portals: b24q's, then (`naive_too`) the naive task's, early and late acks, on the same stack.
+    `warm` jobs run first, at the same pace, before the clock starts (as `brokers.floor` warms its no-op task)."""
     rng = random.Random(n)
     domains = [f"s{i:05d}.scale.test" for i in range(n)]
     with bench_stack(settings=opts.stack_settings(), log_dir=opts.dir_for(f"scale-{n}")) as stack:
@@ -98,6 +99,18 @@ def measure(opts: Options, n: int, seconds: float, naive_too: bool = True) -> li
             stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS"})
         concurrency = stack.settings.worker_concurrency
         start_workers(stack, 2, concurrency, opts.profile_dir(f"scale-{n}"))
+        if warm:
+            log(f"scale: {warm} jobs before the clock starts")
+            warm_rng = random.Random(-n)
+            warm_ids: list[str] = []
+            paced(
+                warm / RATE_PER_S,
+                1.0 / RATE_PER_S,
+                lambda i: warm_ids.append(
+                    enqueue(STATUS_UPDATE.name, report_of(domains[warm_rng.randrange(n)], f"w{i}"))
+                ),
+            )
+            wait_done(warm_ids)
         before = {d: stack.emulator.state(d)["counters"] for d in domains}
 
         # b24q
@@ -108,16 +121,10 @@ def measure(opts: Options, n: int, seconds: float, naive_too: bool = True) -> li
         with PeakSampler(pids) as peak, Switches(pids) as switches:
 
             def report(i: int) -> None:
-                domain = domains[rng.randrange(n)]
-                payload = {"portal": domain, "code": SENDER, "message_id": f"m{i}", "status": "delivered"}
-                ids.append(enqueue(STATUS_UPDATE.name, payload))
+                ids.append(enqueue(STATUS_UPDATE.name, report_of(domains[rng.randrange(n)], f"m{i}")))
 
             sent = paced(seconds, 1.0 / RATE_PER_S, report)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if all(r.state in DONE for r in records(ids)):
-                    break
-                time.sleep(0.5)
+            wait_done(ids)
         cpu = sum(CpuMeter.delta(cpu0, meter.sample()).values())
         recs = records(ids)
         middle = {d: stack.emulator.state(d)["counters"] for d in domains}
@@ -142,6 +149,19 @@ def measure(opts: Options, n: int, seconds: float, naive_too: bool = True) -> li
         naive.configure(*naive.broker_of(stack.settings))
         naive_rows = [naive_measure(stack, n, seconds, domains, infos, acks_late) for acks_late in (False, True)]
     return [b24q_row, *naive_rows]
+
+
+def report_of(domain: str, message_id: str) -> dict[str, str]:
+    return {"portal": domain, "code": SENDER, "message_id": message_id, "status": "delivered"}
+
+
+def wait_done(ids: list[str], timeout: float = 120.0) -> None:
+    """Until every job has its outcome, or `timeout` (the rows count the ones without as lost)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(r.state in DONE for r in records(ids)):
+            return
+        time.sleep(0.5)
 
 
 def naive_measure(
