@@ -339,7 +339,10 @@ class Ordering:
                 *(_field(k.name) for k in state_keys),
             ]
         if pipe is not None:
-            return self._stamp(keys=keys, args=args, client=pipe)
+            # EVAL, not the registered script: in a pipeline redis-py asks SCRIPT EXISTS first, a round trip
+            # per enqueue, and an EVALSHA Redis no longer knows (a restart) would fail alone inside MULTI
+            # while the records beside it were written
+            return pipe.eval(_STAMP, len(keys), *keys, *args)
         return [parse_version(v) for v in self._stamp(keys=keys, args=args)]
 
     def gate(self, portal: str, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> list[Verdict]:
