@@ -16,7 +16,7 @@ from typing import Any
 from tasks.jobs import KINDS, JobKind
 from workers import rabbitmq, redaction
 from workers.celery import app
-from workers.delivery.ordering import StateKey
+from workers.delivery.ordering import Stamped
 from workers.retries import PRIORITY_BULK, PRIORITY_NORMAL
 from workers.runtime import Runtime
 from workers.settings import Settings
@@ -33,7 +33,7 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
     their order version. New jobs get theirs in the same transaction as their records.
     """
     portals = list(dict.fromkeys(kwargs["portal"] for _, kwargs, _ in jobs))
-    stamps: dict[str, list[tuple[str, int, float | None, tuple[StateKey, ...]]]] = {}
+    stamps: dict[str, list[Stamped]] = {}
     pipe = rt.redis.pipeline(transaction=True)
     for portal in portals:  # the backlogs as they were before these jobs, read in the same round trip
         rt.ledger.read_backlog(portal, pipe)
@@ -48,8 +48,7 @@ def publish(rt: Runtime, jobs: list[tuple[JobKind, dict[str, Any], str]], requeu
             if k.order is not None:
                 rank = k.order.rank(kwargs) if rt.settings.status_ranks else 0
                 stamps.setdefault(portal, []).append((job_id, rank, kwargs.get("at"), k.order.keys(kwargs)))
-    for portal, stamped in stamps.items():
-        rt.ordering.stamp(portal, stamped, pipe)
+    rt.ordering.queue_stamps(pipe, stamps)
     replies = pipe.execute()
     backlog = {portal: int(raw or 0) for portal, raw in zip(portals, replies, strict=False)}
     priorities = []

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tasks.jobs import DELIVERY_CONFIRMATION, KINDS
+from tests.roundtrips import sent_to_redis
 from tests.threads import in_threads
 from workers.bitrix.client import CallResult
 from workers.delivery.calls import Call
@@ -382,7 +383,7 @@ def record(rt: Runtime, job_id: str, kwargs: dict[str, Any]) -> None:
     assert unread.order is not None
     pipe = rt.redis.pipeline(transaction=True)
     rt.ledger.enqueued(job_id, unread.name, "acme", pipe, payload=kwargs)
-    rt.ordering.stamp("acme", [(job_id, 0, None, unread.order.keys(kwargs))], pipe)
+    rt.ordering.queue_stamps(pipe, {"acme": [(job_id, 0, None, unread.order.keys(kwargs))]})
     pipe.execute()
 
 
@@ -422,21 +423,12 @@ def test_a_quiet_portals_job_costs_three_redis_round_trips(
     portal = FakePortal()
     rt = make_runtime(settings, rclient, portal)
     unread = KINDS["mark-unread"]
-    sent: list[bytes] = []
-    real_send = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        real_send(conn, command, check_health)
-
     for n in range(3):  # the first loads the scripts and the registry's keys; the others are any job's
         kwargs = {"portal": "acme", "dialog_id": "chat1", "message_id": n + 1}
         record(rt, f"quiet-{n}", kwargs)
-        sent.clear()
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
         rt.portals.forget("acme")  # its record as a quiet portal's is: older than the cache keeps it
-        assert run_job(unread, f"quiet-{n}", (), kwargs, rt.job_services, no_retry) == {"outcome": "applied"}
-        monkeypatch.undo()
+        with sent_to_redis(monkeypatch) as sent:
+            assert run_job(unread, f"quiet-{n}", (), kwargs, rt.job_services, no_retry) == {"outcome": "applied"}
     assert len(portal.requests) == 3
     assert len(sent) == 3, [s[:80] for s in sent]
 
@@ -498,21 +490,13 @@ def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_req
         unread, "first", (), {"portal": "acme", "dialog_id": "chat999", "message_id": 1}, rt.job_services, no_retry
     )
     requests_before = len(portal.requests)
-    finishes: list[int] = []  # per round trip that finished jobs: how many
-    bookings: list[bytes] = []  # the round trips that booked a slot
-    real_send = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
-        packed = b"".join(command) if isinstance(command, list) else command
-        if b"b24q:rl:{acme}" in packed:
-            bookings.append(packed)
-        if packed.count(b'"state": "applied"'):
-            finishes.append(packed.count(b'"state": "applied"'))
-        real_send(conn, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    out = in_threads([functools.partial(run_job, unread, j, (), dict(k), rt.job_services, no_retry) for j, k in jobs])
-    monkeypatch.undo()
+    with sent_to_redis(monkeypatch) as sent:
+        out = in_threads(
+            [functools.partial(run_job, unread, j, (), dict(k), rt.job_services, no_retry) for j, k in jobs]
+        )
+    # per round trip that finished jobs: how many; the round trips that booked a slot
+    finishes = [n for n in (p.count(b'"state": "applied"') for p in sent) if n]
+    bookings = [p for p in sent if b"b24q:rl:{acme}" in p]
     assert out == [{"outcome": "applied"}] * len(jobs)
     assert {rt.ledger.get(j)["state"] for j, _ in jobs} == {"applied"}  # type: ignore[index]
     assert sum(finishes) == len(jobs)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
+from tests.roundtrips import sent_to_redis
 from workers.keys import DEFAULT_KEYS
 from workers.records.ledger import Failures, Ledger
 
@@ -84,3 +86,20 @@ def test_jobs_finished_together_are_recorded_applied_and_an_unreachable_redis_sa
     assert led.backlog("acme") == 0
     gone = Ledger(redis.Redis(port=1, socket_connect_timeout=0.2), DEFAULT_KEYS)
     assert gone.finish_applied("acme", ["c", "d"]) == [False, False]
+
+
+def test_records_are_read_in_one_round_trip_also_after_redis_lost_its_scripts(
+    rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = ledger(rclient)
+    book.enqueued("j1", "status-update", "acme", payload={"message_id": "m1"})
+    book.enqueued("j2", "status-update", "acme")
+    book.started("j2", "status-update", "acme", worker="w1")
+    assert book.get("j1") is not None  # the read script loaded
+    with sent_to_redis(monkeypatch) as sent:
+        found = book.get_many(["j1", "j2", "unknown"])
+    assert len(sent) == 1
+    assert (found["j1"] or {})["state"] == "queued" and (found["j2"] or {})["state"] == "running"
+    assert found["unknown"] is None
+    rclient.script_flush()  # a Redis restarted since: the read is sent again, loading its script
+    assert book.get_many(["j1", "j2", "unknown"]) == found

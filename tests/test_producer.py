@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from tasks import producer
+from tests.roundtrips import sent_to_redis
 from workers import keys
 from workers.celery import configure
 from workers.runtime import Runtime
@@ -44,24 +44,24 @@ def test_a_bulk_enqueue_reaches_the_broker_first_in_small_chunks(rt: Runtime, mo
 
 
 @pytest.mark.parametrize("flushed", [False, True], ids=["scripts loaded", "scripts flushed"])
+@pytest.mark.parametrize("portals", [1, 3])
 def test_an_enqueue_costs_the_ledger_two_round_trips(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch, flushed: bool
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, flushed: bool, portals: int
 ) -> None:
-    """The jobs' records with their order stamp (one transaction), then their mark as open once the broker has
-    them; also when Redis lost its scripts (a restart) since the last enqueue, when the stamp is still written."""
-    producer.enqueue("mark-unread", {"portal": "acme", "dialog_id": "chat1", "message_id": 1})  # connections up
+    """The jobs' records with their order stamps (one transaction, the stamp script's text in it once), then
+    their mark as open once the broker has them; also when Redis lost its scripts (a restart) since the last
+    enqueue, when every stamp is still written."""
+    names = ["acme", *(f"p{i}" for i in range(1, portals))]
+    for name in names[1:]:
+        rt.registry.add_oauth(name, f"http://127.0.0.1:9/{name}/rest/", "acc", "ref", 4102444800.0)
+    # connections up, the portals' records cached (a producer reads a portal's once in a while)
+    producer.enqueue_many([("mark-unread", {"portal": name, "dialog_id": "chat1", "message_id": 1}) for name in names])
     if flushed:
         rt.redis.script_flush()
-    sent: list[bytes] = []
-    real_send = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(conn: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        real_send(conn, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    job_id = producer.enqueue("mark-unread", {"portal": "acme", "dialog_id": "chat1", "message_id": 2})
-    monkeypatch.undo()
+    jobs = [("mark-unread", {"portal": name, "dialog_id": "chat1", "message_id": 2}) for name in names]
+    with sent_to_redis(monkeypatch) as sent:
+        ids = producer.enqueue_many(jobs)
     ledger = [s for s in sent if b"LPUSH" not in s and b"_kombu" not in s]  # kombu's publish on the Redis broker
     assert len(ledger) == 2, [s[:120] for s in sent]
-    assert rt.ledger.record(job_id)["ver"]
+    assert ledger[0].count(b"\r\nEVAL\r\n") == 1 and ledger[0].count(b"\r\nEVALSHA\r\n") == portals - 1
+    assert all(rt.ledger.record(i)["ver"] for i in ids)

@@ -253,6 +253,10 @@ class StateKey:
     params: tuple[str, ...] = ()
 
 
+#: A job to stamp: its id, its rank, when its report was made (None: unknown) and the state keys it sets.
+Stamped = tuple[str, int, float | None, Sequence[StateKey]]
+
+
 @dataclass(frozen=True)
 class Order:
     """What the gate needs of one call: its job, version and state keys (JSON-safe: it travels between
@@ -319,12 +323,30 @@ class Ordering:
         self._gate = client.register_script(_GATE)
         self._sent = client.register_script(_SENT)
 
-    def stamp(
-        self, portal: str, jobs: Sequence[tuple[str, int, float | None, Sequence[StateKey]]], pipe: Any = None
-    ) -> Any:
+    def stamp(self, portal: str, jobs: Sequence[Stamped]) -> list[Version]:
         """Give jobs of one portal their versions, in order: (job id, rank, at or None, state keys), and
-        write each into the job's ledger record (`ver`). With a pipeline the script is queued there, in
-        the same transaction as the records; without one it runs now and the versions are returned."""
+        write each into the job's ledger record (`ver`); the versions, in the same order."""
+        keys, args = self._stamp_call(portal, jobs)
+        versions = [parse_version(v) for v in self._stamp(keys=keys, args=args)]
+        if len(versions) != len(jobs) or None in versions:
+            raise RuntimeError(f"the stamp script gave {versions!r} for {len(jobs)} jobs")
+        return [v for v in versions if v is not None]
+
+    def queue_stamps(self, pipe: Any, stamps: Mapping[str, Sequence[Stamped]]) -> None:
+        """`stamp` for the jobs of several portals, queued in a transaction beside the jobs' records.
+
+        The script's text goes once (EVAL), then its hash (EVALSHA): Redis runs them in order, so the hashes
+        find the script even if Redis lost it (a restart). redis-py's registered script would ask SCRIPT
+        EXISTS first, a round trip more per enqueue; and an EVALSHA Redis no longer knows would fail alone
+        inside MULTI while the records beside it were written."""
+        for i, (portal, jobs) in enumerate(stamps.items()):
+            keys, args = self._stamp_call(portal, jobs)
+            if i == 0:
+                pipe.eval(_STAMP, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(self._stamp.sha, len(keys), *keys, *args)
+
+    def _stamp_call(self, portal: str, jobs: Sequence[Stamped]) -> tuple[list[str], list[Any]]:
         keys = [self._keys.order_states(portal), self._keys.order_counter(portal)]
         args: list[Any] = [self._window]
         for job_id, rank, at, state_keys in jobs:
@@ -338,12 +360,7 @@ class Ordering:
                 len(state_keys),
                 *(_field(k.name) for k in state_keys),
             ]
-        if pipe is not None:
-            # EVAL, not the registered script: in a pipeline redis-py asks SCRIPT EXISTS first, a round trip
-            # per enqueue, and an EVALSHA Redis no longer knows (a restart) would fail alone inside MULTI
-            # while the records beside it were written
-            return pipe.eval(_STAMP, len(keys), *keys, *args)
-        return [parse_version(v) for v in self._stamp(keys=keys, args=args)]
+        return keys, args
 
     def gate(self, portal: str, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> list[Verdict]:
         """Decide and record, in one step, which of these calls (with their params) go out."""

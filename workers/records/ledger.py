@@ -298,10 +298,10 @@ class Ledger:
 
     def _records(self, job_ids: list[str], pipe: Any = None) -> Any:
         """The records of these jobs (hashes or packed), each a dict ({} when unknown); with a pipeline the
-        read is queued there and its raw reply is left to `_decoded`."""
+        read is queued there and its raw reply (or NoScriptError) is left to the caller."""
         keys = [self._key(job_id) for job_id in job_ids]
-        if pipe is not None:
-            return self._read(keys=keys, args=[*self._packing.args, *job_ids], client=pipe)
+        if pipe is not None:  # by its hash: redis-py's registered script would ask SCRIPT EXISTS first
+            return pipe.evalsha(self._read.sha, len(keys), *keys, *self._packing.args, *job_ids)
         return _decoded(self._read(keys=keys, args=[*self._packing.args, *job_ids]) if job_ids else [])
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
@@ -337,9 +337,18 @@ class Ledger:
         self._records(ids, pipe)
         for job_id in ids:
             pipe.lrange(self._events(job_id), 0, -1)
-        raws, *histories = pipe.execute()
+        raws, *histories = pipe.execute(raise_on_error=False)
+        for reply in histories:
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(raws, NoScriptError):  # Redis lost its scripts (a restart): read again, loading it
+            records = self._records(ids)
+        elif isinstance(raws, Exception):
+            raise raws
+        else:
+            records = _decoded(raws)
         found: dict[str, dict[str, Any] | None] = {}
-        for job_id, raw, events in zip(ids, _decoded(raws), histories, strict=True):
+        for job_id, raw, events in zip(ids, records, histories, strict=True):
             if not raw:
                 found[job_id] = None
                 continue
