@@ -16,10 +16,11 @@ Where a fault strikes matters for idempotency tests, so each one is placed delib
 * ``script``: a list of fault names (``drop``, ``error_500``, ``garbage_html``, ``garbage_truncated``, ``slow``)
   struck, one each, by the next REST requests before the rates are drawn, so a test can be sure every kind
   happened however its jobs were packed into requests.
-* ``faults_left``: how many more requests the script and the rates may strike (``None``, the default: no
-  bound).  A seeded sequence can hold a dense run of faults that, reached late by one job retried alone,
-  outlasts its retry budget; a bound below that budget lets a test say "every job is retried until applied"
-  whatever the packing.
+* ``faults_left``: how many more faults the script and the rates may draw, one a request at most (``None``,
+  the default: no bound).  A request refused before its fault could strike (deleted portal, overload, a 503,
+  bad auth) still spends its draw, so a test's jobs meet at most this many faults, maybe fewer.  A seeded
+  sequence can hold a dense run of faults that, reached late by one job retried alone, outlasts its retry
+  budget; a bound below that budget lets a test say "every job is retried until applied" whatever the packing.
 * ``latency``: seconds added to every REST answer (benchmarks).
 * ``overload``: every call gets 503 ``OVERLOAD_LIMIT`` (a manual block; not counted by the rate limit).
 * ``portal_deleted``: every call gets ``PORTAL_DELETED``.

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from bench import naive
+from bench import naive, noop
 from bench.baseline import NaiveWorkers
 from bench.profiler import start_workers
 from bench.report import Table, fmt, percentile
@@ -83,6 +83,10 @@ def run(opts: Options) -> list[Table]:
     table.note("CPU: the worker processes' user+system time over the jobs they ran (not the emulator's or Redis's)")
     table.note("switches: the worker processes' context switches a job (perf stat; blank where perf is not available)")
     table.note("naive latency: enqueue -> the task's end; b24q's: the ledger's enqueue -> applied")
+    table.note(
+        f"b24q and the naive task are measured from their workers' first job, Celery's no-op task after {noop.STEP} "
+        "(`bench.run busy` measures b24q warm as well)"
+    )
     return [table]
 
 
@@ -99,18 +103,7 @@ def measure(opts: Options, n: int, seconds: float, naive_too: bool = True, warm:
             stack.emulator.admin("POST", f"portals/{domain}/senders", {"code": SENDER, "name": "SMS"})
         concurrency = stack.settings.worker_concurrency
         start_workers(stack, 2, concurrency, opts.profile_dir(f"scale-{n}"))
-        if warm:
-            log(f"scale: {warm} jobs before the clock starts")
-            warm_rng = random.Random(-n)
-            warm_ids: list[str] = []
-            paced(
-                warm / RATE_PER_S,
-                1.0 / RATE_PER_S,
-                lambda i: warm_ids.append(
-                    enqueue(STATUS_UPDATE.name, report_of(domains[warm_rng.randrange(n)], f"w{i}"))
-                ),
-            )
-            wait_done(warm_ids)
+        warm_up(domains, warm)
         before = {d: stack.emulator.state(d)["counters"] for d in domains}
 
         # b24q
@@ -152,16 +145,34 @@ def measure(opts: Options, n: int, seconds: float, naive_too: bool = True, warm:
 
 
 def report_of(domain: str, message_id: str) -> dict[str, str]:
+    """A status report of one message to one portal, as the gateway of this load makes them."""
     return {"portal": domain, "code": SENDER, "message_id": message_id, "status": "delivered"}
 
 
-def wait_done(ids: list[str], timeout: float = 120.0) -> None:
-    """Until every job has its outcome, or `timeout` (the rows count the ones without as lost)."""
+def warm_up(domains: list[str], jobs: int) -> None:
+    """`jobs` reports at the load's pace over these portals, drawn apart from the measured ones, run to the end."""
+    if not jobs:
+        return
+    log(f"scale: {jobs} jobs before the clock starts")
+    rng = random.Random(f"warm-{len(domains)}")
+    ids: list[str] = []
+    paced(
+        jobs / RATE_PER_S,
+        1.0 / RATE_PER_S,
+        lambda i: ids.append(enqueue(STATUS_UPDATE.name, report_of(domains[rng.randrange(len(domains))], f"w{i}"))),
+    )
+    if not wait_done(ids):
+        raise RuntimeError("the warm-up's jobs did not all end: the measured jobs would run beside them")
+
+
+def wait_done(ids: list[str], timeout: float = 120.0) -> bool:
+    """Until every job has its outcome (True), or `timeout` (False: the rows count the ones without as lost)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(r.state in DONE for r in records(ids)):
-            return
+            return True
         time.sleep(0.5)
+    return False
 
 
 def naive_measure(

@@ -136,4 +136,7 @@ def test_faults_left_bounds_how_many_requests_are_struck(
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="faults_left"):
             emu.set_faults(DOMAIN, error_500_rate=0.0, faults_left=bad)
-    assert emu.state(DOMAIN)["faults"]["error_500_rate"] == 1.0  # a refused change changes nothing
+    faults = emu.state(DOMAIN)["faults"]
+    assert (faults["error_500_rate"], faults["faults_left"]) == (1.0, 0)  # a refused change changes nothing
+    emu.set_faults(DOMAIN, faults_left=None)  # no bound again
+    assert _su(client, seeded).status_code == 500

@@ -42,6 +42,7 @@ def run(stack: LocalStack, portal: str, n: int, timeout: float, **faults: Any) -
     # at most max_failures - 2 requests are struck: however the jobs are packed (that depends on timing), no job
     # can spend its budget on injected faults, and one timeout of a loaded machine still leaves it a try
     bound = get_runtime().settings.max_failures - 2
+    assert bound >= len(faults.get("script", ())), "the bound would leave scripted faults unstruck"
     stack.emulator.set_faults(portal, seed=5, faults_left=bound, **faults)
     jobs = mixed_jobs(portal, n)
     ids = enqueue(jobs)
