@@ -23,6 +23,7 @@ from workers.bitrix.client import CallResult
 from workers.delivery import packing, wire
 from workers.delivery.calls import Call
 from workers.delivery.lane import Lane
+from workers.delivery.ordering import Order
 from workers.delivery.ratelimit import Permit, RateLimiter
 from workers.delivery.wire import LaneConfig
 from workers.errors import Deferred, RestError
@@ -520,6 +521,35 @@ def test_a_busy_portals_jobs_are_recorded_applied_by_the_round_trip_of_their_req
     starts = [p for p in sent if b"b24q:calls:{acme}" in p]  # a job's start reads the call pool's depth
     assert len(starts) == len(jobs)
     assert [p for p in sent if b"b24q:hold:{acme}" in p and p not in starts] == []
+
+
+def test_a_lone_round_without_fresh_readings_reads_the_holds_with_its_slot_and_gate(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No job's start read the portal's holds just now (a call routed by readings taken again): the lone round
+    reads them in its booking's round trip, beside the slot and the ordering gate."""
+    portal = FakePortal()
+    rt = make_runtime(settings, rclient, portal)
+    unread = KINDS["mark-unread"]
+    assert unread.order is not None
+    first = {"portal": "acme", "dialog_id": "chat0", "message_id": 1}
+    record(rt, "first", first)  # the scripts loaded, as by any worker's first job
+    assert run_job(unread, "first", (), dict(first), rt.job_services, no_retry) == {"outcome": "applied"}
+    kwargs = {"portal": "acme", "dialog_id": "chat1", "message_id": 1}
+    keys = unread.order.keys(kwargs)
+    (version,) = rt.ordering.stamp("acme", [("lone", 0, None, keys)])
+    monkeypatch.setattr(wire, "FRESH", 0.0)  # the first job's readings no longer count
+    monkeypatch.setattr(packing, "FRESH", 0.0)
+    lane = rt.dispatcher.lane("acme", pooled=False)
+    call = Call("im.dialog.unread", {"DIALOG_ID": "chat1", "MESSAGE_ID": 1}, order=Order("lone", version, keys))
+    assert lane.offer(call)
+    with sent_to_redis(monkeypatch) as sent:
+        lane.lead(5.0)
+    assert isinstance(call.outcome, CallResult), call.outcome
+    bookings = [p for p in sent if b"b24q:rl:{acme}" in p]
+    assert len(bookings) == 1
+    assert b"b24q:hold:{acme}:im.dialog.unread" in bookings[0] and b"b24q:ord:{acme}" in bookings[0]
+    assert [p for p in sent if b"b24q:hold:{acme}" in p or b"b24q:ord:{acme}" in p] == bookings
 
 
 def test_a_job_the_lane_could_not_record_records_itself(
