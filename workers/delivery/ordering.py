@@ -353,13 +353,8 @@ class Ordering:
             if not 0 <= rank <= 255:
                 raise ValueError(f"a rank is packed in a byte: 0 to 255, not {rank}")
             keys.append(self._keys.job(job_id))
-            args += [
-                job_id,
-                rank,
-                "" if at is None else f"{at:.6f}",
-                len(state_keys),
-                *(_field(k.name) for k in state_keys),
-            ]
+            at_text = "" if at is None else f"{at:.6f}"
+            args += [job_id, rank, at_text, len(state_keys), *(_field(k.name) for k in state_keys)]
         return keys, args
 
     def gate(self, portal: str, calls: Sequence[tuple[Order, Mapping[str, Any]]]) -> list[Verdict]:
